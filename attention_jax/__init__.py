@@ -1,0 +1,28 @@
+"""attention-jax: the attention mechanisms of computer vision in JAX, linen and nnx.
+
+``attention_jax.functional`` holds the pure math; ``attention_jax.linen`` and
+``attention_jax.nnx`` the modules; ``create_attention`` builds any of them by name.
+"""
+
+from attention_jax import functional, linen, nnx
+from attention_jax.interop import load_linen_variables, nnx_to_linen_variables
+from attention_jax.registry import (
+    SHARED_DEFAULTS,
+    create_attention,
+    get_attention_class,
+    list_attention,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "linen",
+    "nnx",
+    "create_attention",
+    "get_attention_class",
+    "list_attention",
+    "SHARED_DEFAULTS",
+    "load_linen_variables",
+    "nnx_to_linen_variables",
+]

@@ -1,0 +1,98 @@
+"""Trace-time argument checks shared by every public function and module.
+
+Each check raises ``ValueError("<function>: <argument> must be <expected>, got <received>")``.
+They read only static information (shapes, dtypes, Python options), so under ``jit`` they run
+once while tracing and cost nothing per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def fail(fn: str, arg: str, expected: str, got: Any) -> ValueError:
+    """Build the one error type and message shape used across the library."""
+    return ValueError(f"{fn}: {arg} must be {expected}, got {got}")
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def check_array(fn: str, arg: str, x: Any) -> None:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise fail(fn, arg, "an array", type(x).__name__)
+
+
+def check_rank(fn: str, arg: str, x: Any, rank: int | Sequence[int], layout: str = "") -> None:
+    """``x.ndim`` must equal ``rank`` (or be one of ``rank``)."""
+    check_array(fn, arg, x)
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    if x.ndim not in ranks:
+        what = f"rank {' or '.join(map(str, ranks))}"
+        if layout:
+            what += f" {layout}"
+        raise fail(fn, arg, what, f"shape {shape_of(x)}")
+
+
+def check_min_rank(fn: str, arg: str, x: Any, rank: int, layout: str = "") -> None:
+    check_array(fn, arg, x)
+    if x.ndim < rank:
+        what = f"at least rank {rank}" + (f" {layout}" if layout else "")
+        raise fail(fn, arg, what, f"shape {shape_of(x)}")
+
+
+def check_nhwc(fn: str, arg: str, x: Any, channels: int | None = None) -> None:
+    """A floating NHWC feature map, optionally with a given channel count."""
+    check_rank(fn, arg, x, 4, "(N, H, W, C)")
+    check_floating(fn, arg, x)
+    if channels is not None and x.shape[-1] != channels:
+        raise fail(fn, arg, f"{channels} channels (last axis, NHWC)", f"shape {shape_of(x)}")
+
+
+def check_floating(fn: str, arg: str, x: Any) -> None:
+    check_array(fn, arg, x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise fail(fn, arg, "a floating-point array", f"dtype {x.dtype}")
+
+
+def check_choice(fn: str, arg: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise fail(fn, arg, f"one of {', '.join(repr(c) for c in choices)}", repr(value))
+
+
+def check_positive_int(fn: str, arg: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise fail(fn, arg, f"an integer >= {minimum}", repr(value))
+
+
+def check_odd(fn: str, arg: str, value: Any) -> None:
+    check_positive_int(fn, arg, value)
+    if value % 2 == 0:
+        raise fail(fn, arg, "an odd positive integer", repr(value))
+
+
+def check_divides(fn: str, arg: str, value: int, divisor_arg: str, divisor: int) -> None:
+    if divisor <= 0 or value % divisor != 0:
+        raise fail(fn, arg, f"divisible by {divisor_arg}={divisor}", repr(value))
+
+
+def check_same(fn: str, arg: str, value: Any, expected: Any, what: str) -> None:
+    if value != expected:
+        raise fail(fn, arg, f"{what} {expected!r}", repr(value))
+
+
+def check_callable_or_name(
+    fn: str, arg: str, value: Any, table: dict[str, Callable[..., Any]]
+) -> Callable[..., Any]:
+    """Resolve a name from ``table`` or accept a callable as is."""
+    if callable(value):
+        return value
+    if isinstance(value, str) and value in table:
+        return table[value]
+    raise fail(fn, arg, f"a callable or one of {', '.join(repr(k) for k in table)}", repr(value))

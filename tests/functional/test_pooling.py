@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch.nn.functional as tF
+from jax.test_util import check_grads
+
+from attention_jax import functional as F
+from tests.parity import assert_close, nchw_to_nhwc, nhwc_to_nchw
+
+X = np.random.default_rng(0).normal(size=(2, 5, 7, 6)).astype(np.float32)
+
+
+def test_global_pools_match_torch():
+    xt = nhwc_to_nchw(X)
+    assert_close(F.global_avg_pool(X), tF.adaptive_avg_pool2d(xt, 1).flatten(1))
+    assert_close(F.global_max_pool(X), tF.adaptive_max_pool2d(xt, 1).flatten(1))
+    assert F.global_avg_pool(X, keepdims=True).shape == (2, 1, 1, 6)
+
+
+def test_channel_pools_match_torch():
+    xt = nhwc_to_nchw(X)
+    assert_close(F.channel_avg_pool(X), nchw_to_nhwc(xt.mean(1, keepdim=True)))
+    assert_close(F.channel_max_pool(X), nchw_to_nhwc(xt.amax(1, keepdim=True)))
+    both = F.channel_avg_max_pool(X)
+    assert both.shape == (2, 5, 7, 2)
+    assert_close(both[..., 1], xt.amax(1).numpy())
+    assert F.channel_avg_pool(X, keepdims=False).shape == (2, 5, 7)
+
+
+@pytest.mark.parametrize("fn", [F.global_avg_pool, F.global_max_pool, F.channel_avg_pool,
+                                F.channel_max_pool, F.channel_avg_max_pool])
+def test_pools_grads_jit_vmap(fn, x64):
+    x = jnp.asarray(X[:1, :3, :3, :3], jnp.float64) + jnp.arange(27.0).reshape(1, 3, 3, 3) * 0.1
+    check_grads(fn, (x,), order=2, modes=["rev", "fwd"])
+    np.testing.assert_allclose(jax.jit(fn)(X), fn(X), rtol=1e-6)
+    batched = jax.vmap(lambda a: fn(a[None])[0])(X)
+    np.testing.assert_allclose(batched, fn(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_mean_accumulates_in_float32(dtype):
+    # 1e4 * 4096 pixels overflows a float16 accumulator (max 65504); float32 accumulation does not.
+    x = jnp.full((1, 64, 64, 2), 1e4, dtype)
+    out = F.global_avg_pool(x)
+    assert out.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out)))
+    np.testing.assert_allclose(np.asarray(out, np.float32), 1e4, rtol=1e-2)
+
+
+@pytest.mark.parametrize("fn", [F.global_avg_pool, F.channel_avg_max_pool])
+def test_rank_and_dtype_errors(fn):
+    name = fn.__name__
+    with pytest.raises(ValueError, match=rf"{name}: x must be rank 4 \(N, H, W, C\), got shape"):
+        fn(jnp.ones((3, 4, 5)))
+    with pytest.raises(ValueError, match=rf"{name}: x must be a floating-point array, got dtype"):
+        fn(jnp.ones((1, 3, 4, 5), jnp.int32))

@@ -1,0 +1,163 @@
+"""Parity checks of our modules against PyTorch references: same weights, same input,
+forward and gradients (w.r.t. the input and every parameter) compared in float32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+# jax leaf name -> torch parameter/buffer name
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+         "var": "running_var"}
+
+
+def to_torch(a: Any) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+def nhwc_to_nchw(a: Any) -> torch.Tensor:
+    return to_torch(a).permute(0, 3, 1, 2).contiguous()
+
+
+def nchw_to_nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+def kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    """Flax kernel layout -> PyTorch weight layout, by rank."""
+    k = np.asarray(k)
+    if k.ndim == 4:  # conv2d (kh, kw, in/g, out) -> (out, in/g, kh, kw)
+        return k.transpose(3, 2, 0, 1)
+    if k.ndim == 3:  # conv1d (k, in/g, out) -> (out, in/g, k)
+        return k.transpose(2, 1, 0)
+    if k.ndim == 2:  # dense (in, out) -> (out, in)
+        return k.T
+    return k
+
+
+def jax_to_torch_state(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Flatten a (merged) jax parameter tree into a torch state dict, converting layouts."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(jax_to_torch_state(value, f"{prefix}{key}."))
+        elif key == "kernel":
+            out[f"{prefix}weight"] = kernel_to_torch(value)
+        else:
+            out[f"{prefix}{_LEAF.get(key, key)}"] = np.asarray(value)
+    return out
+
+
+def merge_collections(variables: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+
+    def _merge(into, tree):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                _merge(into.setdefault(k, {}), v)
+            else:
+                into[k] = v
+
+    for col in ("params", "batch_stats"):
+        _merge(merged, dict(variables.get(col, {})))
+    return merged
+
+
+def load_into_torch(module: torch.nn.Module, variables: dict[str, Any]) -> None:
+    """Copy linen variables into a torch reference; every torch tensor must be covered."""
+    state = jax_to_torch_state(merge_collections(variables))
+    own = module.state_dict()
+    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
+    assert set(state) == own_keys, (sorted(set(state) - own_keys), sorted(own_keys - set(state)))
+    for k, v in state.items():
+        assert tuple(own[k].shape) == v.shape, (k, own[k].shape, v.shape)
+    module.load_state_dict({k: torch.tensor(np.array(v, np.float32))
+                            for k, v in state.items()}, strict=False)
+
+
+def randomize_batch_stats(variables: dict[str, Any], key: jax.Array) -> dict[str, Any]:
+    """Non-trivial running statistics so eval-mode BatchNorm is actually exercised."""
+    if "batch_stats" not in variables:
+        return variables
+    leaves, tree = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])
+    keys = jax.random.split(key, len(leaves))
+    new = []
+    for (path, leaf), k in zip(leaves, keys, strict=True):
+        r = jax.random.uniform(k, leaf.shape, minval=0.5, maxval=1.5)
+        new.append(r if jax.tree_util.keystr(path).endswith("'var']") else r - 1.0)
+    return {**variables, "batch_stats": jax.tree_util.tree_unflatten(tree, new)}
+
+
+def assert_close(actual, expected, *, rtol: float = 1e-5, atol_rel: float = 1e-5, what=""):
+    expected = np.asarray(expected, np.float64)
+    actual = np.asarray(actual, np.float64)
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol_rel * scale, err_msg=what)
+
+
+def check_module_parity(
+    module,
+    torch_module: torch.nn.Module,
+    x: np.ndarray,
+    *,
+    variables: dict[str, Any] | None = None,
+    seed: int = 0,
+    rtol: float = 1e-5,
+    atol_rel: float = 1e-5,
+    apply_kwargs: dict[str, Any] | None = None,
+    output_to_torch_layout=None,
+) -> dict[str, Any]:
+    """Forward and gradient parity of a linen module against a torch reference in eval mode.
+
+    ``x`` is NHWC float32 (anything else is passed through unchanged to both sides).
+    Returns the variables used, so callers can reuse them (e.g. for linen == nnx).
+    """
+    apply_kwargs = apply_kwargs or {}
+    x = jnp.asarray(x, jnp.float32)
+    k_init, k_stats, k_cot = jax.random.split(jax.random.key(seed), 3)
+    if variables is None:
+        variables = module.init(k_init, x, **apply_kwargs)
+        variables = randomize_batch_stats(dict(variables), k_stats)
+    load_into_torch(torch_module, variables)
+    torch_module.eval()
+
+    y = module.apply(variables, x, **apply_kwargs)
+    cot = jax.random.normal(k_cot, y.shape, jnp.float32)
+
+    def loss(params, x):
+        out = module.apply({**variables, "params": params}, x, **apply_kwargs)
+        return jnp.sum(out * cot)
+
+    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+    xt = nhwc_to_nchw(x).requires_grad_(True)
+    yt = torch_module(xt)
+    to_nhwc = output_to_torch_layout or nchw_to_nhwc
+    assert_close(y, to_nhwc(yt), rtol=rtol, atol_rel=atol_rel, what="forward")
+    cot_t = nhwc_to_nchw(cot) if y.ndim == 4 else to_torch(cot)
+    (yt * cot_t).sum().backward()
+    assert_close(g_x, nchw_to_nhwc(xt.grad), rtol=rtol, atol_rel=atol_rel, what="grad x")
+    named = dict(torch_module.named_parameters())
+    grads = jax_to_torch_state(g_params)
+    assert set(grads) == set(named), (sorted(grads), sorted(named))
+    for name, g in grads.items():
+        assert_close(g, named[name].grad.numpy(), rtol=rtol, atol_rel=atol_rel,
+                     what=f"grad {name}")
+    return variables
+
+
+def check_linen_equals_nnx(linen_module, nnx_module, x, variables, *, apply_kwargs=None,
+                           atol: float = 0.0) -> None:
+    """The nnx module, loaded with the linen variables, gives the same output (eval mode)."""
+    from attention_jax import load_linen_variables
+
+    load_linen_variables(nnx_module, variables)
+    if hasattr(nnx_module, "eval"):
+        nnx_module.eval()
+    a = linen_module.apply(variables, x, **(apply_kwargs or {}))
+    b = nnx_module(x)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=atol or 1e-6)
