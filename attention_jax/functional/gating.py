@@ -72,7 +72,7 @@ def get_gate(gate: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.Arra
       gate: a name in ``GATES`` or a callable mapping an array to an array of the same shape.
 
     Returns:
-      The gate callable.
+      The gate (a callable).
     """
     return check_callable_or_name("get_gate", "gate", gate, GATES)
 
@@ -84,7 +84,7 @@ def get_act(act: str | Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array]
       act: a name in ``ACTIVATIONS`` or a callable.
 
     Returns:
-      The activation callable.
+      The activation (a callable).
     """
     return check_callable_or_name("get_act", "act", act, ACTIVATIONS)
 
@@ -153,7 +153,7 @@ def eca_kernel_size(channels: int, *, gamma: float = 2.0, beta: float = 1.0) -> 
       gamma, beta: the paper's mapping constants.
 
     Returns:
-      Odd kernel size >= 1.
+      Odd kernel size >= 1 (an int).
     """
     check_positive_int("eca_kernel_size", "channels", channels)
     t = int(abs((math.log2(channels) + beta) / gamma))
@@ -161,7 +161,7 @@ def eca_kernel_size(channels: int, *, gamma: float = 2.0, beta: float = 1.0) -> 
 
 
 def make_divisible(
-    value: float, divisor: int = 8, *, min_value: int | None = None, round_limit: float = 0.9
+    value: float, *, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
 ) -> int:
     """Round a channel count to a multiple of ``divisor`` without losing more than 10%.
 
@@ -205,7 +205,7 @@ def reduced_channels(
       rd_divisor: rounding multiple.
 
     Returns:
-      The bottleneck width (>= 1).
+      The bottleneck width (an int >= 1).
     """
     check_positive_int(fn, "channels", channels)
     if rd_channels is not None:
@@ -220,4 +220,4 @@ def reduced_channels(
             raise fail(fn, "rd_ratio", f"large enough that channels * rd_ratio >= 1 "
                        f"(channels={channels})", repr(rd_ratio))
         return width
-    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+    return make_divisible(channels * rd_ratio, divisor=rd_divisor, round_limit=0.0)

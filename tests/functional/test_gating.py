@@ -67,8 +67,8 @@ def test_eca_kernel_size_formula(c):
 
 
 def test_make_divisible_and_reduced_channels():
-    assert F.make_divisible(64 / 16, 8) == 8
-    assert F.make_divisible(37, 8) == 40
+    assert F.make_divisible(64 / 16, divisor=8) == 8
+    assert F.make_divisible(37, divisor=8) == 40
     assert F.reduced_channels("f", 256, rd_ratio=1 / 16, rd_channels=None, rd_divisor=8) == 16
     assert F.reduced_channels("f", 256, rd_ratio=1 / 16, rd_channels=7, rd_divisor=8) == 7
     assert F.reduced_channels("f", 48, rd_ratio=1 / 16, rd_channels=None, rd_divisor=1) == 3
