@@ -1,0 +1,229 @@
+"""Spatial transformer forwards (localisation -> transform -> grid -> sample), written once.
+
+The linen and nnx ``LocalisationNet`` / ``SpatialTransformer`` modules only declare their layers
+and call these functions; the layers are passed as plain ``array -> array`` callables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
+from attention_jax.functional._numerics import mean
+from attention_jax.functional.sampling import (
+    MODES,
+    PADDING_MODES,
+    affine_grid,
+    grid_sample,
+    perspective_grid,
+    tps_base_points,
+    tps_grid,
+)
+
+__all__ = [
+    "TRANSFORMS",
+    "transform_num_params",
+    "identity_transform_params",
+    "transform_grid",
+    "localisation_net",
+    "spatial_transformer",
+]
+
+Layer = Callable[[jax.Array], jax.Array]
+
+TRANSFORMS = ("affine", "similarity", "translation", "perspective", "tps")
+
+
+def _check_tps_grid_size(fn: str, tps_grid_size: Sequence[int]) -> tuple[int, int]:
+    if not isinstance(tps_grid_size, (tuple, list)) or len(tps_grid_size) != 2:
+        raise fail(fn, "tps_grid_size", "a pair (gh, gw)", repr(tps_grid_size))
+    for v in tps_grid_size:
+        check_positive_int(fn, "tps_grid_size", v, minimum=2)
+    return int(tps_grid_size[0]), int(tps_grid_size[1])
+
+
+def transform_num_params(transform: str, *, tps_grid_size: Sequence[int] = (3, 3)) -> int:
+    """Number of parameters the localisation network regresses for a transform.
+
+    Args:
+      transform: one of ``TRANSFORMS``.
+      tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
+
+    Returns:
+      an int: 6 (affine), 4 (similarity: scale, angle, tx, ty), 2 (translation),
+      8 (perspective: the homography with h33 = 1), 2 * gh * gw (tps).
+    """
+    check_choice("transform_num_params", "transform", transform, TRANSFORMS)
+    if transform == "tps":
+        gh, gw = _check_tps_grid_size("transform_num_params", tps_grid_size)
+        return 2 * gh * gw
+    return {"affine": 6, "similarity": 4, "translation": 2, "perspective": 8}[transform]
+
+
+def identity_transform_params(
+    transform: str, *, tps_grid_size: Sequence[int] = (3, 3)
+) -> np.ndarray:
+    """The parameter vector of the identity transform (the localisation net's initial bias).
+
+    Args:
+      transform: one of ``TRANSFORMS``.
+      tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
+
+    Returns:
+      float32 array of shape (P,), P = ``transform_num_params(transform, ...)``.
+    """
+    check_choice("identity_transform_params", "transform", transform, TRANSFORMS)
+    if transform == "tps":
+        gh, gw = _check_tps_grid_size("identity_transform_params", tps_grid_size)
+        return tps_base_points((gh, gw)).reshape(-1)
+    table = {
+        "affine": [1, 0, 0, 0, 1, 0],
+        "similarity": [1, 0, 0, 0],
+        "translation": [0, 0],
+        "perspective": [1, 0, 0, 0, 1, 0, 0, 0],
+    }
+    return np.asarray(table[transform], np.float32)
+
+
+def transform_grid(
+    params: jax.Array,
+    size: Sequence[int],
+    *,
+    transform: str = "affine",
+    tps_grid_size: Sequence[int] = (3, 3),
+    align_corners: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Transform parameters -> sampling grid (computed in float32 whatever ``params``' dtype).
+
+    Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (sec. 3.2).
+
+    Args:
+      params: (N, P) regressed parameters (see ``transform_num_params``): affine: the row-major
+        2x3 matrix; similarity: (scale, angle in radians, tx, ty); translation: (tx, ty);
+        perspective: the first 8 entries of the row-major 3x3 homography (h33 = 1); tps: the
+        (x, y) input positions of the ``tps_base_points(tps_grid_size)`` control points.
+      size: output size (N, Ho, Wo, C).
+      transform: one of ``TRANSFORMS``.
+      tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
+      align_corners: as in ``affine_grid``.
+
+    Returns:
+      grid (N, Ho, Wo, 2) and a dict with ``"matrix"`` ((N, 2, 3) or, for perspective, (N, 3, 3))
+      or, for tps, ``"control_points"`` (N, K, 2).
+    """
+    fn = "transform_grid"
+    check_choice(fn, "transform", transform, TRANSFORMS)
+    p_count = transform_num_params(transform, tps_grid_size=tps_grid_size)
+    if params.ndim != 2 or params.shape[1] != p_count:
+        raise fail(fn, "params", f"shape (N, {p_count}) for transform={transform!r}",
+                   f"shape {tuple(params.shape)}")
+    p = params.astype(jnp.promote_types(params.dtype, jnp.float32))
+    n = p.shape[0]
+    if transform == "tps":
+        cp = p.reshape(n, -1, 2)
+        grid = tps_grid(cp, size, base_points=tps_base_points(tuple(tps_grid_size)),
+                        align_corners=align_corners)
+        return grid, {"control_points": cp}
+    if transform == "perspective":
+        m = jnp.concatenate([p, jnp.ones((n, 1), p.dtype)], axis=1).reshape(n, 3, 3)
+        return perspective_grid(m, size, align_corners=align_corners), {"matrix": m}
+    if transform == "affine":
+        theta = p.reshape(n, 2, 3)
+    elif transform == "similarity":
+        s, a, tx, ty = (p[:, i] for i in range(4))
+        c, si = s * jnp.cos(a), s * jnp.sin(a)
+        theta = jnp.stack([c, -si, tx, si, c, ty], axis=1).reshape(n, 2, 3)
+    else:
+        one, zero = jnp.ones((n,), p.dtype), jnp.zeros((n,), p.dtype)
+        theta = jnp.stack([one, zero, p[:, 0], zero, one, p[:, 1]], axis=1).reshape(n, 2, 3)
+    return affine_grid(theta, size, align_corners=align_corners), {"matrix": theta}
+
+
+def _max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max pool, stride 2, partial windows kept (PyTorch ``max_pool2d(2, ceil_mode=True)``)."""
+    pad = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
+    init = jnp.array(-jnp.inf, x.dtype)
+    return jax.lax.reduce_window(x, init, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pad)
+
+
+def localisation_net(
+    x: jax.Array, *, conv1: Layer, conv2: Layer, fc1: Layer, fc2: Layer
+) -> jax.Array:
+    """The STN localisation network: conv-relu-pool twice, global average, dense-relu-dense.
+
+    Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (sec. 3.1).
+
+    Args:
+      x: (N, H, W, C) feature map.
+      conv1: layer (N, H, W, C) -> (N, H, W, F1) (3x3, same padding).
+      conv2: layer (N, ~H/2, ~W/2, F1) -> (N, ~H/2, ~W/2, F2).
+      fc1: layer (N, F2) -> (N, D).
+      fc2: layer (N, D) -> (N, P), initialised to the identity transform.
+
+    Returns:
+      (N, P) transform parameters.
+    """
+    check_nhwc("localisation_net", "x", x)
+    h = _max_pool2(jax.nn.relu(conv1(x)))
+    h = _max_pool2(jax.nn.relu(conv2(h)))
+    h = mean(h, (1, 2))
+    return fc2(jax.nn.relu(fc1(h)))
+
+
+def spatial_transformer(
+    x: jax.Array,
+    *,
+    localisation: Layer,
+    transform: str = "affine",
+    out_size: Sequence[int] | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+    tps_grid_size: Sequence[int] = (3, 3),
+    return_transform: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
+    """Spatial transformer: localisation -> transform parameters -> grid -> sample.
+
+    Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      localisation: callable (N, H, W, C) -> (N, P) regressing the transform parameters.
+      transform: one of ``TRANSFORMS`` (see ``transform_grid`` for the parameterisations).
+      out_size: (Ho, Wo) of the output; None keeps (H, W).
+      mode: ``grid_sample`` interpolation.
+      padding_mode: ``grid_sample`` padding.
+      align_corners: as in ``affine_grid`` / ``grid_sample``.
+      tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
+      return_transform: also return the transform.
+
+    Returns:
+      (N, Ho, Wo, C) in ``x``'s dtype; with ``return_transform`` a pair (output, dict with
+      ``"params"`` (N, P), ``"grid"`` (N, Ho, Wo, 2) and ``"matrix"`` or ``"control_points"``).
+    """
+    fn = "spatial_transformer"
+    check_nhwc(fn, "x", x)
+    check_choice(fn, "transform", transform, TRANSFORMS)
+    check_choice(fn, "mode", mode, MODES)
+    check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
+    n, h, w, c = x.shape
+    if out_size is None:
+        ho, wo = h, w
+    else:
+        if not isinstance(out_size, (tuple, list)) or len(out_size) != 2:
+            raise fail(fn, "out_size", "None or a pair (Ho, Wo)", repr(out_size))
+        for v in out_size:
+            check_positive_int(fn, "out_size", v)
+        ho, wo = int(out_size[0]), int(out_size[1])
+    params = localisation(x)
+    grid, aux = transform_grid(params, (n, ho, wo, c), transform=transform,
+                               tps_grid_size=tps_grid_size, align_corners=align_corners)
+    y = grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    if return_transform:
+        return y, {"params": params, "grid": grid, **aux}
+    return y

@@ -1,0 +1,122 @@
+"""grid_sample (bilinear, zeros) speed: attention_jax vs PyTorch, forward and forward+backward.
+
+Run: ``.venv/bin/python benchmarks/bench_grid_sample.py`` (``--repeats``, ``--threads``).
+The two sides are timed alternately (JAX, PyTorch, JAX, ...) after warm-up, so slow drifts of a
+shared machine hit both; each repeat is the mean of enough calls to last ``--min-repeat-s``, and
+the table reports medians over repeats and the ratio JAX / PyTorch (<= 1.0 means JAX is as fast
+or faster). Forward+backward is the gradient w.r.t. both the image and the grid of
+``sum(grid_sample(x, grid) * cotangent)``; grids are random affine transforms near the identity
+with the output size equal to the input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as tF
+
+from attention_jax.functional import affine_grid, grid_sample
+
+SHAPES = [(64, 28, 28, 1), (64, 60, 60, 1), (16, 56, 56, 32)]
+
+
+def _calls(step, min_s: float) -> int:
+    t0 = time.perf_counter()
+    step()
+    dt = time.perf_counter() - t0
+    return max(1, int(np.ceil(min_s / max(dt, 1e-9))))
+
+
+def _time(step, number: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(number):
+        step()
+    return (time.perf_counter() - t0) / number
+
+
+def bench_shape(shape, *, repeats: int, warmup: int, min_repeat_s: float) -> dict[str, float]:
+    n, h, w, c = shape
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    theta = np.tile(np.eye(2, 3, dtype=np.float32)[None], (n, 1, 1))
+    theta += 0.1 * rng.normal(size=theta.shape).astype(np.float32)
+    grid = np.array(affine_grid(jnp.asarray(theta), shape))
+    cot = rng.normal(size=shape).astype(np.float32)
+
+    xj, gj, cj = jnp.asarray(x), jnp.asarray(grid), jnp.asarray(cot)
+    fwd_j = jax.jit(lambda a, g: grid_sample(a, g))
+    bwd_j = jax.jit(jax.grad(lambda a, g: jnp.sum(grid_sample(a, g) * cj), argnums=(0, 1)))
+
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    gt = torch.from_numpy(grid)
+    ct = torch.from_numpy(np.ascontiguousarray(cot.transpose(0, 3, 1, 2)))
+    xr, gr = xt.clone().requires_grad_(True), gt.clone().requires_grad_(True)
+
+    def fwd_t():
+        with torch.no_grad():
+            return tF.grid_sample(xt, gt, mode="bilinear", padding_mode="zeros",
+                                  align_corners=False)
+
+    def bwd_t():
+        xr.grad = gr.grad = None
+        (tF.grid_sample(xr, gr, align_corners=False) * ct).sum().backward()
+        return xr.grad, gr.grad
+
+    steps = {
+        "fwd": (lambda: fwd_j(xj, gj).block_until_ready(), fwd_t),
+        "fwd+bwd": (lambda: jax.block_until_ready(bwd_j(xj, gj)), bwd_t),
+    }
+    # Same answer on both sides before timing anything.
+    np.testing.assert_allclose(np.asarray(fwd_j(xj, gj)),
+                               fwd_t().permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    gx, gg = bwd_j(xj, gj)
+    gxt, ggt = bwd_t()
+    np.testing.assert_allclose(np.asarray(gx), gxt.permute(0, 2, 3, 1).numpy(), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(gg), ggt.numpy(), rtol=1e-3, atol=1e-2)
+
+    out = {}
+    for name, (sj, st) in steps.items():
+        for _ in range(warmup):
+            sj()
+            st()
+        nj, nt = _calls(sj, min_repeat_s), _calls(st, min_repeat_s)
+        tj, tt = [], []
+        for _ in range(repeats):
+            tj.append(_time(sj, nj))
+            tt.append(_time(st, nt))
+        out[f"{name}_jax_ms"] = statistics.median(tj) * 1e3
+        out[f"{name}_torch_ms"] = statistics.median(tt) * 1e3
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-repeat-s", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch threads (default: the cores this process may use)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({args.threads} threads), {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus")
+    print(f"{'shape (N,H,W,C)':<18} {'pass':<8} {'jax ms':>9} {'torch ms':>9} {'ratio':>6}")
+    for shape in SHAPES:
+        r = bench_shape(shape, repeats=args.repeats, warmup=args.warmup,
+                        min_repeat_s=args.min_repeat_s)
+        for name in ("fwd", "fwd+bwd"):
+            j, t = r[f"{name}_jax_ms"], r[f"{name}_torch_ms"]
+            print(f"{str(shape):<18} {name:<8} {j:>9.3f} {t:>9.3f} {j / t:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
