@@ -1,0 +1,227 @@
+"""The benchmark harness's own logic on a tiny sweep (no timing is asserted).
+
+Every registered mechanism runs at the registry contract's shape (9x9x32, which each mechanism
+must accept), forward only, so the sweep stays cheap as the registry grows; forward+backward,
+PyTorch parity of the timed functions and the memory probe are checked on ``se``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import attention_jax as aj
+from benchmarks.__main__ import build_parser, main
+from benchmarks.report import SCHEMA_VERSION, format_table
+from benchmarks.runner import rel_diff
+from benchmarks.specs import (
+    FUNCTIONAL_SPECS,
+    MEMORY_BOUND,
+    QUICK_SHAPE,
+    RESNET_STAGES,
+    SHAPE_OVERRIDES,
+    build_specs,
+    parse_shape,
+    shapes_for,
+)
+from benchmarks.timing import roofline, summarize
+from tests.reference.registry import REFERENCES
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--shape", "9x9x32", "--repeats", "1", "--warmup", "0", "--min-repeat-ms", "0",
+        "--bandwidth-mb", "8", "--torch-threads", "1"]
+FUNCTIONS = [f for f in FUNCTIONAL_SPECS if hasattr(aj.functional, f)]
+ROW_KEYS = {"name", "kind", "shape", "shape_label", "batch", "dtype", "devices", "status", "note",
+            "jax", "torch", "ratio", "roofline", "sharding_check"}
+STAT_KEYS = {"median_s", "min_s", "max_s", "repeats", "number", "images_per_s"}
+
+
+def _load(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _is_png(path: Path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_sweep_every_mechanism_schema(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main([*TINY, "--modes", "fwd", "--batch-sizes", "2", "--no-plots", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    res = _load(out)
+    assert res["schema_version"] == SCHEMA_VERSION
+    env = res["environment"]
+    assert env["versions"]["jax"] and env["versions"]["flax"] and env["versions"]["torch"]
+    assert env["device"]["backend"] == "cpu" and env["machine"]["cpu_count"] >= 1
+    assert env["date"][:2] == "20" and "git_commit" in env
+    assert res["config"]["batch_sizes"] == [2] and res["config"]["modes"] == ["fwd"]
+
+    names = {r["name"] for r in res["rows"]}
+    assert names == set(aj.list_attention()) | set(FUNCTIONS)
+    assert len(res["rows"]) == len(names)
+    for r in res["rows"]:
+        assert ROW_KEYS <= set(r), (r["name"], ROW_KEYS - set(r))
+        assert r["status"] == "ok", (r["name"], r["note"])
+        assert STAT_KEYS <= set(r["jax"]["fwd"]) and "fwdbwd" not in r["jax"]
+        assert r["jax"]["fwd"]["median_s"] > 0 and r["jax"]["compile_s"]["fwd"] > 0
+        assert r["jax"]["fwd"]["min_s"] <= r["jax"]["fwd"]["median_s"] <= r["jax"]["fwd"]["max_s"]
+        assert r["jax"]["xla_memory_bytes"]["fwd"] > 0
+        if r["name"] in REFERENCES or r["kind"] == "function":
+            assert STAT_KEYS <= set(r["torch"]["fwd"]) and r["ratio"]["fwd"] > 0
+            # Same weights on both sides: the timed functions compute the same thing.
+            assert r["torch_max_rel_diff"]["fwd"] < 1e-4, r["name"]
+        assert (r["roofline"] is not None) == (r["name"] in MEMORY_BOUND)
+        if r["roofline"]:
+            assert r["roofline"]["fraction"] > 0 and r["roofline"]["min_bytes"] > 0
+    assert res["bandwidth"]["bytes_per_s"] > 0
+    assert not (out / "time_vs_batch.png").exists()
+    for name in names:  # the table has a line for every mechanism
+        assert any(line.startswith(name + " ") for line in printed.splitlines()), name
+
+
+def test_forward_backward_torch_columns_and_plots(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main([*TINY, "--only", "se", "--batch-sizes", "1,2", "--no-progress", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().out
+    rows = _load(out)["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    for row in rows:
+        for side in ("jax", "torch"):
+            for mode in ("fwd", "fwdbwd"):
+                assert STAT_KEYS <= set(row[side][mode]), (side, mode)
+        assert set(row["ratio"]) == {"fwd", "fwdbwd"}
+        assert row["jax"]["compile_s"]["fwdbwd"] > 0
+        # The input gradients of the timed backward steps agree between the two sides.
+        assert row["torch_max_rel_diff"]["grad_input"] < 1e-4
+        assert "memory_probe" not in row
+    assert _is_png(out / "time_vs_batch.png") and _is_png(out / "ratio.png")
+
+
+def test_memory_probe_in_subprocesses(tmp_path, capsys):
+    rc = main([*TINY, "--only", "se", "--batch-sizes", "2", "--modes", "fwdbwd", "--memory",
+               "--no-plots", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    (row,) = _load(tmp_path)["rows"]
+    for side in ("jax", "torch"):
+        probe = row["memory_probe"][side]
+        assert "error" not in probe, probe
+        assert probe["mode"] == "fwdbwd"
+        assert probe["peak_rss_bytes"] >= probe["rss_before_step_bytes"] > 10 * 2**20
+
+
+def test_sharded_run_equals_single_device(tmp_path):
+    """4 fake CPU devices (the flag must be set before jax starts, hence a subprocess).
+
+    Sharding is the harness's (the batch split over a mesh), not the mechanisms', so a few
+    names cover it: SE, a mechanism with batch statistics (CBAM) and a self-attention one (NL)
+    where registered, and the functional ops; forward and forward+backward (the all-reduced
+    parameter gradients).
+    """
+    names = [n for n in ("se", "cbam", "nl") if n in aj.list_attention()] + FUNCTIONS
+    code = ("import sys; from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    argv = [*TINY, "--devices", "4", "--torch", "off", "--no-plots", "--no-progress",
+            "--only", ",".join(names), "--batch-sizes", "2,4", "--out", str(tmp_path)]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = _load(tmp_path)
+    assert res["devices"] == {"used": 4, "available": 4, "kind": "cpu", "platform": "cpu"}
+    assert sorted(r["name"] for r in res["rows"]) == sorted(names * 2)
+    for r in res["rows"]:
+        assert r["torch"] is None and r["ratio"] == {}
+        if r["batch"] == 2:  # 2 examples cannot be split over 4 devices: said, not hidden
+            assert r["status"] == "skipped" and "not divisible by 4" in r["note"]
+            continue
+        assert r["status"] == "ok", (r["name"], r["note"])
+        check = r["sharding_check"]
+        assert check["ok"] and check["output_devices"] == 4, (r["name"], check)
+        assert set(check["max_rel_diff"]) == {"fwd", "fwdbwd"}
+        assert max(check["max_rel_diff"].values()) <= 1e-5, (r["name"], check)
+
+
+def test_specs_follow_the_registry_and_the_override_table():
+    specs, notes = build_specs()
+    names = [s.name for s in specs]
+    assert names[: len(aj.list_attention())] == aj.list_attention()
+    for fn in FUNCTIONAL_SPECS:
+        assert (fn in names) == hasattr(aj.functional, fn)
+        assert (fn in names) != any(f"functional.{fn}" in n for n in notes)
+    assert shapes_for("a-name-nobody-registered") == (RESNET_STAGES, QUICK_SHAPE)
+    for name, row in SHAPE_OVERRIDES.items():
+        assert shapes_for(name) == (row["full"], row["quick"][0])
+    assert shapes_for("nl")[1][0] * shapes_for("nl")[1][1] < QUICK_SHAPE[0] * QUICK_SHAPE[1]
+    (se,) = build_specs(["se"])[0]
+    assert se.memory_bound and se.full_shapes == RESNET_STAGES
+    with pytest.raises(ValueError, match=r"bench: --only must name known specs .*'nope'"):
+        build_specs(["se", "nope"])
+
+
+def test_list_prints_every_spec(capsys):
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in aj.list_attention():
+        assert any(line.split()[0] == name for line in lines), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-sizes", "0,8"], "must be positive integers"),
+    (["--batch-sizes", "a"], "must be positive integers"),
+    (["--devices", "0"], "must be a positive integer or 'all'"),
+    (["--dtype", "float16"], "must be float32 and/or bfloat16"),
+    (["--modes", "bwd"], "must be fwd and/or fwdbwd"),
+    (["--shape", "9x9"], "--shape must be HxWxC"),
+    (["--quick", "--full"], "not allowed with argument"),
+])
+def test_bad_arguments_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_too_many_devices_and_unknown_name_exit_2(capsys):
+    assert main(["--devices", "64", "--no-progress"]) == 2
+    assert "--devices must be at most 1" in capsys.readouterr().err
+    assert main(["--only", "nope"]) == 2
+    assert "--only must name known specs" in capsys.readouterr().err
+
+
+def test_small_pieces():
+    assert parse_shape("28x28x64") == (28, 28, 64)
+    s = summarize([3.0, 1.0, 2.0], batch=4, number=5)
+    assert (s["median_s"], s["min_s"], s["max_s"], s["images_per_s"], s["number"]) == (
+        2.0, 1.0, 3.0, 2.0, 5)
+    r = roofline(1000, 1e6, 2e-3)
+    assert r["bound_s"] == pytest.approx(1e-3) and r["fraction"] == pytest.approx(0.5)
+    assert rel_diff({"a": [1.0, 2.0]}, {"a": [1.0, 4.0]}) == pytest.approx(0.5)
+    assert rel_diff([0.0], [0.0]) == 0.0
+
+
+def test_table_shows_skipped_and_error_rows():
+    base = {"kind": "module", "shape": [9, 9, 32], "shape_label": "9x9x32", "dtype": "float32",
+            "devices": 1, "jax": {}, "torch": None, "ratio": {}, "roofline": None,
+            "sharding_check": None}
+    rows = [{**base, "name": "se", "batch": 1, "status": "skipped", "note": "time limit"},
+            {**base, "name": "xx", "batch": 2, "status": "error", "note": "ValueError: boom"}]
+    table = format_table({"rows": rows})
+    assert "skipped: time limit" in table and "error: ValueError: boom" in table
+
+
+def test_time_limit_skips_rows_and_says_so():
+    from benchmarks.runner import Config, run_sweep
+
+    specs, _ = build_specs(["se"])
+    cfg = Config(batch_sizes=(1, 2), shape=(9, 9, 32), time_limit_s=1e-9, bandwidth_mb=0)
+    res = run_sweep(specs, cfg)
+    assert [(r["batch"], r["status"], r["note"]) for r in res["rows"]] == [
+        (1, "skipped", "time limit reached"), (2, "skipped", "time limit reached")]
+    assert "2 rows skipped" in res["notes"][0]
+    assert "skipped: time limit reached" in format_table(res)
