@@ -81,3 +81,14 @@ def test_jit_compiles_once(name):
     f(v, X)
     f(v, X + 1.0)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_grad_wrt_input_and_params(name):
+    """Reverse mode under jit works for every mechanism (the benchmark's forward+backward)."""
+    m = aj.create_attention(name, C)
+    v = m.init(jax.random.key(0), X)
+    loss = lambda p, x: jnp.sum(m.apply({**v, "params": p}, x) ** 2)
+    gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], X)
+    assert gx.shape == X.shape and bool(jnp.all(jnp.isfinite(gx)))
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(gp))

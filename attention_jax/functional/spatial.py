@@ -147,8 +147,8 @@ def transform_grid(
 def _max_pool2(x: jax.Array) -> jax.Array:
     """2x2 max pool, stride 2, partial windows kept (PyTorch ``max_pool2d(2, ceil_mode=True)``)."""
     pad = ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0))
-    init = jnp.array(-jnp.inf, x.dtype)
-    return jax.lax.reduce_window(x, init, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pad)
+    # A Python-scalar init lets JAX lower this to reduce_window_max, which has a reverse rule.
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pad)
 
 
 def localisation_net(
