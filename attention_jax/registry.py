@@ -17,6 +17,24 @@ __all__ = ["create_attention", "list_attention", "get_attention_class", "SHARED_
 # name -> class name (same in linen and nnx). Later families add their rows here.
 _REGISTRY: dict[str, str] = {
     "se": "SqueezeExcite",
+    "eca": "EfficientChannelAttention",
+    "cbam": "CBAM",
+    "bam": "BAM",
+    "ge": "GatherExcite",
+    "gc": "GlobalContext",
+    "soca": "SecondOrderChannel",
+    "ca": "CoordinateAttention",
+    "sk": "SelectiveKernel",
+    "splat": "SplitAttention",
+    "pfa": "ContextAwarePyramid",
+    "stn": "SpatialTransformer",
+    "nl": "NonLocal",
+    "pam": "PositionAttention",
+    "cam": "ChannelSelfAttention",
+    "danet": "DualAttentionHead",
+    "cca": "CrissCrossAttention",
+    "mhsa2d": "MultiHeadSelfAttention2d",
+    "aspp": "ASPP",
 }
 
 SHARED_DEFAULTS: dict[str, Any] = {

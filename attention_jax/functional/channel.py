@@ -7,15 +7,31 @@ the linen and nnx modules share one forward and users can call the math with the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
-from attention_jax._validation import check_nhwc
-from attention_jax.functional.gating import get_act, get_gate, rescale
-from attention_jax.functional.pooling import global_avg_pool, global_max_pool
+from attention_jax._validation import check_nhwc, check_odd, check_positive_int, fail
+from attention_jax.functional._numerics import acc_dtype
+from attention_jax.functional.gating import eca_kernel_size, get_act, get_gate, rescale
+from attention_jax.functional.pooling import (
+    avg_pool2d,
+    covariance_pool,
+    global_avg_pool,
+    global_max_pool,
+    newton_schulz_sqrt,
+)
 
-__all__ = ["squeeze_excite"]
+__all__ = [
+    "squeeze_excite",
+    "efficient_channel_attention",
+    "gather_excite",
+    "global_context",
+    "second_order_channel",
+    "interpolate_nearest",
+    "ge_gather",
+]
 
 Layer = Callable[[jax.Array], jax.Array]
 
@@ -52,3 +68,279 @@ def squeeze_excite(
         s = 0.5 * s + 0.5 * global_max_pool(x, keepdims=True)
     w = gate_fn(expand(act_fn(reduce(s))))
     return rescale(x, w)
+
+
+def _check_shape(fn: str, arg: str, y: jax.Array, expected: tuple[int, ...]) -> None:
+    if tuple(y.shape) != tuple(expected):
+        raise fail(fn, arg, f"a layer returning shape {tuple(expected)}", f"shape {tuple(y.shape)}")
+
+
+def efficient_channel_attention(
+    x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid"
+) -> jax.Array:
+    """ECA: global avg pool -> 1D conv across channels (no bias) -> gate -> rescale.
+
+    Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+    CVPR 2020 (official ``eca_layer``): the pooled (N, C) descriptor is read as a length-C signal
+    with one feature, so the conv mixes each channel with its ``k`` neighbours.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      conv: layer mapping (N, C, 1) -> (N, C, 1) (a 1D conv, "same" padding, odd kernel).
+      gate: gate (name or callable).
+
+    Returns:
+      (N, H, W, C), dtype of ``x``.
+    """
+    fn = "efficient_channel_attention"
+    check_nhwc(fn, "x", x)
+    gate_fn = get_gate(gate)
+    n, c = x.shape[0], x.shape[-1]
+    y = conv(global_avg_pool(x)[..., None])
+    _check_shape(fn, "conv", y, (n, c, 1))
+    return rescale(x, gate_fn(y.reshape(n, 1, 1, c)))
+
+
+def _check_extent(fn: str, extent: int) -> None:
+    """Gather-excite's extent: 0 (global) or a power of two >= 2."""
+    if (isinstance(extent, bool) or not isinstance(extent, int) or extent < 0
+            or (extent > 0 and (extent < 2 or extent & (extent - 1)))):
+        raise fail(fn, "extent", "0 (global) or a power of two >= 2", repr(extent))
+
+
+def _ge_gather_convs(
+    fn: str, extent: int, extra_params: bool, feat_size: int | tuple[int, int] | None
+) -> list[tuple[tuple[int, int], tuple[int, int], object]]:
+    """Validate gather-excite's options; (kernel, stride, padding) of each gather conv."""
+    _check_extent(fn, extent)
+    if not extra_params:
+        return []
+    if extent > 0:
+        return [((3, 3), (2, 2), ((1, 1), (1, 1)))] * (extent.bit_length() - 1)
+    if feat_size is None:
+        raise fail(fn, "feat_size", "the input's (H, W) when extra_params=True and extent=0",
+                   "None")
+    size = (feat_size, feat_size) if isinstance(feat_size, int) else tuple(feat_size)
+    if len(size) != 2:
+        raise fail(fn, "feat_size", "an int or a pair (H, W)", repr(feat_size))
+    for v in size:
+        check_positive_int(fn, "feat_size", v)
+    return [(size, (1, 1), "VALID")]
+
+
+def _eca_kernel(fn: str, channels: int, kernel_size: int | None, gamma: float,
+                beta: float) -> int:
+    """ECA's 1D kernel: ``kernel_size`` if given (odd), else the adaptive odd size."""
+    check_positive_int(fn, "channels", channels)
+    if kernel_size is None:
+        return eca_kernel_size(channels, gamma=gamma, beta=beta)
+    check_odd(fn, "kernel_size", kernel_size)
+    return int(kernel_size)
+
+
+def ge_gather(
+    x: jax.Array,
+    *,
+    convs: Sequence[Layer],
+    norms: Sequence[Layer],
+    act: str | Layer = "relu",
+) -> jax.Array:
+    """Gather-excite's parameterised gather: conv -> norm, with ``act`` between (not after last).
+
+    Hu et al., NeurIPS 2018 (GE-theta), as timm's ``GatherExcite(extra_params=True)``.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      convs: K >= 1 layers (depthwise strided convs) (N, H, W, C) -> (N, ceil(H/2), ..., C).
+      norms: K layers (BatchNorm), one per conv.
+      act: activation between the stages (name or callable).
+
+    Returns:
+      (N, h, w, C) the gathered context, dtype of the layers' output.
+    """
+    fn = "ge_gather"
+    check_nhwc(fn, "x", x)
+    convs, norms = list(convs), list(norms)
+    if not convs:
+        raise fail(fn, "convs", "a non-empty sequence of layers", "an empty sequence")
+    if len(norms) != len(convs):
+        raise fail(fn, "norms", f"{len(convs)} layers (one per conv)", len(norms))
+    act_fn = get_act(act)
+    for i, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
+        x = norm(conv(x))
+        if i < len(convs) - 1:
+            x = act_fn(x)
+    return x
+
+
+def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Nearest-neighbour resize as ``torch.nn.functional.interpolate(mode="nearest")`` (NHWC).
+
+    Source index ``floor(i * in / out)`` (PyTorch's legacy "nearest", used by timm's
+    gather-excite), computed in integers; ``jax.image.resize`` uses half-pixel centres instead.
+
+    Args:
+      x: (N, h, w, C) feature map.
+      size: output (H, W).
+
+    Returns:
+      (N, H, W, C), dtype of ``x``.
+    """
+    fn = "interpolate_nearest"
+    check_nhwc(fn, "x", x)
+    if len(size) != 2:
+        raise fail(fn, "size", "a pair (H, W)", repr(size))
+    for s in size:
+        check_positive_int(fn, "size", s)
+    (h, w), (oh, ow) = x.shape[1:3], size
+    rows = (jnp.arange(oh) * h) // oh
+    cols = (jnp.arange(ow) * w) // ow
+    return x[:, rows][:, :, cols]
+
+
+def gather_excite(
+    x: jax.Array,
+    *,
+    extent: int = 0,
+    gather: Layer | None = None,
+    reduce: Layer | None = None,
+    expand: Layer | None = None,
+    act: str | Layer = "relu",
+    gate: str | Layer = "sigmoid",
+) -> jax.Array:
+    """Gather-excite: gather context over an extent, excite by a gate interpolated back.
+
+    Hu et al., "Gather-Excite: Exploiting Feature Context in CNNs", NeurIPS 2018, as in timm's
+    ``GatherExcite``. Parameter-free gather (GE-theta-minus): global mean for ``extent=0``, else
+    ``avg_pool2d(kernel 2e-1, stride e, padding e-1, count_include_pad=False)``. Parameterised
+    gather (GE-theta): ``gather`` (e.g. strided depthwise convs) replaces the pooling. With
+    ``reduce``/``expand`` an SE-style MLP (GE-theta-plus) maps the gathered context. The result
+    is resized back to (H, W) by nearest interpolation, gated and multiplied in.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      extent: 0 (global) or a power of two; used only when ``gather`` is None.
+      gather: layer (N, H, W, C) -> (N, h, w, C), or None for the parameter-free gather.
+      reduce: layer (N, h, w, C) -> (N, h, w, R), or None (no MLP; then ``expand`` is None too).
+      expand: layer (N, h, w, R) -> (N, h, w, C), or None.
+      act: hidden activation of the MLP (name or callable).
+      gate: gate (name or callable).
+
+    Returns:
+      (N, H, W, C), dtype of ``x``.
+    """
+    fn = "gather_excite"
+    check_nhwc(fn, "x", x)
+    _check_extent(fn, extent)
+    if (reduce is None) != (expand is None):
+        raise fail(fn, "reduce and expand", "both given or both None",
+                   f"reduce={reduce!r}, expand={expand!r}")
+    act_fn, gate_fn = get_act(act), get_gate(gate)
+    if gather is not None:
+        g = gather(x)
+    elif extent == 0:
+        g = global_avg_pool(x, keepdims=True)
+    else:
+        k = 2 * extent - 1
+        g = avg_pool2d(x, kernel_size=k, stride=extent, padding=k // 2, count_include_pad=False)
+    if g.ndim != 4 or g.shape[0] != x.shape[0] or g.shape[-1] != x.shape[-1]:
+        raise fail(fn, "gather", f"a layer returning (N, h, w, C) with N={x.shape[0]}, "
+                   f"C={x.shape[-1]}", f"shape {tuple(g.shape)}")
+    if reduce is not None:
+        g = expand(act_fn(reduce(g)))
+    if g.shape[1:3] != (1, 1):
+        g = interpolate_nearest(g, x.shape[1:3])
+    return rescale(x, gate_fn(g))
+
+
+def global_context(
+    x: jax.Array,
+    *,
+    attn: Layer,
+    add_transform: Sequence[Layer] | None = None,
+    scale_transform: Sequence[Layer] | None = None,
+    act: str | Layer = "relu",
+    gate: str | Layer = "sigmoid",
+) -> jax.Array:
+    """Global context block (GCNet): attention pooling, bottleneck transform, add/scale fusion.
+
+    Cao et al., "GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond", ICCVW
+    2019 (official ``ContextBlock``, timm ``GlobalContext``): ``p = softmax_{HW}(attn(x))``
+    (float32), context ``c = sum_p p * x``; each transform is ``fc2(act(norm(fc1(c))))``;
+    ``out = x * gate(scale(c))`` then ``out + add(c)``.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      attn: layer (N, H, W, C) -> (N, H, W, 1) (the 1x1 conv giving attention logits).
+      add_transform: (fc1, norm, fc2) layers mapping (N, 1, 1, C) -> (N, 1, 1, C), or None.
+      scale_transform: (fc1, norm, fc2) layers, same shapes, or None.
+      act: activation between the norm and fc2 (name or callable).
+      gate: gate of the scale fusion (name or callable).
+
+    Returns:
+      (N, H, W, C), dtype of ``x``.
+    """
+    fn = "global_context"
+    check_nhwc(fn, "x", x)
+    if add_transform is None and scale_transform is None:
+        raise fail(fn, "add_transform / scale_transform", "at least one given", "both None")
+    act_fn, gate_fn = get_act(act), get_gate(gate)
+    for arg, t in (("add_transform", add_transform), ("scale_transform", scale_transform)):
+        if t is not None and len(t) != 3:
+            raise fail(fn, arg, "three layers (fc1, norm, fc2)", f"{len(t)} layers")
+    n, h, w, c = x.shape
+    logits = attn(x)
+    _check_shape(fn, "attn", logits, (n, h, w, 1))
+    p = jax.nn.softmax(logits.reshape(n, h * w).astype(acc_dtype(x)), axis=-1)
+    context = jnp.einsum("np,npc->nc", p, x.reshape(n, h * w, c).astype(p.dtype),
+                         precision=jax.lax.Precision.HIGHEST)
+    context = context.astype(x.dtype).reshape(n, 1, 1, c)
+
+    def transform(layers):
+        fc1, norm, fc2 = layers
+        return fc2(act_fn(norm(fc1(context))))
+
+    out = x
+    if scale_transform is not None:
+        out = rescale(out, gate_fn(transform(scale_transform)))
+    if add_transform is not None:
+        out = out + transform(add_transform).astype(x.dtype)
+    return out
+
+
+def second_order_channel(
+    x: jax.Array,
+    *,
+    reduce: Layer,
+    expand: Layer,
+    act: str | Layer = "relu",
+    gate: str | Layer = "sigmoid",
+    iterations: int = 5,
+) -> jax.Array:
+    """Second-order channel attention (SOCA): covariance pooling -> sqrt -> SE-style gate.
+
+    Dai et al., "Second-order Attention Network for Single Image Super-Resolution", CVPR 2019,
+    Sec. 3.3 (official ``SOCA``): ``Y = sqrtm(cov(x))`` by Newton-Schulz (``iterations`` steps,
+    5 officially), descriptor ``z = mean over rows of Y`` (N, C), then
+    ``gate(expand(act(reduce(z))))`` rescales ``x``. Covariance and square root are computed in
+    float32 for bf16/fp16 input.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      reduce: layer mapping (N, 1, 1, C) -> (N, 1, 1, R).
+      expand: layer mapping (N, 1, 1, R) -> (N, 1, 1, C).
+      act: hidden activation (name or callable).
+      gate: gate (name or callable).
+      iterations: Newton-Schulz steps (>= 1).
+
+    Returns:
+      (N, H, W, C), dtype of ``x``.
+    """
+    fn = "second_order_channel"
+    check_nhwc(fn, "x", x)
+    check_positive_int(fn, "iterations", iterations)
+    act_fn, gate_fn = get_act(act), get_gate(gate)
+    n, c = x.shape[0], x.shape[-1]
+    root = newton_schulz_sqrt(covariance_pool(x), iterations=iterations)
+    z = jnp.mean(root, axis=1).astype(x.dtype).reshape(n, 1, 1, c)
+    return rescale(x, gate_fn(expand(act_fn(reduce(z)))))

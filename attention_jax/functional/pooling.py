@@ -6,11 +6,14 @@ with large values give finite, accurate descriptors.
 
 from __future__ import annotations
 
+import flax.linen as _flax_nn
 import jax
 import jax.numpy as jnp
 
-from attention_jax._validation import check_nhwc
-from attention_jax.functional._numerics import mean
+from attention_jax._validation import check_nhwc, check_positive_int, check_rank, fail
+from attention_jax.functional._numerics import acc_dtype, mean
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 __all__ = [
     "global_avg_pool",
@@ -18,6 +21,11 @@ __all__ = [
     "channel_avg_pool",
     "channel_max_pool",
     "channel_avg_max_pool",
+    "avg_pool_h",
+    "avg_pool_w",
+    "avg_pool2d",
+    "covariance_pool",
+    "newton_schulz_sqrt",
 ]
 
 
@@ -91,3 +99,135 @@ def channel_avg_max_pool(x: jax.Array) -> jax.Array:
     """
     check_nhwc("channel_avg_max_pool", "x", x)
     return jnp.concatenate([mean(x, -1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], -1)
+
+
+def avg_pool_h(x: jax.Array) -> jax.Array:
+    """Coordinate attention's height descriptor: every row averaged over the width.
+
+    Hou et al., "Coordinate Attention for Efficient Mobile Network Design", CVPR 2021, Eq. 2
+    (``z^h``; official ``nn.AdaptiveAvgPool2d((None, 1))``).
+
+    Args:
+      x: (N, H, W, C) feature map.
+
+    Returns:
+      (N, H, 1, C); dtype of ``x`` (accumulated in float32).
+    """
+    check_nhwc("avg_pool_h", "x", x)
+    return mean(x, 2, keepdims=True)
+
+
+def avg_pool_w(x: jax.Array) -> jax.Array:
+    """Coordinate attention's width descriptor: every column averaged over the height.
+
+    Hou et al., CVPR 2021, Eq. 3 (``z^w``; official ``nn.AdaptiveAvgPool2d((1, None))``).
+
+    Args:
+      x: (N, H, W, C) feature map.
+
+    Returns:
+      (N, 1, W, C); dtype of ``x`` (accumulated in float32).
+    """
+    check_nhwc("avg_pool_w", "x", x)
+    return mean(x, 1, keepdims=True)
+
+
+def avg_pool2d(
+    x: jax.Array,
+    *,
+    kernel_size: int,
+    stride: int | None = None,
+    padding: int = 0,
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """Square-window average pooling, as ``torch.nn.functional.avg_pool2d`` (NHWC).
+
+    Sums accumulate in float32 for bf16/fp16 input (a 15x15 window of |x| ~ 1e4 overflows a
+    float16 sum), then cast back. Built on ``flax.linen.avg_pool``.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      kernel_size: window side k >= 1.
+      stride: step (default ``kernel_size``).
+      padding: zeros added on every side, at most ``kernel_size // 2`` (PyTorch's rule).
+      count_include_pad: divide by the full window (True) or by its unpadded part (False).
+
+    Returns:
+      (N, Ho, Wo, C) with ``Ho = (H + 2 * padding - kernel_size) // stride + 1``; dtype of ``x``.
+    """
+    fn = "avg_pool2d"
+    check_nhwc(fn, "x", x)
+    check_positive_int(fn, "kernel_size", kernel_size)
+    stride = kernel_size if stride is None else stride
+    check_positive_int(fn, "stride", stride)
+    check_positive_int(fn, "padding", padding, minimum=0)
+    if padding > kernel_size // 2:
+        raise fail(fn, "padding", f"at most kernel_size // 2 = {kernel_size // 2}", padding)
+    if min(x.shape[1:3]) + 2 * padding < kernel_size:
+        raise fail(fn, "x", f"spatial size + 2 * padding >= kernel_size = {kernel_size}",
+                   f"shape {tuple(x.shape)}")
+    pooled = _flax_nn.avg_pool(
+        x.astype(acc_dtype(x)), (kernel_size, kernel_size), strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)), count_include_pad=count_include_pad,
+    )
+    return pooled.astype(x.dtype)
+
+
+def covariance_pool(x: jax.Array) -> jax.Array:
+    """Global covariance pooling: the C x C covariance of the H*W pixel features.
+
+    Dai et al., "Second-order Attention Network for Single Image Super-Resolution", CVPR 2019
+    (SOCA), after MPN-COV: ``Sigma = X_c^T X_c / (H*W)`` with ``X_c`` the centred (H*W, C)
+    features (biased, divided by H*W as the official ``CovpoolLayer``). Accumulated in float32 and
+    returned in float32 for bf16/fp16 input: covariances of |x| ~ 1e4 (~1e8) overflow float16.
+
+    Args:
+      x: (N, H, W, C) feature map.
+
+    Returns:
+      (N, C, C) symmetric positive semi-definite; dtype ``promote_types(x.dtype, float32)``.
+    """
+    check_nhwc("covariance_pool", "x", x)
+    n, h, w, c = x.shape
+    feats = x.astype(acc_dtype(x)).reshape(n, h * w, c)
+    centred = feats - jnp.mean(feats, axis=1, keepdims=True)
+    return jnp.einsum("npc,npd->ncd", centred, centred, precision=_HIGHEST) / (h * w)
+
+
+def newton_schulz_sqrt(a: jax.Array, *, iterations: int = 5, eps: float = 1e-12) -> jax.Array:
+    """Matrix square root of symmetric PSD matrices by coupled Newton-Schulz iteration.
+
+    iSQRT-COV / MPN-COV as used by SOCA (Dai et al., CVPR 2019; official SAN code uses 5
+    iterations): pre-normalise by the trace, iterate ``T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z``
+    from ``Y = A / tr(A), Z = I``, post-compensate by ``sqrt(tr(A))``. Only matrix products, so
+    it is differentiable everywhere and stable for rank-deficient input (zero eigenvalues stay
+    zero). The trace is floored at ``eps``, so an all-zero matrix (a constant feature map) gives
+    zeros with finite gradients. Computed in at least float32.
+
+    Args:
+      a: (..., C, C) symmetric positive semi-definite matrices.
+      iterations: number of Newton-Schulz steps (>= 1).
+      eps: floor of the trace normaliser.
+
+    Returns:
+      (..., C, C) approximate square roots; dtype ``promote_types(a.dtype, float32)``.
+    """
+    fn = "newton_schulz_sqrt"
+    check_rank(fn, "a", a, tuple(range(2, 9)), "(..., C, C)")
+    if a.shape[-1] != a.shape[-2]:
+        raise fail(fn, "a", "square in its last two axes (..., C, C)", f"shape {tuple(a.shape)}")
+    check_positive_int(fn, "iterations", iterations)
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise fail(fn, "eps", "a positive number", repr(eps))
+    a = a.astype(acc_dtype(a))
+    c = a.shape[-1]
+    eye = jnp.eye(c, dtype=a.dtype)
+    norm = jnp.maximum(jnp.trace(a, axis1=-2, axis2=-1), eps)[..., None, None]
+    y = a / norm
+    z = jnp.broadcast_to(eye, a.shape)
+    mm = lambda p, q: jnp.matmul(p, q, precision=_HIGHEST)  # noqa: E731
+    for _ in range(iterations - 1):
+        t = 0.5 * (3.0 * eye - mm(z, y))
+        y, z = mm(y, t), mm(t, z)
+    y = 0.5 * mm(y, 3.0 * eye - mm(z, y))
+    return y * jnp.sqrt(norm)

@@ -2,5 +2,18 @@
 
 from attention_jax.linen.channel import *  # noqa: F403
 from attention_jax.linen.channel import __all__ as _channel_all
+from attention_jax.linen.context import *  # noqa: F403
+from attention_jax.linen.context import __all__ as _context_all
+from attention_jax.linen.hybrid import *  # noqa: F403
+from attention_jax.linen.hybrid import __all__ as _hybrid_all
+from attention_jax.linen.saliency import *  # noqa: F403
+from attention_jax.linen.saliency import __all__ as _saliency_all
+from attention_jax.linen.selective import *  # noqa: F403
+from attention_jax.linen.selective import __all__ as _selective_all
+from attention_jax.linen.self_attention import *  # noqa: F403
+from attention_jax.linen.self_attention import __all__ as _self_attention_all
+from attention_jax.linen.spatial import *  # noqa: F403
+from attention_jax.linen.spatial import __all__ as _spatial_all
 
-__all__ = [*_channel_all]
+__all__ = [*_channel_all, *_hybrid_all, *_selective_all, *_saliency_all, *_spatial_all,
+           *_self_attention_all, *_context_all]

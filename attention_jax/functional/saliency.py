@@ -1,0 +1,201 @@
+"""PFANet forwards (Zhao and Wu, CVPR 2019): context-aware pyramid, spatial attention, head.
+
+Each function takes the feature maps plus the learned layers as plain callables, so the linen
+and nnx modules share one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax._validation import (
+    check_divides,
+    check_nhwc,
+    check_odd,
+    check_positive_int,
+    fail,
+)
+from attention_jax.functional.gating import get_act, get_gate, reduced_channels, rescale
+
+__all__ = ["context_aware_pyramid", "pyramid_spatial_map", "pyramid_feature_attention"]
+
+Layer = Callable[[jax.Array], jax.Array]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def context_aware_pyramid(
+    x: jax.Array,
+    *,
+    convs: Sequence[Layer],
+    norm: Layer | None = None,
+    act: str | Layer = "relu",
+) -> jax.Array:
+    """Context-aware pyramid feature extraction (CPFE): parallel convs, concat, norm, act.
+
+    Zhao and Wu, "Pyramid Feature Attention Network for Saliency Detection", CVPR 2019: a 1x1
+    conv and 3x3 convs with dilation 3, 5, 7 on a high-level feature map, concatenated along
+    channels (in the order given), then BatchNorm and ReLU.
+
+    Args:
+      x: (N, H, W, Cin) high-level feature map.
+      convs: B >= 1 layers, each (N, H, W, Cin) -> (N, H, W, C_b).
+      norm: layer on the (N, H, W, sum C_b) concatenation (BatchNorm), or None.
+      act: activation (name or callable).
+
+    Returns:
+      (N, H, W, sum_b C_b), dtype of ``x`` (layers may compute in a wider dtype).
+    """
+    fn = "context_aware_pyramid"
+    check_nhwc(fn, "x", x)
+    convs = list(convs)
+    if not convs:
+        raise fail(fn, "convs", "a non-empty sequence of layers", "an empty sequence")
+    feats = [c(x) for c in convs]
+    if len({f.shape[:-1] for f in feats}) != 1:
+        raise fail(fn, "convs", "layers with one output size (N, H, W)",
+                   sorted({f.shape for f in feats}))
+    y = get_act(act)((norm or _identity)(jnp.concatenate(feats, axis=-1)))
+    return y.astype(x.dtype)
+
+
+def pyramid_spatial_map(
+    x: jax.Array,
+    *,
+    branches: Sequence[Sequence[tuple[Layer, Layer | None]]],
+    act: str | Layer = "relu",
+    gate: str | Layer = "sigmoid",
+) -> jax.Array:
+    """PFANet's spatial attention map: parallel (1xk then kx1) and (kx1 then 1xk) conv branches.
+
+    Zhao and Wu, CVPR 2019, Sec. 3.3 (official code: each conv followed by BatchNorm and ReLU;
+    the two branches are added and gated by a sigmoid).
+
+    Args:
+      x: (N, H, W, C) feature map the map is computed from.
+      branches: sequence of branches; each a sequence of ``(conv, norm)`` pairs applied as
+        ``act(norm(conv(h)))``; every branch must end with one channel.
+      act: activation after each norm (name or callable).
+      gate: gate on the summed branches (name or callable).
+
+    Returns:
+      (N, H, W, 1) attention map, dtype of ``x``.
+    """
+    fn = "pyramid_spatial_map"
+    check_nhwc(fn, "x", x)
+    branches = [list(b) for b in branches]
+    if not branches or any(not b for b in branches):
+        raise fail(fn, "branches", "a non-empty sequence of non-empty branches",
+                   [len(b) for b in branches])
+    act_fn, gate_fn = get_act(act), get_gate(gate)
+    total = None
+    for branch in branches:
+        h = x
+        for conv, norm in branch:
+            h = act_fn((norm or _identity)(conv(h)))
+        if h.shape != (*x.shape[:3], 1):
+            raise fail(fn, "branches", f"branches returning shape {(*x.shape[:3], 1)}",
+                       f"shape {tuple(h.shape)}")
+        total = h if total is None else total + h
+    return gate_fn(total).astype(x.dtype)
+
+
+def pyramid_feature_attention(
+    low: jax.Array,
+    high: jax.Array,
+    *,
+    cpfe: Layer,
+    high_proj: Layer,
+    low_proj: Layer,
+    spatial_map: Layer,
+    head: Layer,
+    gate: str | Layer = "sigmoid",
+) -> jax.Array:
+    """PFANet saliency head: context-aware high-level branch guides the low-level branch.
+
+    Zhao and Wu, CVPR 2019 (official code): ``h = high_proj(cpfe(high))``,
+    bilinearly resized to the low-level size (half-pixel centres, as PyTorch's
+    ``interpolate(align_corners=False)``); ``l = low_proj(low) * spatial_map(h)``; the
+    saliency map is ``gate(head(concat(l, h)))``.
+
+    Args:
+      low: (N, H, W, Cl) low-level features.
+      high: (N, h, w, Ch) high-level features (any smaller or equal size).
+      cpfe: layer (N, h, w, Ch) -> (N, h, w, Cp) (context-aware pyramid, then its
+        channel-wise attention).
+      high_proj: layer (N, h, w, Cp) -> (N, h, w, D).
+      low_proj: layer (N, H, W, Cl) -> (N, H, W, D').
+      spatial_map: layer (N, H, W, D) -> (N, H, W, 1) attention map.
+      head: layer (N, H, W, D' + D) -> (N, H, W, 1) saliency logits.
+      gate: gate on the logits (name or callable; ``"identity"`` returns logits).
+
+    Returns:
+      (N, H, W, 1) saliency map, dtype of ``low``.
+    """
+    fn = "pyramid_feature_attention"
+    check_nhwc(fn, "low", low)
+    check_nhwc(fn, "high", high)
+    if low.shape[0] != high.shape[0]:
+        raise fail(fn, "high", f"batch size {low.shape[0]} (as low)", f"shape {high.shape}")
+    if high.shape[1] > low.shape[1] or high.shape[2] > low.shape[2]:
+        raise fail(fn, "high", f"no larger than low's size {low.shape[1:3]}",
+                   f"shape {high.shape}")
+    h = high_proj(cpfe(high))
+    n, hh, ww = low.shape[:3]
+    if h.shape[1:3] != (hh, ww):
+        h = jax.image.resize(h, (n, hh, ww, h.shape[-1]), method="bilinear").astype(h.dtype)
+    lo = low_proj(low)
+    lo = rescale(lo, spatial_map(h))
+    logits = head(jnp.concatenate([lo, h], axis=-1))
+    return get_gate(gate)(logits).astype(low.dtype)
+
+
+def _check_dilations(fn: str, dilations: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence):
+        raise fail(fn, "dilations", "a sequence of integers >= 1", repr(dilations))
+    for d in dilations:
+        check_positive_int(fn, "dilations", d)
+    return tuple(dilations)
+
+
+def _pyramid_widths(
+    fn: str, channels: int, out_channels: int | None, dilations: Sequence[int],
+    rd_ratio: float, rd_channels: int | None, rd_divisor: int,
+) -> tuple[int, int, int]:
+    """Validate ContextAwarePyramid options; return (out, per-branch width, CA width)."""
+    check_positive_int(fn, "channels", channels)
+    out = channels if out_channels is None else out_channels
+    check_positive_int(fn, "out_channels", out)
+    branches = 1 + len(_check_dilations(fn, dilations))
+    check_divides(fn, "out_channels", out, "1 + len(dilations)", branches)
+    rd = reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
+                          rd_divisor=rd_divisor)
+    return out, out // branches, rd
+
+
+def _spatial_widths(
+    fn: str, channels: int, kernel_size: int, mid_channels: int | None
+) -> tuple[int, int]:
+    """Validate PyramidSpatialAttention options; return (kernel size, mid width)."""
+    check_positive_int(fn, "channels", channels)
+    check_odd(fn, "kernel_size", kernel_size)
+    mid = max(channels // 2, 1) if mid_channels is None else mid_channels
+    check_positive_int(fn, "mid_channels", mid)
+    return kernel_size, mid
+
+
+def _head_widths(
+    fn: str, low_channels: int, high_channels: int, features: int, mid_channels: int,
+    dilations: Sequence[int],
+) -> int:
+    """Validate PyramidFeatureAttention options; return the pyramid's output width."""
+    check_positive_int(fn, "low_channels", low_channels)
+    check_positive_int(fn, "high_channels", high_channels)
+    check_positive_int(fn, "features", features)
+    check_positive_int(fn, "mid_channels", mid_channels)
+    return features * (1 + len(_check_dilations(fn, dilations)))

@@ -1,0 +1,617 @@
+"""QKV attention: scores, NaN-safe masked softmax, weighted sum, and memory-efficient attention.
+
+Layout ``(..., T, D)``: tokens on the second-to-last axis, features on the last, any leading
+batch/head dimensions (broadcast between ``q``, ``k`` and ``v``), as
+``torch.nn.functional.scaled_dot_product_attention``.
+
+Numerical policy: scores and the softmax are computed in float32 for bf16/fp16 input
+(``acc_dtype``); masked entries get exactly zero weight, and a row with every key masked gets
+all-zero weights (and a zero output), never NaN, with finite gradients.
+
+``attention(..., implementation="chunked")`` never builds the (Tq, Tk) score matrix: it loops
+over query chunks and, inside, over key chunks with an online (running max / running sum)
+softmax; each key-chunk step is wrapped in ``jax.checkpoint`` so the backward pass stores only
+the per-chunk running statistics (O(T * D) memory) and recomputes the (q_chunk, k_chunk) block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax._validation import (
+    check_array,
+    check_choice,
+    check_floating,
+    check_min_rank,
+    check_positive_int,
+    fail,
+    shape_of,
+)
+from attention_jax.functional._numerics import acc_dtype
+
+__all__ = [
+    "SCORES",
+    "CHUNKED_THRESHOLD",
+    "dot_scores",
+    "scaled_dot_scores",
+    "cosine_scores",
+    "additive_scores",
+    "attention_weights",
+    "attend",
+    "attention",
+]
+
+SCORES = ("dot", "scaled_dot", "cosine", "additive")
+"""Score kinds accepted by ``attention(score=...)`` (a callable ``(q, k) -> scores`` too)."""
+
+CHUNKED_THRESHOLD = 2**24
+"""``attention(implementation="auto")`` switches to the chunked path when the full score tensor
+(all batch/head dims times Tq times Tk) would hold more elements than this (64 MiB in float32)."""
+
+_IMPLEMENTATIONS = ("auto", "xla", "chunked")
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_qk(fn: str, q: Any, k: Any, *, same_d: bool = True) -> None:
+    check_min_rank(fn, "q", q, 2, "(..., Tq, D)")
+    check_min_rank(fn, "k", k, 2, "(..., Tk, D)")
+    check_floating(fn, "q", q)
+    check_floating(fn, "k", k)
+    if same_d and q.shape[-1] != k.shape[-1]:
+        raise fail(fn, "k", f"the feature size D={q.shape[-1]} of q on its last axis",
+                   f"shape {shape_of(k)}")
+    try:
+        jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    except ValueError:
+        raise fail(fn, "k", f"leading (batch/head) dims broadcastable with q's {q.shape[:-2]}",
+                   f"shape {shape_of(k)}") from None
+
+
+def _dot(q: jax.Array, k: jax.Array, precision=None) -> jax.Array:
+    """q (..., Tq, D) . k (..., Tk, D) -> (..., Tq, Tk), accumulated in float32 or wider."""
+    acc = jnp.promote_types(acc_dtype(q), acc_dtype(k))
+    return jnp.einsum("...qd,...kd->...qk", q, k, precision=precision,
+                      preferred_element_type=acc)
+
+
+def _l2_normalize(x: jax.Array, eps: float) -> jax.Array:
+    # eps inside the square root: a zero vector maps to zero with a finite gradient 1/sqrt(eps).
+    xf = x.astype(acc_dtype(x))
+    return xf * jax.lax.rsqrt(jnp.sum(xf * xf, axis=-1, keepdims=True) + eps)
+
+
+def dot_scores(q: jax.Array, k: jax.Array) -> jax.Array:
+    """Dot-product scores ``q . k`` (Luong et al., 2015).
+
+    Args:
+      q: (..., Tq, D) queries.
+      k: (..., Tk, D) keys (leading dims broadcast with ``q``'s).
+
+    Returns:
+      (..., Tq, Tk) scores, accumulated in float32 and returned in ``q``'s dtype.
+    """
+    _check_qk("dot_scores", q, k)
+    return _dot(q, k).astype(jnp.result_type(q, k))
+
+
+def _default_scale(fn: str, scale: float | None, d: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if not isinstance(scale, (int, float, np.floating)) or not math.isfinite(scale):
+        raise fail(fn, "scale", "a finite number or None", repr(scale))
+    return float(scale)
+
+
+def scaled_dot_scores(q: jax.Array, k: jax.Array, *, scale: float | None = None) -> jax.Array:
+    """Scaled dot-product scores ``scale * q . k`` (Vaswani et al., 2017).
+
+    Args:
+      q: (..., Tq, D) queries.
+      k: (..., Tk, D) keys.
+      scale: multiplier; ``None`` means ``1 / sqrt(D)`` (PyTorch's default).
+
+    Returns:
+      (..., Tq, Tk) scores in ``q``'s dtype (accumulated in float32).
+    """
+    _check_qk("scaled_dot_scores", q, k)
+    s = _default_scale("scaled_dot_scores", scale, q.shape[-1])
+    return (_dot(q, k) * s).astype(jnp.result_type(q, k))
+
+
+def cosine_scores(
+    q: jax.Array, k: jax.Array, *, temperature: float = 1.0, eps: float = 1e-12
+) -> jax.Array:
+    """Cosine-similarity scores ``cos(q, k) / temperature`` (Graves et al., 2014; Swin v2).
+
+    The norms are ``sqrt(|x|^2 + eps)``, so a zero query or key gives a score of 0 and finite
+    gradients.
+
+    Args:
+      q: (..., Tq, D) queries.
+      k: (..., Tk, D) keys.
+      temperature: positive divisor of the cosine.
+      eps: added to the squared norms.
+
+    Returns:
+      (..., Tq, Tk) scores in ``q``'s dtype, each in ``[-1/temperature, 1/temperature]``.
+    """
+    _check_qk("cosine_scores", q, k)
+    _check_positive("cosine_scores", "temperature", temperature)
+    _check_positive("cosine_scores", "eps", eps)
+    out = _dot(_l2_normalize(q, eps), _l2_normalize(k, eps)) / temperature
+    return out.astype(jnp.result_type(q, k))
+
+
+def _check_positive(fn: str, arg: str, value: Any) -> None:
+    if not isinstance(value, (int, float, np.floating)) or not value > 0 or math.isinf(value):
+        raise fail(fn, arg, "a positive finite number", repr(value))
+
+
+def _check_additive_params(fn: str, q, k, w_q, w_k, v, bias) -> None:
+    check_array(fn, "w_q", w_q)
+    check_array(fn, "w_k", w_k)
+    check_array(fn, "v", v)
+    if w_q.ndim != 2 or w_q.shape[0] != q.shape[-1]:
+        raise fail(fn, "w_q", f"shape (D_q={q.shape[-1]}, A)", f"shape {shape_of(w_q)}")
+    a = w_q.shape[1]
+    if w_k.shape != (k.shape[-1], a):
+        raise fail(fn, "w_k", f"shape (D_k={k.shape[-1]}, A={a})", f"shape {shape_of(w_k)}")
+    if v.shape != (a,):
+        raise fail(fn, "v", f"shape (A={a},)", f"shape {shape_of(v)}")
+    if bias is not None:
+        check_array(fn, "bias", bias)
+        if bias.shape != (a,):
+            raise fail(fn, "bias", f"shape (A={a},)", f"shape {shape_of(bias)}")
+
+
+def _additive_prepare(q, k, w_q, w_k, bias, precision=None):
+    acc = acc_dtype(q)
+    qa = jnp.matmul(q, w_q, precision=precision, preferred_element_type=acc)
+    ka = jnp.matmul(k, w_k, precision=precision, preferred_element_type=acc)
+    if bias is not None:
+        ka = ka + bias.astype(acc)
+    return qa, ka
+
+
+def _additive_block(qa: jax.Array, ka: jax.Array, v: jax.Array) -> jax.Array:
+    """qa (..., Tq, A), ka (..., Tk, A) -> v . tanh(qa_i + ka_j): (..., Tq, Tk)."""
+    h = jnp.tanh(qa[..., :, None, :] + ka[..., None, :, :])
+    return jnp.einsum("...qka,a->...qk", h, v.astype(h.dtype))
+
+
+def additive_scores(
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    w_q: jax.Array,
+    w_k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array | None = None,
+) -> jax.Array:
+    """Additive (Bahdanau) scores ``v . tanh(q W_q + k W_k + b)`` (Bahdanau et al., ICLR 2015).
+
+    Builds a (..., Tq, Tk, A) intermediate; ``attention(..., implementation="chunked")`` keeps
+    that to one (q_chunk, k_chunk, A) block at a time.
+
+    Args:
+      q: (..., Tq, D_q) queries.
+      k: (..., Tk, D_k) keys (D_k may differ from D_q).
+      w_q: (D_q, A) query projection.
+      w_k: (D_k, A) key projection.
+      v: (A,) scoring vector.
+      bias: optional (A,) bias inside the tanh.
+
+    Returns:
+      (..., Tq, Tk) scores in ``q``'s dtype (computed in float32).
+    """
+    _check_qk("additive_scores", q, k, same_d=False)
+    _check_additive_params("additive_scores", q, k, w_q, w_k, v, bias)
+    qa, ka = _additive_prepare(q, k, w_q, w_k, bias)
+    return _additive_block(qa, ka, v).astype(jnp.result_type(q, k))
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax and weighted sum
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_broadcast_to(fn: str, arg: str, a: Any, target: tuple[int, ...]) -> None:
+    try:
+        ok = jnp.broadcast_shapes(shape_of(a), target) == tuple(target)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise fail(fn, arg, f"broadcastable to the scores' shape {tuple(target)}",
+                   f"shape {shape_of(a)}")
+
+
+def _check_mask_bias(fn: str, mask: Any, bias: Any, target: tuple[int, ...]) -> None:
+    if mask is not None:
+        check_array(fn, "mask", mask)
+        if mask.dtype != jnp.bool_:
+            raise fail(fn, "mask", "a boolean array (True = attend; pass additive masks as "
+                       "bias)", f"dtype {mask.dtype}")
+        _check_broadcast_to(fn, "mask", mask, target)
+    if bias is not None:
+        check_floating(fn, "bias", bias)
+        _check_broadcast_to(fn, "bias", bias, target)
+
+
+def _masked_exp(s: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """exp(s - rowmax) and its row sum (1 where the row is empty), for float32 ``s``."""
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(s - m)  # exp(-inf) = 0 with a zero gradient: no NaN from masked entries
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    return e, jnp.where(denom > 0, denom, 1.0)
+
+
+def _masked_softmax(s: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Softmax over the last axis of float32 ``s``; masked-out entries and empty rows -> 0."""
+    e, denom = _masked_exp(s, mask)
+    return e / denom
+
+
+def attention_weights(
+    scores: jax.Array, *, mask: jax.Array | None = None, bias: jax.Array | None = None
+) -> jax.Array:
+    """Softmax over keys of ``scores + bias`` where ``mask`` is True, NaN-safe.
+
+    Computed in float32 for bf16/fp16 scores. Entries where ``mask`` is False (or whose score
+    plus bias is ``-inf``) get weight exactly 0; a row with no key left gets all-zero weights
+    (not NaN, not uniform), and gradients stay finite.
+
+    Args:
+      scores: (..., Tq, Tk) scores.
+      mask: optional boolean array broadcastable to ``scores``; True means "attend" (as
+        PyTorch's boolean ``attn_mask`` and ``jax.nn.dot_product_attention``).
+      bias: optional additive bias broadcastable to ``scores`` (PyTorch's float ``attn_mask``).
+
+    Returns:
+      (..., Tq, Tk) weights in ``scores``' dtype; each row sums to 1 (or 0 if fully masked).
+    """
+    fn = "attention_weights"
+    check_min_rank(fn, "scores", scores, 2, "(..., Tq, Tk)")
+    check_floating(fn, "scores", scores)
+    _check_mask_bias(fn, mask, bias, tuple(scores.shape))
+    s = scores.astype(acc_dtype(scores))
+    if bias is not None:
+        s = s + bias.astype(s.dtype)
+    return _masked_softmax(s, mask).astype(scores.dtype)
+
+
+def _attend(weights: jax.Array, v: jax.Array, precision=None) -> jax.Array:
+    out = jnp.einsum("...qk,...kd->...qd", weights.astype(v.dtype), v, precision=precision,
+                     preferred_element_type=acc_dtype(v))
+    return out.astype(v.dtype)
+
+
+def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
+    """Weighted sum of values: ``out[i] = sum_j weights[i, j] v[j]``.
+
+    Args:
+      weights: (..., Tq, Tk) attention weights.
+      v: (..., Tk, Dv) values (leading dims broadcast with ``weights``').
+
+    Returns:
+      (..., Tq, Dv) in ``v``'s dtype (accumulated in float32).
+    """
+    fn = "attend"
+    check_min_rank(fn, "weights", weights, 2, "(..., Tq, Tk)")
+    check_min_rank(fn, "v", v, 2, "(..., Tk, Dv)")
+    check_floating(fn, "weights", weights)
+    check_floating(fn, "v", v)
+    if weights.shape[-1] != v.shape[-2]:
+        raise fail(fn, "v", f"Tk={weights.shape[-1]} tokens on axis -2 (weights' last axis)",
+                   f"shape {shape_of(v)}")
+    try:
+        jnp.broadcast_shapes(weights.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise fail(fn, "v", f"leading dims broadcastable with weights' {weights.shape[:-2]}",
+                   f"shape {shape_of(v)}") from None
+    return _attend(weights, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention(): direct and chunked
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolve_score(
+    fn: str,
+    score: str | ScoreFn,
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    scale: float | None,
+    temperature: float,
+    score_params: Mapping[str, jax.Array] | None,
+    precision,
+) -> tuple[jax.Array, jax.Array, Callable[[jax.Array, jax.Array], jax.Array]]:
+    """(q', k', block) with scores = block(q'_chunk, k'_chunk) in float32 (>= float32)."""
+    if callable(score):
+        _check_qk(fn, q, k, same_d=False)
+        return q, k, lambda a, b: score(a, b).astype(jnp.promote_types(acc_dtype(a), a.dtype))
+    check_choice(fn, "score", score, SCORES)
+    if score == "additive":
+        _check_qk(fn, q, k, same_d=False)
+        params = dict(score_params or {})
+        unknown = set(params) - {"w_q", "w_k", "v", "bias"}
+        if unknown or not {"w_q", "w_k", "v"} <= set(params):
+            raise fail(fn, "score_params", "a mapping with keys 'w_q', 'w_k', 'v' (and "
+                       "optionally 'bias') for score='additive'",
+                       repr(sorted(params)) if score_params is not None else "None")
+        _check_additive_params(fn, q, k, params["w_q"], params["w_k"], params["v"],
+                               params.get("bias"))
+        qa, ka = _additive_prepare(q, k, params["w_q"], params["w_k"], params.get("bias"),
+                                   precision)
+        vv = params["v"]
+        return qa, ka, lambda a, b: _additive_block(a, b, vv)
+    _check_qk(fn, q, k)
+    if score_params is not None:
+        raise fail(fn, "score_params", "None unless score='additive'", "a mapping")
+    if score == "cosine":
+        _check_positive(fn, "temperature", temperature)
+        c = 1.0 / temperature
+        return (_l2_normalize(q, 1e-12), _l2_normalize(k, 1e-12),
+                lambda a, b: _dot(a, b, precision) * c)
+    c = 1.0 if score == "dot" else _default_scale(fn, scale, q.shape[-1])
+    if c == 1.0:
+        return q, k, lambda a, b: _dot(a, b, precision)
+    if q.dtype in (jnp.float32, jnp.float64):
+        # Scale the (Tq, D) queries, not the (Tq, Tk) scores: one pass less over the scores.
+        return q * jnp.asarray(c, q.dtype), k, lambda a, b: _dot(a, b, precision)
+    return q, k, lambda a, b: _dot(a, b, precision) * c
+
+
+def _direct(q, k, v, block, mask, bias, precision):
+    s = block(q, k)
+    if bias is not None:
+        s = s + bias.astype(s.dtype)
+    # Normalise after the weighted sum: one (Tq, Dv) division instead of a (Tq, Tk) one.
+    e, denom = _masked_exp(s, mask)
+    out = jnp.einsum("...qk,...kd->...qd", e.astype(v.dtype), v, precision=precision,
+                     preferred_element_type=acc_dtype(v))
+    return (out / denom.astype(out.dtype)).astype(v.dtype)
+
+
+def _pad_axis(a: jax.Array, axis: int, size: int, value) -> jax.Array:
+    extra = size - a.shape[axis]
+    if extra == 0:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(a, widths, constant_values=value)
+
+
+def _chunks(a: jax.Array, axis: int, n: int, c: int) -> jax.Array:
+    """Split ``axis`` (length n * c) into chunks and move the chunk index to the front."""
+    axis = axis % a.ndim
+    a = a.reshape(*a.shape[:axis], n, c, *a.shape[axis + 1:])
+    return jnp.moveaxis(a, axis, 0)
+
+
+def _chunked_core(q, k, v, mask, bias, *, block, q_chunk, k_chunk, precision):
+    """Unbatched chunked attention: q (Tq, D), k (Tk, D), v (Tk, Dv), mask/bias (1|Tq, 1|Tk)."""
+    tq, tk, dv = q.shape[0], k.shape[0], v.shape[-1]
+    acc = jnp.promote_types(acc_dtype(q), acc_dtype(v))
+    qc, kc = min(q_chunk, tq), min(k_chunk, tk)
+    nq, nk = -(-tq // qc), -(-tk // kc)
+    q = _pad_axis(q, 0, nq * qc, 0)
+    k = _pad_axis(k, 0, nk * kc, 0)
+    v = _pad_axis(v, 0, nk * kc, 0)
+    key_valid = jnp.arange(nk * kc) < tk
+    if mask is None:
+        mask = key_valid[None, :] if nk * kc != tk else None
+    elif mask.shape[1] == tk:
+        mask = _pad_axis(mask, 1, nk * kc, False)
+    elif nk * kc != tk:  # broadcast over keys: add the key padding
+        mask = mask & key_valid[None, :]
+    if mask is not None and mask.shape[0] == tq:
+        mask = _pad_axis(mask, 0, nq * qc, True)
+    if bias is not None:
+        if bias.shape[1] == tk:
+            bias = _pad_axis(bias, 1, nk * kc, 0)
+        if bias.shape[0] == tq:
+            bias = _pad_axis(bias, 0, nq * qc, 0)
+
+    # Arrays with a full key axis are scanned chunk by chunk (their gradients come back as
+    # stacked chunks); broadcast ones are closed over.
+    kxs = {"k": _chunks(k, 0, nk, kc), "v": _chunks(v, 0, nk, kc)}
+    full_k = {name: a for name, a in (("mask", mask), ("bias", bias))
+              if a is not None and a.shape[1] == nk * kc}
+
+    def q_step(qxs):
+        qb = qxs["q"]
+        mrow = qxs.get("mask", mask)
+        brow = qxs.get("bias", bias)
+        xs = dict(kxs)
+        for name, a in (("mask", mrow), ("bias", brow)):
+            if name in full_k:
+                xs[name] = _chunks(a, 1, nk, kc)
+
+        @jax.checkpoint
+        def k_step(carry, kx):
+            m_prev, l_prev, acc_prev = carry
+            s = block(qb, kx["k"])
+            if brow is not None:
+                s = s + (kx["bias"] if "bias" in kx else brow).astype(s.dtype)
+            if mrow is not None:
+                s = jnp.where(kx["mask"] if "mask" in kx else mrow, s, -jnp.inf)
+            # The running max is a constant for autodiff: the output does not depend on it.
+            m_new = jnp.maximum(m_prev, jax.lax.stop_gradient(jnp.max(s, -1, keepdims=True)))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            # Nothing seen yet (m_prev = -inf): alpha multiplies zeros, so any finite value
+            # will do; exp(0 - m_safe) would overflow for logits below -88.
+            m_old = jnp.where(jnp.isfinite(m_prev), m_prev, m_safe)
+            alpha = jnp.exp(m_old - m_safe)
+            p = jnp.exp(s - m_safe)
+            l_new = alpha * l_prev + jnp.sum(p, -1, keepdims=True)
+            pv = jnp.einsum("qk,kd->qd", p.astype(v.dtype), kx["v"], precision=precision,
+                            preferred_element_type=acc)
+            return (m_new, l_new, alpha * acc_prev + pv), None
+
+        init = (jnp.full((qc, 1), -jnp.inf, acc), jnp.zeros((qc, 1), acc),
+                jnp.zeros((qc, dv), acc))
+        (_, l_fin, acc_fin), _ = jax.lax.scan(k_step, init, xs)
+        return (acc_fin / jnp.where(l_fin > 0, l_fin, 1.0)).astype(v.dtype)
+
+    qxs = {"q": _chunks(q, 0, nq, qc)}
+    for name, a in (("mask", mask), ("bias", bias)):
+        if a is not None and a.shape[0] == nq * qc:
+            qxs[name] = _chunks(a, 0, nq, qc)
+    out = jax.lax.map(q_step, qxs)  # (nq, qc, Dv)
+    return out.reshape(nq * qc, dv)[:tq]
+
+
+def _run_chunked(q, k, v, mask, bias, *, block, q_chunk, k_chunk, precision):
+    batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
+                                 *(a.shape[:-2] for a in (mask, bias) if a is not None))
+    nb = len(batch)
+
+    def core(d):
+        return _chunked_core(d["q"], d["k"], d["v"], d["mask"], d["bias"], block=block,
+                             q_chunk=q_chunk, k_chunk=k_chunk, precision=precision)
+
+    arrays = {"q": q, "k": k, "v": v, "mask": mask, "bias": bias}
+    arrays = {n: (None if a is None else a.reshape((1,) * (nb + 2 - a.ndim) + a.shape))
+              for n, a in arrays.items()}
+    # Build vmaps from the innermost batch dim outwards; a size-1 dim is dropped and broadcast.
+    f = core
+    for d in reversed(range(nb)):
+        if batch[d] == 1:
+            continue
+        axes = {n: (None if a is None or a.shape[d] == 1 else 0) for n, a in arrays.items()}
+        f = jax.vmap(f, in_axes=(axes,))
+    keep = [d for d in range(nb) if batch[d] != 1]
+    inputs = {}
+    for n, a in arrays.items():
+        if a is None:
+            inputs[n] = None
+            continue
+        shape = tuple(a.shape[d] for d in keep if a.shape[d] != 1) + a.shape[nb:]
+        inputs[n] = a.reshape(shape)
+    out = f(inputs)
+    return out.reshape(batch + out.shape[-2:])
+
+
+def _jax_nn_attention(q, k, v, *, scale, implementation):
+    """``jax.nn.dot_product_attention`` on (..., T, D) arrays (it wants (B, T, N, H))."""
+    batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    qb, kb, vb = (jnp.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, 1, *a.shape[-2:])
+                  for a in (q, k, v))
+    qb, kb, vb = (jnp.swapaxes(a, 1, 2) for a in (qb, kb, vb))
+    out = jax.nn.dot_product_attention(qb, kb, vb, scale=scale, implementation=implementation)
+    return out[:, :, 0, :].reshape(batch + out.shape[1:2] + out.shape[-1:])
+
+
+def _use_jax_nn(q, k, v, score, mask, bias) -> bool:
+    # cuDNN's fused kernel: GPU, scaled dot, fp16/bf16, no mask/bias (its masked rows are not
+    # NaN-safe the way ours are), head dims it supports.
+    return (jax.default_backend() == "gpu" and score == "scaled_dot" and mask is None
+            and bias is None and q.dtype == k.dtype == v.dtype
+            and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] == v.shape[-1]
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    score: str | ScoreFn = "scaled_dot",
+    scale: float | None = None,
+    temperature: float = 1.0,
+    score_params: Mapping[str, jax.Array] | None = None,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    implementation: str = "auto",
+    q_chunk_size: int = 512,
+    k_chunk_size: int = 1024,
+    precision: Any = None,
+) -> jax.Array:
+    """Attention ``softmax(score(q, k) + bias, masked) @ v`` with any leading batch/head dims.
+
+    Vaswani et al., "Attention Is All You Need", NeurIPS 2017 (and the score functions above).
+    Layout and mask semantics follow ``torch.nn.functional.scaled_dot_product_attention``.
+
+    ``implementation``:
+      * ``"xla"``: builds the (..., Tq, Tk) scores (fastest for small maps).
+      * ``"chunked"``: online softmax over key chunks in a loop over query chunks; the backward
+        pass recomputes each block (``jax.checkpoint`` per key chunk) so peak memory is
+        O(batch * T * D), not O(batch * Tq * Tk). Same values and gradients as ``"xla"`` (to
+        float32 rounding) for any sizes; ragged last chunks are padded and masked.
+      * ``"auto"``: ``"chunked"`` when the score tensor would exceed ``CHUNKED_THRESHOLD``
+        elements, else ``"xla"``. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
+        mask or bias and a head dim that is a multiple of 8 up to 128, it first tries
+        ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
+        falls back to the above if cuDNN rejects the shapes.
+
+    Args:
+      q: (..., Tq, D) queries.
+      k: (..., Tk, D) keys (D_k may differ from D for ``score="additive"`` or a callable).
+      v: (..., Tk, Dv) values.
+      score: ``"dot"``, ``"scaled_dot"``, ``"cosine"``, ``"additive"`` or a callable
+        ``(q (..., tq, D), k (..., tk, D)) -> (..., tq, tk)`` that scores each (i, j) pair
+        independently (it is called on chunks).
+      scale: for ``"scaled_dot"``; ``None`` means ``1 / sqrt(D)``.
+      temperature: for ``"cosine"``.
+      score_params: for ``"additive"``: ``{"w_q": (D, A), "w_k": (D_k, A), "v": (A,)}`` and
+        optionally ``"bias": (A,)``.
+      mask: optional boolean, broadcastable to (..., Tq, Tk); True = attend. A query whose
+        keys are all masked gets a zero output.
+      bias: optional additive bias broadcastable to (..., Tq, Tk) (e.g. relative positions).
+      implementation: ``"auto"``, ``"xla"`` or ``"chunked"``.
+      q_chunk_size: query rows per chunk (chunked path).
+      k_chunk_size: keys per chunk (chunked path).
+      precision: ``jax.lax.Precision`` for the matmuls.
+
+    Returns:
+      (..., Tq, Dv) in ``v``'s dtype (scores, softmax and sums accumulated in float32).
+    """
+    fn = "attention"
+    check_min_rank(fn, "v", v, 2, "(..., Tk, Dv)")
+    check_floating(fn, "v", v)
+    check_choice(fn, "implementation", implementation, _IMPLEMENTATIONS)
+    check_positive_int(fn, "q_chunk_size", q_chunk_size)
+    check_positive_int(fn, "k_chunk_size", k_chunk_size)
+    qp, kp, block = _resolve_score(fn, score, q, k, scale=scale, temperature=temperature,
+                                   score_params=score_params, precision=precision)
+    if k.shape[-2] != v.shape[-2]:
+        raise fail(fn, "v", f"Tk={k.shape[-2]} tokens on axis -2 (as k)", f"shape {shape_of(v)}")
+    try:
+        batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise fail(fn, "v", f"leading dims broadcastable with q's {q.shape[:-2]} and k's "
+                   f"{k.shape[:-2]}", f"shape {shape_of(v)}") from None
+    score_shape = tuple(batch) + (q.shape[-2], k.shape[-2])
+    _check_mask_bias(fn, mask, bias, score_shape)
+    if mask is not None or bias is not None:
+        score_shape = jnp.broadcast_shapes(score_shape, *(shape_of(a) for a in (mask, bias)
+                                                          if a is not None))
+
+    if implementation == "auto":
+        if _use_jax_nn(q, k, v, score, mask, bias):
+            try:
+                return _jax_nn_attention(q, k, v, scale=scale, implementation="cudnn")
+            except (ValueError, NotImplementedError, RuntimeError):
+                pass
+        big = math.prod(score_shape) > CHUNKED_THRESHOLD
+        implementation = "chunked" if big else "xla"
+    if implementation == "xla":
+        return _direct(qp, kp, v, block, mask, bias, precision)
+    return _run_chunked(qp, kp, v, mask, bias, block=block, q_chunk=q_chunk_size,
+                        k_chunk=k_chunk_size, precision=precision)

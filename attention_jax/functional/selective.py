@@ -1,0 +1,222 @@
+"""Selective attention forwards (SK-Net, ResNeSt): attention across parallel branches.
+
+Each function takes the feature map plus the learned layers as plain callables (any
+``array -> array`` function: a Flax linen or nnx layer, or a closure over explicit weights), so
+the linen and nnx modules share one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax._validation import (
+    check_array,
+    check_divides,
+    check_nhwc,
+    check_odd,
+    check_positive_int,
+    fail,
+)
+from attention_jax.functional._numerics import acc_dtype
+from attention_jax.functional.gating import branch_softmax, get_act, reduced_channels
+from attention_jax.functional.pooling import global_avg_pool
+
+__all__ = ["radix_softmax", "selective_kernel", "split_attention"]
+
+Layer = Callable[[jax.Array], jax.Array]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def radix_softmax(logits: jax.Array, *, radix: int, cardinality: int = 1) -> jax.Array:
+    """ResNeSt's r-softmax: softmax across the radix splits within each cardinal group.
+
+    Zhang et al., "ResNeSt: Split-Attention Networks", 2020 (official ``rSoftMax``). The last
+    axis of ``logits`` is laid out (cardinality, radix, C / cardinality), as the grouped ``fc2``
+    produces it; the result is laid out (radix, C) so that ``out[..., r*C:(r+1)*C]`` weights
+    split ``r``. With ``radix == 1`` it is a sigmoid (same layout).
+
+    Args:
+      logits: (..., radix * C) attention logits, C divisible by ``cardinality``.
+      radix: number of splits R >= 1.
+      cardinality: number of cardinal groups K >= 1.
+
+    Returns:
+      (..., radix * C) weights, dtype of ``logits``; for radix > 1 they sum to one over splits.
+    """
+    fn = "radix_softmax"
+    check_array(fn, "logits", logits)
+    check_positive_int(fn, "radix", radix)
+    check_positive_int(fn, "cardinality", cardinality)
+    if logits.ndim < 1 or logits.shape[-1] % (radix * cardinality) != 0:
+        raise fail(fn, "logits", f"last axis divisible by radix * cardinality = "
+                   f"{radix * cardinality}", f"shape {tuple(logits.shape)}")
+    if radix == 1:
+        return jax.nn.sigmoid(logits.astype(acc_dtype(logits))).astype(logits.dtype)
+    lead, width = logits.shape[:-1], logits.shape[-1] // (radix * cardinality)
+    z = logits.reshape(*lead, cardinality, radix, width)
+    w = branch_softmax(z, axis=-2)
+    return jnp.swapaxes(w, -3, -2).reshape(*lead, radix * cardinality * width)
+
+
+def selective_kernel(
+    x: jax.Array,
+    *,
+    convs: Sequence[Layer],
+    norms: Sequence[Layer] | None = None,
+    reduce: Layer,
+    reduce_norm: Layer | None = None,
+    select: Layer,
+    act: str | Layer = "relu",
+) -> jax.Array:
+    """Selective kernel: split into M branches, fuse by sum, select by softmax over branches.
+
+    Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x)))``;
+    ``s = GAP(sum_m U_m)``; ``z = act(reduce_norm(reduce(s)))``; per-branch logits
+    ``select(z)``; softmax across the M branches; output ``sum_m a_m * U_m``.
+
+    Args:
+      x: (N, H, W, Cin) feature map.
+      convs: M >= 1 layers, each (N, H, W, Cin) -> (N, H', W', C) (different receptive fields).
+      norms: M layers applied after the convs (BatchNorm), or None.
+      reduce: layer (N, 1, 1, C) -> (N, 1, 1, d) (the paper's fc to ``d = max(C/r, L)``).
+      reduce_norm: layer on the (N, 1, 1, d) code (BatchNorm), or None.
+      select: layer (N, 1, 1, d) -> (N, 1, 1, M * C), branch-major (the paper's A, B, ...).
+      act: activation after each norm (name or callable).
+
+    Returns:
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+    """
+    fn = "selective_kernel"
+    check_nhwc(fn, "x", x)
+    convs = list(convs)
+    if not convs:
+        raise fail(fn, "convs", "a non-empty sequence of layers (M >= 1)", "an empty sequence")
+    norms = [_identity] * len(convs) if norms is None else list(norms)
+    if len(norms) != len(convs):
+        raise fail(fn, "norms", f"{len(convs)} layers (one per conv)", f"{len(norms)}")
+    act_fn = get_act(act)
+    feats = [act_fn(n(c(x))) for c, n in zip(convs, norms, strict=True)]
+    shapes = {f.shape for f in feats}
+    if len(shapes) != 1:
+        raise fail(fn, "convs", "layers with one output shape", sorted(shapes))
+    u = feats[0]
+    for f in feats[1:]:
+        u = u + f
+    s = global_avg_pool(u, keepdims=True)
+    z = act_fn((reduce_norm or _identity)(reduce(s)))
+    logits = select(z)
+    m, c = len(feats), u.shape[-1]
+    if logits.shape != (u.shape[0], 1, 1, m * c):
+        raise fail(fn, "select", f"a layer returning shape {(u.shape[0], 1, 1, m * c)}",
+                   f"shape {tuple(logits.shape)}")
+    a = branch_softmax(logits.reshape(u.shape[0], m, c), axis=1)
+    out = feats[0] * a[:, 0, None, None, :].astype(u.dtype)
+    for i in range(1, m):
+        out = out + feats[i] * a[:, i, None, None, :].astype(u.dtype)
+    return out.astype(x.dtype)
+
+
+def split_attention(
+    x: jax.Array,
+    *,
+    conv: Layer,
+    norm0: Layer | None = None,
+    reduce: Layer,
+    norm1: Layer | None = None,
+    expand: Layer,
+    radix: int = 2,
+    cardinality: int = 1,
+    act: str | Layer = "relu",
+) -> jax.Array:
+    """ResNeSt split attention: R splits from one grouped conv, r-softmax weights, weighted sum.
+
+    Zhang et al., "ResNeSt: Split-Attention Networks", 2020 (official ``SplAtConv2d``):
+    ``y = act(norm0(conv(x)))`` with R * C channels split radix-major into R maps; their sum is
+    pooled, ``act(norm1(reduce(.)))`` then ``expand`` give R * C logits, ``radix_softmax``
+    turns them into weights (sigmoid for R = 1), and the output is ``sum_r a_r * y_r``.
+
+    Args:
+      x: (N, H, W, Cin) feature map.
+      conv: layer (N, H, W, Cin) -> (N, H', W', R * C) (grouped by cardinality * radix).
+      norm0: layer on the conv output (BatchNorm), or None.
+      reduce: layer (N, 1, 1, C) -> (N, 1, 1, d) (``fc1``, grouped by cardinality).
+      norm1: layer on the (N, 1, 1, d) code (BatchNorm), or None.
+      expand: layer (N, 1, 1, d) -> (N, 1, 1, R * C) (``fc2``, grouped by cardinality).
+      radix: number of splits R >= 1.
+      cardinality: number of cardinal groups K >= 1 (C divisible by K).
+      act: activation (name or callable).
+
+    Returns:
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+    """
+    fn = "split_attention"
+    check_nhwc(fn, "x", x)
+    check_positive_int(fn, "radix", radix)
+    check_positive_int(fn, "cardinality", cardinality)
+    act_fn = get_act(act)
+    y = act_fn((norm0 or _identity)(conv(x)))
+    if y.shape[-1] % (radix * cardinality) != 0:
+        raise fail(fn, "conv", f"a layer whose output channels are divisible by radix * "
+                   f"cardinality = {radix * cardinality}", f"shape {tuple(y.shape)}")
+    n, h, w, rc = y.shape
+    c = rc // radix
+    splits = y.reshape(n, h, w, radix, c)
+    gap = global_avg_pool(jnp.sum(splits, axis=3) if radix > 1 else y, keepdims=True)
+    logits = expand(act_fn((norm1 or _identity)(reduce(gap))))
+    if logits.shape != (n, 1, 1, rc):
+        raise fail(fn, "expand", f"a layer returning shape {(n, 1, 1, rc)}",
+                   f"shape {tuple(logits.shape)}")
+    a = radix_softmax(logits, radix=radix, cardinality=cardinality).astype(y.dtype)
+    if radix == 1:
+        return (y * a).astype(x.dtype)
+    return jnp.sum(splits * a.reshape(n, 1, 1, radix, c), axis=3).astype(x.dtype)
+
+
+def _sk_widths(
+    fn: str, channels: int, out_channels: int | None, num_paths: int, groups: int,
+    stride: int, rd_ratio: float, rd_channels: int | None, rd_divisor: int,
+    rd_min_channels: int,
+) -> tuple[int, int]:
+    """Validate SelectiveKernel options; return (out_channels, attention width d)."""
+    out = channels if out_channels is None else out_channels
+    check_positive_int(fn, "channels", channels)
+    check_positive_int(fn, "out_channels", out)
+    check_positive_int(fn, "num_paths", num_paths)
+    check_positive_int(fn, "groups", groups)
+    check_positive_int(fn, "stride", stride)
+    check_divides(fn, "channels", channels, "groups", groups)
+    check_divides(fn, "out_channels", out, "groups", groups)
+    check_positive_int(fn, "rd_min_channels", rd_min_channels)
+    rd = reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
+                          rd_divisor=rd_divisor)
+    return out, rd if rd_channels is not None else max(rd, rd_min_channels)
+
+
+def _splat_widths(
+    fn: str, channels: int, out_channels: int | None, kernel_size: int, stride: int,
+    dilation: int, groups: int, radix: int, rd_ratio: float, rd_channels: int | None,
+    rd_divisor: int, rd_min_channels: int,
+) -> tuple[int, int]:
+    """Validate SplitAttention options; return (out_channels, attention width d)."""
+    out = channels if out_channels is None else out_channels
+    check_positive_int(fn, "channels", channels)
+    check_positive_int(fn, "out_channels", out)
+    check_odd(fn, "kernel_size", kernel_size)
+    check_positive_int(fn, "stride", stride)
+    check_positive_int(fn, "dilation", dilation)
+    check_positive_int(fn, "groups", groups)
+    check_positive_int(fn, "radix", radix)
+    check_divides(fn, "channels", channels, "groups * radix", groups * radix)
+    check_divides(fn, "out_channels", out, "groups", groups)
+    check_positive_int(fn, "rd_min_channels", rd_min_channels)
+    rd = reduced_channels(fn, channels * radix, rd_ratio=rd_ratio, rd_channels=rd_channels,
+                          rd_divisor=rd_divisor)
+    rd = rd if rd_channels is not None else max(rd, rd_min_channels)
+    check_divides(fn, "rd_channels (attention width)", rd, "groups", groups)
+    return out, rd

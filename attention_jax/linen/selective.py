@@ -1,0 +1,137 @@
+"""Selective attention (SK-Net, ResNeSt) as Flax linen modules (thin wrappers over functional)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax import functional as F
+from attention_jax._types import Activation, Dtype, PrecisionLike
+from attention_jax._validation import check_nhwc
+from attention_jax.functional.selective import _sk_widths, _splat_widths
+
+__all__ = ["SelectiveKernel", "SplitAttention"]
+
+# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), so converted weights behave;
+# the two-pass variance (as PyTorch) stays accurate when the batch statistics are near-constant.
+_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
+
+
+class SelectiveKernel(nn.Module):
+    """Selective kernel convolution (Li et al., "Selective Kernel Networks", CVPR 2019), linen.
+
+    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels) (out_channels = C by
+    default). The paper's fields: M = ``num_paths`` (branch m is a 3x3 conv with dilation m + 1,
+    standing for a (2m + 3)x(2m + 3) kernel), G = ``groups``, r = ``1 / rd_ratio``,
+    L = ``rd_min_channels``; the attention width is ``d = max(make_divisible(out * rd_ratio,
+    rd_divisor), L)`` unless ``rd_channels`` is given. SKNet-50 uses M=2, G=32, r=16, L=32.
+    Parameters: ``conv{m}``/``bn{m}`` per branch, ``fc_reduce`` (1x1, C -> d), ``fc_bn``,
+    ``fc_select`` (1x1, d -> M * C, branch-major).
+    """
+
+    channels: int
+    out_channels: int | None = None
+    num_paths: int = 2
+    groups: int = 1
+    stride: int = 1
+    rd_ratio: float = 1.0 / 16
+    rd_channels: int | None = None
+    rd_divisor: int = 8
+    rd_min_channels: int = 32
+    act: Activation = "relu"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = None
+
+    def setup(self) -> None:
+        out, rd = _sk_widths("SelectiveKernel", self.channels, self.out_channels, self.num_paths,
+                            self.groups, self.stride, self.rd_ratio, self.rd_channels,
+                            self.rd_divisor, self.rd_min_channels)
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                       precision=self.precision)
+        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
+        for m in range(self.num_paths):
+            d = m + 1
+            setattr(self, f"conv{m}", conv(out, (3, 3), strides=self.stride,
+                                           padding=((d, d), (d, d)), kernel_dilation=d,
+                                           feature_group_count=self.groups))
+            setattr(self, f"bn{m}", bn())
+        self.fc_reduce = conv(rd, (1, 1))
+        self.fc_bn = bn()
+        self.fc_select = conv(out * self.num_paths, (1, 1))
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        check_nhwc("SelectiveKernel", "x", x, self.channels)
+        ura = not train
+        return F.selective_kernel(
+            x,
+            convs=[getattr(self, f"conv{m}") for m in range(self.num_paths)],
+            norms=[partial(getattr(self, f"bn{m}"), use_running_average=ura)
+                   for m in range(self.num_paths)],
+            reduce=self.fc_reduce,
+            reduce_norm=partial(self.fc_bn, use_running_average=ura),
+            select=self.fc_select,
+            act=self.act,
+        )
+
+
+class SplitAttention(nn.Module):
+    """Split-attention convolution (Zhang et al., "ResNeSt", 2020), linen.
+
+    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels) (out_channels = C by
+    default). ``radix`` R splits, ``groups`` = cardinality K; a KxR-grouped ``conv`` gives
+    R * out channels (then ``bn0``, ReLU); ``fc1`` (1x1, grouped by K, out -> d) + ``bn1`` +
+    ReLU, ``fc2`` (1x1, grouped by K, d -> R * out), r-softmax across splits (sigmoid when
+    R = 1). Width ``d = max(make_divisible(C * R * rd_ratio, rd_divisor), rd_min_channels)``
+    unless ``rd_channels`` is given; ResNeSt uses ``rd_ratio=1/4`` (its reduction_factor 4) and
+    ``rd_min_channels=32``; the family default ``rd_ratio`` is 1/16.
+    """
+
+    channels: int
+    out_channels: int | None = None
+    kernel_size: int = 3
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    radix: int = 2
+    rd_ratio: float = 1.0 / 16
+    rd_channels: int | None = None
+    rd_divisor: int = 8
+    rd_min_channels: int = 32
+    bias: bool = False
+    act: Activation = "relu"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = None
+
+    def setup(self) -> None:
+        out, rd = _splat_widths("SplitAttention", self.channels, self.out_channels,
+                               self.kernel_size, self.stride, self.dilation, self.groups,
+                               self.radix, self.rd_ratio, self.rd_channels, self.rd_divisor,
+                               self.rd_min_channels)
+        conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                       precision=self.precision)
+        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
+        k, d = self.kernel_size, self.dilation
+        p = d * (k - 1) // 2
+        self.conv = conv(out * self.radix, (k, k), strides=self.stride,
+                         padding=((p, p), (p, p)), kernel_dilation=d,
+                         feature_group_count=self.groups * self.radix, use_bias=self.bias)
+        self.bn0 = bn()
+        self.fc1 = conv(rd, (1, 1), feature_group_count=self.groups)
+        self.bn1 = bn()
+        self.fc2 = conv(out * self.radix, (1, 1), feature_group_count=self.groups)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        check_nhwc("SplitAttention", "x", x, self.channels)
+        ura = not train
+        return F.split_attention(
+            x, conv=self.conv, norm0=partial(self.bn0, use_running_average=ura),
+            reduce=self.fc1, norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2,
+            radix=self.radix, cardinality=self.groups, act=self.act,
+        )

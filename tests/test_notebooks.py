@@ -1,0 +1,59 @@
+"""Execute every teaching notebook in ``notebooks/`` top to bottom on a fresh kernel.
+
+The same check CI runs with ``pytest --nbmake notebooks/``, here through ``nbclient`` (which
+nbmake uses) so ``make test`` covers the notebooks too. Each notebook asserts facts about its
+own results, so one that silently breaks fails here. The kernel is the ``python3`` kernel of the
+running interpreter (jupyter_client starts it with ``sys.executable``), i.e. the project venv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = [
+    "01_attention_basics",
+    "02_channel_attention",
+    "03_spatial_transformer",
+    "04_cbam",
+    "05_self_attention",
+    "06_benchmarks",
+]
+# Per-notebook limit: each takes well under a minute on a quiet 2-core machine.
+CELL_TIMEOUT_S = 300
+
+
+def test_every_notebook_is_collected():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_without_outputs(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Headless plotting, and a scratch working directory: a notebook writes nothing into the repo.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tensorflow_datasets"))
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()  # raises CellExecutionError (with the failing cell's traceback) on error
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors
