@@ -65,6 +65,7 @@ class TrainConfig:
     schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
     seed: int = 0
     distort: str | None = None
     data_dir: str | None = None
@@ -101,7 +102,10 @@ def make_optimizer(config: TrainConfig) -> tuple[optax.GradientTransformation, o
     Args:
       config: its ``optimizer`` (``"adam"`` or ``"sgd"`` with ``momentum``), ``lr``,
         ``schedule`` (``"cosine"`` decay to 0 over ``steps``, or ``"constant"``) and
-        ``weight_decay`` (decoupled, AdamW-style, for adam; L2 added to gradients for sgd).
+        ``weight_decay`` (decoupled, AdamW-style, for adam; L2 added to gradients for sgd)
+        and ``clip_norm`` (global gradient-norm clipping applied first; None disables it).
+        The ST-CNN on digits/RTS still collapsed to chance on one of two seeds at lr 3e-3
+        with clipping, and trained at lr 1e-3.
 
     Returns:
       ``(tx, schedule)``: the gradient transformation and the callable step -> learning rate.
@@ -117,6 +121,8 @@ def make_optimizer(config: TrainConfig) -> tuple[optax.GradientTransformation, o
     else:
         tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
                          optax.sgd(schedule, momentum=config.momentum or None))
+    if config.clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
     return tx, schedule
 
 

@@ -144,3 +144,17 @@ def test_one_and_four_devices_agree(plain_dir):
     np.testing.assert_allclose(four["params"], one["params"], rtol=1e-5)
     assert four["eval"] == pytest.approx(one["eval"], rel=1e-5)
     assert "train: batch_size must be divisible by the device count 4" in out["error"]
+
+
+def test_make_optimizer_clips_global_norm():
+    import jax.numpy as jnp
+
+    from attention_jax.train.trainer import make_optimizer
+
+    params = {"w": jnp.zeros(4)}
+    huge = {"w": jnp.full(4, 1e6)}  # global norm 2e6
+    for clip, expected in ((1.0, 1.0), (None, 2e6)):
+        tx, _ = make_optimizer(TrainConfig(optimizer="sgd", momentum=0.0, lr=1.0,
+                                           schedule="constant", clip_norm=clip))
+        upd, _ = tx.update(huge, tx.init(params), params)
+        np.testing.assert_allclose(float(jnp.linalg.norm(upd["w"])), expected, rtol=1e-5)
