@@ -25,6 +25,15 @@ def _merge(into: dict, tree: dict) -> None:
             into[key] = value
 
 
+def _merge_collections(variables: dict[str, Any]) -> dict:
+    """One nested dict of every leaf in the linen ``params`` and ``batch_stats`` collections."""
+    merged: dict = {}
+    for collection in _COLLECTIONS:
+        if collection in variables:
+            _merge(merged, dict(variables[collection]))
+    return merged
+
+
 def load_linen_variables(module: nnx.Module, variables: dict[str, Any]) -> nnx.Module:
     """Copy a linen variable dict (``params``, ``batch_stats``) into an nnx module, in place.
 
@@ -35,10 +44,7 @@ def load_linen_variables(module: nnx.Module, variables: dict[str, Any]) -> nnx.M
     Returns:
       ``module`` (for chaining). Raises ``ValueError`` naming the first path that does not match.
     """
-    merged: dict = {}
-    for collection in _COLLECTIONS:
-        if collection in variables:
-            _merge(merged, dict(variables[collection]))
+    merged = _merge_collections(variables)
     state = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
     expected = nnx.to_pure_dict(state)
     got_paths = {p for p, _ in jax.tree_util.tree_leaves_with_path(merged)}

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from attention_jax.interop import _merge_collections
+
 # jax leaf name -> torch parameter/buffer name
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
@@ -52,24 +54,9 @@ def jax_to_torch_state(tree: dict[str, Any], prefix: str = "") -> dict[str, np.n
     return out
 
 
-def merge_collections(variables: dict[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-
-    def _merge(into, tree):
-        for k, v in tree.items():
-            if isinstance(v, dict):
-                _merge(into.setdefault(k, {}), v)
-            else:
-                into[k] = v
-
-    for col in ("params", "batch_stats"):
-        _merge(merged, dict(variables.get(col, {})))
-    return merged
-
-
 def load_into_torch(module: torch.nn.Module, variables: dict[str, Any]) -> None:
     """Copy linen variables into a torch reference; every torch tensor must be covered."""
-    state = jax_to_torch_state(merge_collections(variables))
+    state = jax_to_torch_state(_merge_collections(variables))
     own = module.state_dict()
     own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
     assert set(state) == own_keys, (sorted(set(state) - own_keys), sorted(own_keys - set(state)))

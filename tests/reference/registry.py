@@ -13,30 +13,22 @@ from collections.abc import Callable
 import torch
 
 from attention_jax import functional as F
-from tests.reference import channel, hybrid, saliency, selective, spatial
+from tests.reference import channel, hybrid, rd, saliency, selective, spatial
 from tests.reference import context as ref_context
 from tests.reference import self_attention as ref_sa
 
-SHAPE_PRESERVING = True
-
-
-def _rd(channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 8) -> int:
-    return F.reduced_channels("reference", channels, rd_ratio=rd_ratio, rd_channels=None,
-                              rd_divisor=rd_divisor)
-
-
 REFERENCES: dict[str, Callable[[int], torch.nn.Module]] = {
-    "se": lambda c: channel.SqueezeExcite(c, _rd(c)),
+    "se": lambda c: channel.SqueezeExcite(c, rd(c)),
     "eca": lambda c: channel.EfficientChannelAttention(c, F.eca_kernel_size(c)),
-    "cbam": lambda c: hybrid.CBAM(c, _rd(c)),
-    "bam": lambda c: hybrid.BAM(c, _rd(c)),
-    "ge": lambda c: channel.GatherExcite(c, _rd(c)),
-    "gc": lambda c: channel.GlobalContext(c, _rd(c)),
-    "soca": lambda c: channel.SecondOrderChannel(c, _rd(c)),
-    "ca": lambda c: hybrid.CoordinateAttention(c, _rd(c)),
-    "sk": lambda c: selective.SelectiveKernel(c, rd_channels=max(_rd(c), 32)),
-    "splat": lambda c: selective.SplitAttention(c, rd_channels=max(_rd(2 * c), 32)),
-    "pfa": lambda c: saliency.ContextAwarePyramid(c, rd_channels=_rd(c)),
+    "cbam": lambda c: hybrid.CBAM(c, rd(c)),
+    "bam": lambda c: hybrid.BAM(c, rd(c)),
+    "ge": lambda c: channel.GatherExcite(c, rd(c)),
+    "gc": lambda c: channel.GlobalContext(c, rd(c)),
+    "soca": lambda c: channel.SecondOrderChannel(c, rd(c)),
+    "ca": lambda c: hybrid.CoordinateAttention(c, rd(c)),
+    "sk": lambda c: selective.SelectiveKernel(c, rd_channels=max(rd(c), 32)),
+    "splat": lambda c: selective.SplitAttention(c, rd_channels=max(rd(2 * c), 32)),
+    "pfa": lambda c: saliency.ContextAwarePyramid(c, rd_channels=rd(c)),
     "stn": lambda c: spatial.SpatialTransformer(c),
     "nl": lambda c: ref_sa.NonLocal(c, c // 2),
     "pam": lambda c: ref_sa.PositionAttention(c, c // 8),

@@ -14,22 +14,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from attention_jax import functional as F
-from tests.reference import selective
-
-
-def _rd(c: int, rd_ratio: float, rd_divisor: int = 8) -> int:
-    return F.reduced_channels("reference", c, rd_ratio=rd_ratio, rd_channels=None,
-                              rd_divisor=rd_divisor)
+from tests.reference import rd, selective
 
 
 def _spatial(kind: str, cin: int, cout: int, stride: int, groups: int) -> nn.Module:
     if kind == "sk":
         return selective.SelectiveKernel(cin, cout, stride=stride, groups=groups,
-                                         rd_channels=max(_rd(cout, 1 / 16), 32))
+                                         rd_channels=max(rd(cout, 1 / 16), 32))
     if kind == "splat":
         return selective.SplitAttention(cin, cout, stride=stride, groups=groups, radix=2,
-                                        rd_channels=max(_rd(cin * 2, 0.25), 32))
+                                        rd_channels=max(rd(cin * 2, 0.25), 32))
     return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
 
 
