@@ -11,8 +11,10 @@ minutes on 2 CPU cores; ``--quick`` for a smoke run, ``--json FILE`` to save the
 2. The same block at 128x128 (16,384 tokens), batch 2, chunked: it must run (the direct scores
    alone would be 2 GB per copy).
 3. Scaled-dot attention (batch 8, 8 heads, 1024 tokens, head dim 64) forward and
-   forward + backward: ``functional.attention`` (auto / xla / chunked) vs
-   ``torch.nn.functional.scaled_dot_product_attention``. Target: within 1.0x of torch.
+   forward + backward (output and gradients w.r.t. q, k, v for one random cotangent):
+   ``functional.attention`` (auto / xla / chunked) vs
+   ``torch.nn.functional.scaled_dot_product_attention``, alternating in one process (at least
+   5 steps each). Target: within 1.0x of torch.
 
 Each configuration runs in a fresh subprocess so its peak RSS (``resource.getrusage``
 ``ru_maxrss``: interpreter, libraries, parameters, compiled code and the step's buffers) belongs
@@ -108,56 +110,56 @@ def _nl_torch(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sdpa_jax(cfg: dict[str, Any]) -> dict[str, Any]:
+def _sdpa(cfg: dict[str, Any]) -> dict[str, Any]:
+    """JAX implementations and torch SDPA in one process, alternating step by step."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import torch
+    import torch.nn.functional as TF
 
     from attention_jax import functional as F
 
     b, h, t, d = cfg["shape"]
     rng = np.random.default_rng(0)
-    q, k, v = (jnp.asarray(rng.normal(size=(b, h, t, d)), jnp.float32) for _ in range(3))
-    res: dict[str, Any] = {}
+    host = [rng.normal(size=(b, h, t, d)).astype(np.float32) for _ in range(4)]
+    q, k, v, g = (jnp.asarray(a) for a in host)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in host[:3])
+    tg = torch.tensor(host[3])
+    steps: dict[str, Any] = {}
     for impl in cfg["impls"]:
         f = lambda q, k, v, impl=impl: F.attention(q, k, v, implementation=impl)
         fwd = jax.jit(f)
-        bwd = jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v)), argnums=(0, 1, 2)))
-        for mode, fn in (("fwd", fwd), ("fwdbwd", bwd)):
-            first, times = _time(lambda fn=fn: jax.block_until_ready(fn(q, k, v)),
-                                 cfg["repeats"])
-            res[f"{impl}/{mode}"] = {"first_s": first, "times": times}
-    res["peak_rss"] = _max_rss()
-    return res
+        # Forward + backward = the output and its VJP for a random cotangent (as torch below);
+        # returning the output keeps XLA from dropping forward work the gradient does not need.
+        fb = jax.jit(lambda q, k, v, f=f: (lambda o, vjp: (o, vjp(g)))(*jax.vjp(f, q, k, v)))
+        steps[f"{impl}/fwd"] = lambda fn=fwd: jax.block_until_ready(fn(q, k, v))
+        steps[f"{impl}/fwdbwd"] = lambda fn=fb: jax.block_until_ready(fn(q, k, v))
 
-
-def _sdpa_torch(cfg: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    import torch.nn.functional as TF
-
-    b, h, t, d = cfg["shape"]
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(b, h, t, d, requires_grad=True) for _ in range(3))
-
-    def fwd():
+    def torch_fwd():
         with torch.no_grad():
-            TF.scaled_dot_product_attention(q, k, v)
+            TF.scaled_dot_product_attention(tq, tk, tv)
 
-    def fwdbwd():
-        for a in (q, k, v):
-            a.grad = None
-        TF.scaled_dot_product_attention(q, k, v).sum().backward()
+    def torch_fwdbwd():
+        out = TF.scaled_dot_product_attention(tq, tk, tv)
+        torch.autograd.grad(out, (tq, tk, tv), tg)
 
+    steps["torch/fwd"], steps["torch/fwdbwd"] = torch_fwd, torch_fwdbwd
     res: dict[str, Any] = {"threads": torch.get_num_threads()}
-    for mode, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
-        first, times = _time(fn, cfg["repeats"])
-        res[f"torch/{mode}"] = {"first_s": first, "times": times}
+    for name, step in steps.items():  # warm-up (compiles on the JAX side)
+        t0 = time.perf_counter()
+        step()
+        res[name] = {"first_s": time.perf_counter() - t0, "times": []}
+    for _ in range(cfg["repeats"]):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            res[name]["times"].append(time.perf_counter() - t0)
     res["peak_rss"] = _max_rss()
     return res
 
 
-WORKERS = {"nl_jax": _nl_jax, "nl_torch": _nl_torch, "sdpa_jax": _sdpa_jax,
-           "sdpa_torch": _sdpa_torch}
+WORKERS = {"nl_jax": _nl_jax, "nl_torch": _nl_torch, "sdpa": _sdpa}
 
 
 def _spawn(kind: str, cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -239,19 +241,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt_mem(r)}  {_fmt_time(r)}")
 
     shape = (2, 2, 256, 64) if quick else (8, 8, 1024, 64)
-    sd = {"shape": shape, "repeats": args.repeats, "impls": ["auto", "xla", "chunked"]}
-    print(f"Scaled-dot attention (batch, heads, tokens, head dim) = {shape}, float32")
-    rj = _spawn("sdpa_jax", sd, args.timeout)
-    rt = _spawn("sdpa_torch", sd, args.timeout)
-    results["sdpa/jax"], results["sdpa/torch"] = rj, rt
+    sd = {"shape": shape, "repeats": max(args.repeats, 5), "impls": ["auto", "xla", "chunked"]}
+    print(f"Scaled-dot attention (batch, heads, tokens, head dim) = {shape}, float32, "
+          f"{sd['repeats']} alternating steps each")
+    r = _spawn("sdpa", sd, args.timeout)
+    results["sdpa"] = r
     for mode in ("fwd", "fwdbwd"):
-        if "error" in rt or "error" in rj:
-            print(f"  {mode}: {rj.get('error', '')} {rt.get('error', '')}")
+        if "error" in r:
+            print(f"  {mode}: {r['error']}")
             continue
-        tt = _med(rt[f"torch/{mode}"])
+        tt = _med(r[f"torch/{mode}"])
         row = [f"torch {tt * 1e3:7.1f} ms"]
         for impl in sd["impls"]:
-            tj = _med(rj[f"{impl}/{mode}"])
+            tj = _med(r[f"{impl}/{mode}"])
             row.append(f"{impl} {tj * 1e3:7.1f} ms ({tj / tt:.2f}x)")
         print(f"  {mode:7s} " + "  ".join(row))
     print("Ratios are JAX / torch (or chunked / direct) from this same run; target <= 1.0x "

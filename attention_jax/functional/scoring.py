@@ -9,9 +9,12 @@ Numerical policy: scores and the softmax are computed in float32 for bf16/fp16 i
 all-zero weights (and a zero output), never NaN, with finite gradients.
 
 ``attention(..., implementation="chunked")`` never builds the (Tq, Tk) score matrix: it loops
-over query chunks and, inside, over key chunks with an online (running max / running sum)
-softmax; each key-chunk step is wrapped in ``jax.checkpoint`` so the backward pass stores only
-the per-chunk running statistics (O(T * D) memory) and recomputes the (q_chunk, k_chunk) block.
+over heads, query chunks and, inside, key chunks with an online (running max / running sum)
+softmax. For dot-product scores (``dot``, ``scaled_dot``, ``cosine``) it is FlashAttention
+(``_flash.py``): a custom VJP that saves only the output and two statistics per query and
+recomputes each (q_chunk, k_chunk) block in the backward pass; for ``additive`` and callable
+scores each key-chunk step is wrapped in ``jax.checkpoint`` instead. Memory is O(T * D) either
+way.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from attention_jax._validation import (
     fail,
     shape_of,
 )
+from attention_jax.functional._flash import flash_attention
 from attention_jax.functional._numerics import acc_dtype
 
 __all__ = [
@@ -340,11 +344,15 @@ def _resolve_score(
     temperature: float,
     score_params: Mapping[str, jax.Array] | None,
     precision,
-) -> tuple[jax.Array, jax.Array, Callable[[jax.Array, jax.Array], jax.Array]]:
-    """(q', k', block) with scores = block(q'_chunk, k'_chunk) in float32 (>= float32)."""
+) -> tuple[jax.Array, jax.Array, Callable[[jax.Array, jax.Array], jax.Array], float | None]:
+    """(q', k', block, dot_scale) with scores = block(q'_chunk, k'_chunk) in float32 (or wider).
+
+    ``dot_scale`` is c when block(a, b) == c * a . b (dot, scaled-dot, cosine), else None.
+    """
     if callable(score):
         _check_qk(fn, q, k, same_d=False)
-        return q, k, lambda a, b: score(a, b).astype(jnp.promote_types(acc_dtype(a), a.dtype))
+        return (q, k, lambda a, b: score(a, b).astype(jnp.promote_types(acc_dtype(a), a.dtype)),
+                None)
     check_choice(fn, "score", score, SCORES)
     if score == "additive":
         _check_qk(fn, q, k, same_d=False)
@@ -359,7 +367,7 @@ def _resolve_score(
         qa, ka = _additive_prepare(q, k, params["w_q"], params["w_k"], params.get("bias"),
                                    precision)
         vv = params["v"]
-        return qa, ka, lambda a, b: _additive_block(a, b, vv)
+        return qa, ka, lambda a, b: _additive_block(a, b, vv), None
     _check_qk(fn, q, k)
     if score_params is not None:
         raise fail(fn, "score_params", "None unless score='additive'", "a mapping")
@@ -367,14 +375,14 @@ def _resolve_score(
         _check_positive(fn, "temperature", temperature)
         c = 1.0 / temperature
         return (_l2_normalize(q, 1e-12), _l2_normalize(k, 1e-12),
-                lambda a, b: _dot(a, b, precision) * c)
+                lambda a, b: _dot(a, b, precision) * c, c)
     c = 1.0 if score == "dot" else _default_scale(fn, scale, q.shape[-1])
     if c == 1.0:
-        return q, k, lambda a, b: _dot(a, b, precision)
+        return q, k, lambda a, b: _dot(a, b, precision), 1.0
     if q.dtype in (jnp.float32, jnp.float64):
         # Scale the (Tq, D) queries, not the (Tq, Tk) scores: one pass less over the scores.
-        return q * jnp.asarray(c, q.dtype), k, lambda a, b: _dot(a, b, precision)
-    return q, k, lambda a, b: _dot(a, b, precision) * c
+        return q * jnp.asarray(c, q.dtype), k, lambda a, b: _dot(a, b, precision), 1.0
+    return q, k, lambda a, b: _dot(a, b, precision) * c, c
 
 
 def _direct(q, k, v, block, mask, bias, precision):
@@ -550,10 +558,12 @@ def attention(
 
     ``implementation``:
       * ``"xla"``: builds the (..., Tq, Tk) scores (fastest for small maps).
-      * ``"chunked"``: online softmax over key chunks in a loop over query chunks; the backward
-        pass recomputes each block (``jax.checkpoint`` per key chunk) so peak memory is
-        O(batch * T * D), not O(batch * Tq * Tk). Same values and gradients as ``"xla"`` (to
-        float32 rounding) for any sizes; ragged last chunks are padded and masked.
+      * ``"chunked"``: online softmax over key chunks in a loop over heads and query chunks;
+        the backward pass recomputes each block, so peak memory is O(batch * T * D), not
+        O(batch * Tq * Tk). Same values and gradients as ``"xla"`` (to float32 rounding) for
+        any sizes; ragged last chunks are padded and masked. For dot-product scores this is
+        FlashAttention with a custom VJP (reverse mode only: use ``"xla"`` for ``jax.jvp`` /
+        ``jax.hessian``); the fastest path on CPU at large T.
       * ``"auto"``: ``"chunked"`` when the score tensor would exceed ``CHUNKED_THRESHOLD``
         elements, else ``"xla"``. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
         mask or bias and a head dim that is a multiple of 8 up to 128, it first tries
@@ -588,7 +598,7 @@ def attention(
     check_choice(fn, "implementation", implementation, _IMPLEMENTATIONS)
     check_positive_int(fn, "q_chunk_size", q_chunk_size)
     check_positive_int(fn, "k_chunk_size", k_chunk_size)
-    qp, kp, block = _resolve_score(fn, score, q, k, scale=scale, temperature=temperature,
+    qp, kp, block, dot_scale = _resolve_score(fn, score, q, k, scale=scale, temperature=temperature,
                                    score_params=score_params, precision=precision)
     if k.shape[-2] != v.shape[-2]:
         raise fail(fn, "v", f"Tk={k.shape[-2]} tokens on axis -2 (as k)", f"shape {shape_of(v)}")
@@ -613,5 +623,8 @@ def attention(
         implementation = "chunked" if big else "xla"
     if implementation == "xla":
         return _direct(qp, kp, v, block, mask, bias, precision)
+    if dot_scale is not None:
+        return flash_attention(qp, kp, v, mask=mask, bias=bias, scale=dot_scale,
+                               q_chunk=q_chunk_size, k_chunk=k_chunk_size, precision=precision)
     return _run_chunked(qp, kp, v, mask, bias, block=block, q_chunk=q_chunk_size,
                         k_chunk=k_chunk_size, precision=precision)

@@ -128,6 +128,28 @@ def test_chunked_equals_direct_odd_sizes(case):
             assert_close(g[name], g_ref[name], what=f"{case} grad {name} {qc}/{kc}")
 
 
+def test_chunked_heads_per_step_with_remainder(monkeypatch):
+    """The flash path walks the flattened batch/head axis a few heads per step; 2 x 3 heads at
+    4 per step leaves a ragged last step. Values and gradients (q, k, v, shared bias)."""
+    from attention_jax.functional import _flash
+
+    monkeypatch.setattr(_flash, "BLOCK_ELEMENTS", 4 * 8 * 5)
+    q, k, v, bias, cot = _n(2, 3, 19, 8), _n(1, 3, 23, 8), _n(2, 3, 23, 4), _n(19, 23), _n(
+        2, 3, 19, 4)
+
+    def loss(q, k, v, bias, **kw):
+        return jnp.sum(F.attention(q, k, v, bias=bias, **kw) * cot)
+
+    ref = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias, implementation="xla")
+    got = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias, implementation="chunked",
+                                               q_chunk_size=8, k_chunk_size=5)
+    for name, a, b in zip("q k v bias".split(), got, ref, strict=True):
+        assert a.shape == b.shape
+        assert_close(a, b, what=f"grad {name}")
+    assert_close(F.attention(q, k, v, bias=bias, implementation="chunked", q_chunk_size=8,
+                             k_chunk_size=5), F.attention(q, k, v, bias=bias))
+
+
 def test_chunked_very_negative_logits():
     """Logits near -1e4 everywhere: the running max starts below -88 (exp would overflow if
     the empty state were taken as 0). Integer-valued q, k keep every logit exact in float32."""

@@ -1,0 +1,358 @@
+"""Blocked ("flash") attention for dot-product scores, with a hand-written backward.
+
+Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness",
+NeurIPS 2022 (forward: online softmax over key blocks; backward: recompute each score block from
+the saved row log-sum-exp and use ``dS = P * (dP - rowsum(dO * O))``).
+
+Why a custom VJP instead of ``jax.checkpoint``: the checkpointed scan differentiates the online
+softmax step by step (running max, rescaling) and keeps the per-step carries; the closed-form
+backward needs only ``out`` and one log-sum-exp per query, and its work per block is five small
+matmuls and two element-wise passes, as PyTorch's CPU flash kernel.
+
+Why the loop is over heads too: XLA:CPU pays for every large buffer it materialises (the first
+touch of fresh pages costs more than the arithmetic); a block of ~1M scores stays in cache. The
+flattened batch/head axis is walked with ``lax.map(batch_size=...)`` so each step handles a few
+heads' (q_chunk, k_chunk) blocks.
+
+Private: ``scoring.attention`` validates and calls ``flash_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax.functional._numerics import acc_dtype
+
+BLOCK_ELEMENTS = 2**20
+"""Score elements handled per loop step (heads per step = this // (q_chunk * k_chunk))."""
+
+
+def _pad(a: jax.Array, axis: int, size: int, value) -> jax.Array:
+    extra = size - a.shape[axis]
+    if extra == 0:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(a, widths, constant_values=value)
+
+
+def _split(a: jax.Array, axis: int, c: int) -> jax.Array:
+    """(..., n * c, ...) -> (n, ..., c, ...): the chunk index first, for ``lax.scan``."""
+    n = a.shape[axis] // c
+    a = a.reshape(*a.shape[:axis], n, c, *a.shape[axis + 1:])
+    return jnp.moveaxis(a, axis, 0)
+
+
+def _merge(a: jax.Array, axis: int) -> jax.Array:
+    """Inverse of ``_split``."""
+    a = jnp.moveaxis(a, 0, axis)
+    return a.reshape(*a.shape[:axis], a.shape[axis] * a.shape[axis + 1], *a.shape[axis + 2:])
+
+
+def _scores(qb, kb, bb, mb, scale, precision):
+    acc = jnp.promote_types(acc_dtype(qb), acc_dtype(kb))
+    s = jnp.einsum("qd,kd->qk", qb, kb, precision=precision, preferred_element_type=acc)
+    if scale != 1.0:
+        s = s * scale
+    if bb is not None:
+        s = s + bb.astype(s.dtype)
+    if mb is not None:
+        s = jnp.where(mb, s, -jnp.inf)
+    return s
+
+
+class _Head:
+    """Padding/chunking of one head's arrays: q (Tq, D), k (Tk, D), v (Tk, Dv), mask/bias
+    (1|Tq, 1|Tk). Padded keys are masked out; padded queries are sliced off."""
+
+    def __init__(self, tq, tk, q_chunk, k_chunk):
+        self.tq, self.tk = tq, tk
+        self.qc, self.kc = min(q_chunk, tq), min(k_chunk, tk)
+        self.nq, self.nk = -(-tq // self.qc), -(-tk // self.kc)
+        self.ragged_k = self.nk * self.kc != tk
+
+    def pad(self, q, k, v, mask, bias):
+        nqc, nkc = self.nq * self.qc, self.nk * self.kc
+        q = _pad(q, 0, nqc, 0)
+        k, v = _pad(k, 0, nkc, 0), _pad(v, 0, nkc, 0)
+        if self.ragged_k:
+            valid = (jnp.arange(nkc) < self.tk)[None, :]
+            mask = valid if mask is None else (
+                _pad(mask, 1, nkc, False) if mask.shape[1] == self.tk else mask & valid)
+        if mask is not None and mask.shape[0] == self.tq:
+            mask = _pad(mask, 0, nqc, True)
+        if bias is not None:
+            if bias.shape[1] == self.tk:
+                bias = _pad(bias, 1, nkc, 0)
+            if bias.shape[0] == self.tq:
+                bias = _pad(bias, 0, nqc, 0)
+        return q, k, v, mask, bias
+
+    def q_chunks(self, a):
+        """Rows of a (1|Tq, ...) array per query chunk, or None if shared by all chunks."""
+        return None if a is None or a.shape[0] == 1 else _split(a, 0, self.qc)
+
+    def k_chunks(self, a):
+        """Columns of a (rows, 1|Tk) array per key chunk, or None if shared by all chunks."""
+        return None if a is None or a.shape[1] == 1 else _split(a, 1, self.kc)
+
+
+def _fwd_head(q, k, v, mask, bias, *, scale, q_chunk, k_chunk, precision):
+    """One head: out (Tq, Dv) and the softmax statistics (Tq, 2): row max m (0 where a row has
+    no key) and 1 / row sum (0 where a row has no key), so that P = exp(s - m) / sum."""
+    h = _Head(q.shape[0], k.shape[0], q_chunk, k_chunk)
+    q, k, v, mask, bias = h.pad(q, k, v, mask, bias)
+    acc = jnp.promote_types(jnp.promote_types(acc_dtype(q), acc_dtype(k)), acc_dtype(v))
+    ks, vs = _split(k, 0, h.kc), _split(v, 0, h.kc)
+
+    def q_step(x):
+        qb, mrow, brow = x["q"], x.get("m", mask), x.get("b", bias)
+        ys = {"k": ks, "v": vs}
+        for name, a in (("m", mrow), ("b", brow)):
+            if h.k_chunks(a) is not None:
+                ys[name] = h.k_chunks(a)
+
+        def k_step(carry, y):
+            m_prev, l_prev, o_prev = carry
+            s = _scores(qb, y["k"], y.get("b", brow), y.get("m", mrow), scale, precision)
+            m_new = jnp.maximum(m_prev, jnp.max(s, -1, keepdims=True))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            # Nothing seen yet (m_prev = -inf): alpha multiplies zeros; any finite value will do.
+            alpha = jnp.exp(jnp.where(jnp.isfinite(m_prev), m_prev, m_safe) - m_safe)
+            p = jnp.exp(s - m_safe)
+            l_new = alpha * l_prev + jnp.sum(p, -1, keepdims=True)
+            pv = jnp.einsum("qk,kd->qd", p.astype(v.dtype), y["v"], precision=precision,
+                            preferred_element_type=acc)
+            return (m_new, l_new, alpha * o_prev + pv), None
+
+        init = (jnp.full((h.qc, 1), -jnp.inf, acc), jnp.zeros((h.qc, 1), acc),
+                jnp.zeros((h.qc, v.shape[-1]), acc))
+        if h.nk == 1:
+            (m, total, o), _ = k_step(init, jax.tree.map(lambda a: a[0], ys))
+        else:
+            (m, total, o), _ = jax.lax.scan(k_step, init, ys)
+        # m and 1/l are kept apart, not as log-sum-exp m + log(l): with logits ~1e4 float32
+        # cannot hold log(l) next to m to better than ~1e-3.
+        inv_l = jnp.where(total > 0, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
+        stats = jnp.concatenate([jnp.where(jnp.isfinite(m), m, 0.0), inv_l], axis=-1)
+        return (o * inv_l).astype(v.dtype), stats
+
+    xs = {"q": _split(q, 0, h.qc)}
+    for name, a in (("m", mask), ("b", bias)):
+        if h.q_chunks(a) is not None:
+            xs[name] = h.q_chunks(a)
+    if h.nq == 1:
+        out, stats = q_step(jax.tree.map(lambda a: a[0], xs))
+    else:
+        out, stats = jax.lax.map(q_step, xs)
+        out, stats = _merge(out, 0), _merge(stats, 0)
+    return out[:h.tq], stats[:h.tq]
+
+
+def _bwd_head(q, k, v, mask, bias, out, stats, dout, *, scale, q_chunk, k_chunk, precision):
+    """One head's gradients (dq, dk, dv, dbias or None) from the saved out and stats."""
+    h = _Head(q.shape[0], k.shape[0], q_chunk, k_chunk)
+    tq, tk = h.tq, h.tk
+    bias_shape = None if bias is None else bias.shape
+    q, k, v, mask, bias = h.pad(q, k, v, mask, bias)
+    acc = jnp.promote_types(jnp.promote_types(acc_dtype(q), acc_dtype(k)), acc_dtype(v))
+    dout = _pad(dout.astype(acc), 0, h.nq * h.qc, 0)
+    delta = jnp.sum(dout * _pad(out.astype(acc), 0, h.nq * h.qc, 0), -1)  # rowsum(dO * O)
+    stats = _pad(stats, 0, h.nq * h.qc, 0)
+    ks, vs = _split(k, 0, h.kc), _split(v, 0, h.kc)
+    bias_k_full = bias is not None and bias.shape[1] != 1
+    bias_q_full = bias is not None and bias.shape[0] != 1
+
+    def q_step(carry, x):
+        dkt_acc, dvt_acc, db_acc = carry
+        qb, mrow, brow = x["q"], x.get("m", mask), x.get("b", bias)
+        dob, deltab = x["do"].astype(v.dtype), x["delta"][:, None]
+        mb, inv_lb = x["stats"][:, :1], x["stats"][:, 1:]
+        # XLA:CPU runs a dot whose left operand contracts over its first axis ~4x slower than
+        # the plain layout: transpose the small (chunk, D) operands instead, and accumulate
+        # dk and dv as (D, Tk).
+        qbt, dobt = qb.T, dob.T
+        ys = {"k": ks, "v": vs}
+        for name, a in (("m", mrow), ("b", brow)):
+            if h.k_chunks(a) is not None:
+                ys[name] = h.k_chunks(a)
+
+        def k_step(dq, y):
+            kb, vb = y["k"], y["v"]
+            s = _scores(qb, kb, y.get("b", brow), y.get("m", mrow), scale, precision)
+            p = jnp.exp(s - mb) * inv_lb  # masked: exp(-inf) = 0; empty rows: 1/l = 0
+            dvt = jnp.einsum("dq,qk->dk", dobt, p.astype(v.dtype), precision=precision,
+                             preferred_element_type=acc)
+            dp = jnp.einsum("qd,kd->qk", dob, vb, precision=precision,
+                            preferred_element_type=acc)
+            ds = p * (dp - deltab)
+            dsc = ds * scale if scale != 1.0 else ds
+            dq = dq + jnp.einsum("qk,kd->qd", dsc.astype(k.dtype), kb, precision=precision,
+                                 preferred_element_type=acc)
+            dkt = jnp.einsum("dq,qk->dk", qbt, dsc.astype(q.dtype), precision=precision,
+                             preferred_element_type=acc)
+            res = {"dkt": dkt, "dvt": dvt}
+            if bias is not None:
+                res["db"] = ds if bias_q_full else jnp.sum(ds, 0, keepdims=True)
+                if not bias_k_full:
+                    res["db"] = jnp.sum(res["db"], 1, keepdims=True)
+            return dq, res
+
+        dq0 = jnp.zeros((h.qc, q.shape[-1]), acc)
+        if h.nk == 1:
+            dq, r = k_step(dq0, jax.tree.map(lambda a: a[0], ys))
+            r = jax.tree.map(lambda a: a[None], r)
+        else:
+            dq, r = jax.lax.scan(k_step, dq0, ys)
+        dkt_acc = dkt_acc + _merge(r["dkt"], 1)
+        dvt_acc = dvt_acc + _merge(r["dvt"], 1)
+        db_rows = None
+        if bias is not None:
+            db = _merge(r["db"], 1) if bias_k_full else jnp.sum(r["db"], 0)
+            if bias_q_full:
+                db_rows = db
+            else:
+                db_acc = db_acc + db
+        return (dkt_acc, dvt_acc, db_acc), (dq, db_rows)
+
+    xs = {"q": _split(q, 0, h.qc), "do": _split(dout, 0, h.qc), "stats": _split(stats, 0, h.qc),
+          "delta": _split(delta, 0, h.qc)}
+    for name, a in (("m", mask), ("b", bias)):
+        if h.q_chunks(a) is not None:
+            xs[name] = h.q_chunks(a)
+    nkc = h.nk * h.kc
+    db0 = None if bias is None or bias_q_full else jnp.zeros(
+        (1, nkc if bias_k_full else 1), acc)
+    init = (jnp.zeros((k.shape[-1], nkc), acc), jnp.zeros((v.shape[-1], nkc), acc), db0)
+    if h.nq == 1:
+        (dkt, dvt, db_acc), (dq, db_rows) = q_step(init, jax.tree.map(lambda a: a[0], xs))
+        dq = dq[None]
+        db_rows = None if db_rows is None else db_rows[None]
+    else:
+        (dkt, dvt, db_acc), (dq, db_rows) = jax.lax.scan(q_step, init, xs)
+    dq = _merge(dq, 0)[:tq]
+    db = None
+    if bias is not None:
+        db = _merge(db_rows, 0) if bias_q_full else db_acc
+        db = db[:bias_shape[0], :bias_shape[1]]
+    return dq, dkt.T[:tk], dvt.T[:tk], db
+
+
+# ---------------------------------------------------------------------------------- batching
+
+
+def _flat_index(i, batch, shape):
+    """Index into ``a.reshape(-1, ...)`` of flat batch index ``i`` for a batch-shape ``shape``
+    that broadcasts to ``batch`` (size-1 dims are broadcast)."""
+    idx, stride = 0, 1
+    rem = i
+    coords = []
+    for size in reversed(batch):
+        coords.append(rem % size)
+        rem = rem // size
+    coords = coords[::-1]
+    for d in reversed(range(len(batch))):
+        if shape[d] != 1:
+            idx = idx + coords[d] * stride
+            stride *= shape[d]
+    return idx
+
+
+def _per_head(fn, arrays, batch, heads_per_step):
+    """Run ``fn(dict of per-head arrays)`` over the flattened ``batch`` with ``lax.map``.
+
+    Arrays of the full batch shape are mapped over; broadcast ones are indexed inside the loop.
+    """
+    nb = len(batch)
+    total = math.prod(batch)
+    mapped, indexed = {}, {}
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        bshape = a.shape[:nb]
+        flat = a.reshape((math.prod(bshape),) + a.shape[nb:])
+        (mapped if tuple(bshape) == tuple(batch) else indexed)[name] = (flat, bshape)
+
+    def step(x):
+        i, xs = x
+        heads = dict(xs)
+        for name, (flat, bshape) in indexed.items():
+            heads[name] = flat[_flat_index(i, batch, bshape)]
+        return fn({n: heads.get(n) for n in arrays})
+
+    xs = (jnp.arange(total), {n: f for n, (f, _) in mapped.items()})
+    return jax.lax.map(step, xs, batch_size=max(1, min(total, heads_per_step)))
+
+
+def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sum a gradient over the dims along which its input was broadcast."""
+    lead = g.ndim - len(shape)
+    g = jnp.sum(g, axis=tuple(range(lead))) if lead else g
+    axes = tuple(d for d, s in enumerate(shape) if s == 1 and g.shape[d] != 1)
+    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+def _expand(a, nb):
+    return None if a is None else a.reshape((1,) * (nb + 2 - a.ndim) + a.shape)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _flash(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision):
+    return _flash_fwd(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision)[0]
+
+
+def _flash_fwd(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision):
+    batch = jnp.broadcast_shapes(*(a.shape[:-2] for a in (q, k, v, mask, bias) if a is not None))
+    nb = len(batch)
+    arrays = {"q": _expand(q, nb), "k": _expand(k, nb), "v": _expand(v, nb),
+              "mask": _expand(mask, nb), "bias": _expand(bias, nb)}
+    per_step = max(1, BLOCK_ELEMENTS // (min(q_chunk, q.shape[-2]) * min(k_chunk, k.shape[-2])))
+
+    def head(d):
+        return _fwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], scale=scale,
+                         q_chunk=q_chunk, k_chunk=k_chunk, precision=precision)
+
+    out, stats = _per_head(head, arrays, batch, per_step)
+    out = out.reshape(batch + out.shape[-2:])
+    stats = stats.reshape(batch + stats.shape[-2:])
+    return out, (q, k, v, bias, mask, out, stats)
+
+
+def _flash_bwd(scale, q_chunk, k_chunk, precision, res, dout):
+    q, k, v, bias, mask, out, stats = res
+    batch = out.shape[:-2]
+    nb = len(batch)
+    arrays = {"q": _expand(q, nb), "k": _expand(k, nb), "v": _expand(v, nb),
+              "mask": _expand(mask, nb), "bias": _expand(bias, nb), "out": out, "stats": stats,
+              "dout": dout}
+    per_step = max(1, BLOCK_ELEMENTS // (min(q_chunk, q.shape[-2]) * min(k_chunk, k.shape[-2])))
+
+    def head(d):
+        return _bwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], d["out"], d["stats"],
+                         d["dout"], scale=scale, q_chunk=q_chunk, k_chunk=k_chunk,
+                         precision=precision)
+
+    dq, dk, dv, db = _per_head(head, arrays, batch, per_step)
+    unflat = lambda g, a: _sum_to(g.reshape(batch + g.shape[1:]), a.shape).astype(a.dtype)
+    # The boolean mask gets no cotangent (None = zero).
+    return (unflat(dq, q), unflat(dk, k), unflat(dv, v),
+            None if bias is None else unflat(db, bias), None)
+
+
+_flash.defvjp(lambda q, k, v, bias, mask, scale, qc, kc, prec:
+              _flash_fwd(q, k, v, bias, mask, scale, qc, kc, prec), _flash_bwd)
+
+
+def flash_attention(q, k, v, *, mask, bias, scale, q_chunk, k_chunk, precision):
+    """softmax(scale * q k^T + bias, masked) v over (..., T, D) arrays, blocked, custom VJP.
+
+    Validated by the caller. ``mask`` gets no gradient (boolean); ``bias`` does.
+    """
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    mask = None if mask is None else jnp.asarray(mask)
+    bias = None if bias is None else jnp.asarray(bias)
+    return _flash(q, k, v, bias, mask, float(scale), q_chunk, k_chunk, precision)
