@@ -4,9 +4,13 @@ Run: ``.venv/bin/python benchmarks/bench_grid_sample.py`` (``--repeats``, ``--th
 The two sides are timed alternately (JAX, PyTorch, JAX, ...) after warm-up, so slow drifts of a
 shared machine hit both; each repeat is the mean of enough calls to last ``--min-repeat-s``, and
 the table reports medians over repeats and the ratio JAX / PyTorch (<= 1.0 means JAX is as fast
-or faster). Forward+backward is the gradient w.r.t. both the image and the grid of
-``sum(grid_sample(x, grid) * cotangent)``; grids are random affine transforms near the identity
-with the output size equal to the input size.
+or faster). Forward+backward is the output and its gradients w.r.t. both the image and the grid
+for a random cotangent (``jax.vjp``; torch: forward then ``autograd.grad``); grids are random
+affine transforms near the identity with the output size equal to the input size.
+
+Two JAX implementations are timed: ``native`` (the C++ XLA:CPU kernel, what
+``implementation="auto"`` runs on the CPU) and ``xla`` (the pure-JAX gather/scatter path that
+GPU/TPU use), each against the same PyTorch call.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as tF
 
+from attention_jax import _native
 from attention_jax.functional import affine_grid, grid_sample
 
 SHAPES = [(64, 28, 28, 1), (64, 60, 60, 1), (16, 56, 56, 32)]
+IMPLS = ("native", "xla")
 
 
 def _calls(step, min_s: float) -> int:
@@ -52,8 +58,13 @@ def bench_shape(shape, *, repeats: int, warmup: int, min_repeat_s: float) -> dic
     cot = rng.normal(size=shape).astype(np.float32)
 
     xj, gj, cj = jnp.asarray(x), jnp.asarray(grid), jnp.asarray(cot)
-    fwd_j = jax.jit(lambda a, g: grid_sample(a, g))
-    bwd_j = jax.jit(jax.grad(lambda a, g: jnp.sum(grid_sample(a, g) * cj), argnums=(0, 1)))
+    jax_steps = {}
+    for impl in IMPLS:
+        f = lambda a, g, impl=impl: grid_sample(a, g, implementation=impl)
+        fwd_j = jax.jit(f)
+        # The output is returned with the gradients, so XLA cannot drop forward work.
+        bwd_j = jax.jit(lambda a, g, f=f: (lambda o, vjp: (o, *vjp(cj)))(*jax.vjp(f, a, g)))
+        jax_steps[impl] = (fwd_j, bwd_j)
 
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     gt = torch.from_numpy(grid)
@@ -66,34 +77,33 @@ def bench_shape(shape, *, repeats: int, warmup: int, min_repeat_s: float) -> dic
                                   align_corners=False)
 
     def bwd_t():
-        xr.grad = gr.grad = None
-        (tF.grid_sample(xr, gr, align_corners=False) * ct).sum().backward()
-        return xr.grad, gr.grad
-
-    steps = {
-        "fwd": (lambda: fwd_j(xj, gj).block_until_ready(), fwd_t),
-        "fwd+bwd": (lambda: jax.block_until_ready(bwd_j(xj, gj)), bwd_t),
-    }
-    # Same answer on both sides before timing anything.
-    np.testing.assert_allclose(np.asarray(fwd_j(xj, gj)),
-                               fwd_t().permute(0, 2, 3, 1).numpy(), atol=1e-4)
-    gx, gg = bwd_j(xj, gj)
-    gxt, ggt = bwd_t()
-    np.testing.assert_allclose(np.asarray(gx), gxt.permute(0, 2, 3, 1).numpy(), atol=1e-3)
-    np.testing.assert_allclose(np.asarray(gg), ggt.numpy(), rtol=1e-3, atol=1e-2)
+        out = tF.grid_sample(xr, gr, align_corners=False)
+        return (out, *torch.autograd.grad(out, (xr, gr), ct))
 
     out = {}
-    for name, (sj, st) in steps.items():
-        for _ in range(warmup):
-            sj()
-            st()
-        nj, nt = _calls(sj, min_repeat_s), _calls(st, min_repeat_s)
-        tj, tt = [], []
-        for _ in range(repeats):
-            tj.append(_time(sj, nj))
-            tt.append(_time(st, nt))
-        out[f"{name}_jax_ms"] = statistics.median(tj) * 1e3
-        out[f"{name}_torch_ms"] = statistics.median(tt) * 1e3
+    for impl, (fwd_j, bwd_j) in jax_steps.items():
+        # Same answer on both sides before timing anything.
+        np.testing.assert_allclose(np.asarray(fwd_j(xj, gj)),
+                                   fwd_t().permute(0, 2, 3, 1).numpy(), atol=1e-4)
+        _, gx, gg = bwd_j(xj, gj)
+        _, gxt, ggt = bwd_t()
+        np.testing.assert_allclose(np.asarray(gx), gxt.permute(0, 2, 3, 1).numpy(), atol=1e-3)
+        np.testing.assert_allclose(np.asarray(gg), ggt.numpy(), rtol=1e-3, atol=1e-2)
+        steps = {
+            "fwd": (lambda f=fwd_j: f(xj, gj).block_until_ready(), fwd_t),
+            "fwd+bwd": (lambda f=bwd_j: jax.block_until_ready(f(xj, gj)), bwd_t),
+        }
+        for name, (sj, st) in steps.items():
+            for _ in range(warmup):
+                sj()
+                st()
+            nj, nt = _calls(sj, min_repeat_s), _calls(st, min_repeat_s)
+            tj, tt = [], []
+            for _ in range(repeats):
+                tj.append(_time(sj, nj))
+                tt.append(_time(st, nt))
+            out[f"{impl}/{name}_jax_ms"] = statistics.median(tj) * 1e3
+            out[f"{impl}/{name}_torch_ms"] = statistics.median(tt) * 1e3
     return out
 
 
@@ -104,18 +114,26 @@ def main() -> None:
     ap.add_argument("--min-repeat-s", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="torch threads (default: the cores this process may use)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: small shapes, 2 repeats")
     args = ap.parse_args()
+    shapes = SHAPES
+    if args.quick:
+        shapes = [(4, 8, 8, 1), (2, 8, 8, 4)]
+        args.repeats, args.warmup, args.min_repeat_s = 2, 1, 0.0
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({args.threads} threads), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus")
-    print(f"{'shape (N,H,W,C)':<18} {'pass':<8} {'jax ms':>9} {'torch ms':>9} {'ratio':>6}")
-    for shape in SHAPES:
+    print(_native.status())
+    print(f"{'shape (N,H,W,C)':<18} {'impl':<7} {'pass':<8} {'jax ms':>9} {'torch ms':>9} "
+          f"{'ratio':>6}")
+    for shape in shapes:
         r = bench_shape(shape, repeats=args.repeats, warmup=args.warmup,
                         min_repeat_s=args.min_repeat_s)
-        for name in ("fwd", "fwd+bwd"):
-            j, t = r[f"{name}_jax_ms"], r[f"{name}_torch_ms"]
-            print(f"{str(shape):<18} {name:<8} {j:>9.3f} {t:>9.3f} {j / t:>6.2f}")
+        for impl in IMPLS:
+            for name in ("fwd", "fwd+bwd"):
+                j, t = r[f"{impl}/{name}_jax_ms"], r[f"{impl}/{name}_torch_ms"]
+                print(f"{str(shape):<18} {impl:<7} {name:<8} {j:>9.3f} {t:>9.3f} {j / t:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax import _native
 from attention_jax._validation import (
     check_choice,
     check_floating,
@@ -440,6 +441,54 @@ def _grid_sample_bwd(mode, padding, align_corners, res, g):
 _grid_sample.defvjp(_grid_sample_fwd, _grid_sample_bwd)
 
 
+# Native XLA:CPU kernel (bilinear): attention_jax/_native/grid_sample.cc through the XLA FFI.
+
+_PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+def _native_call(kind, out_types, *args, padding, align_corners):
+    # "broadcast_all": under vmap every operand gets the mapped axis in front; the kernel treats
+    # all leading dims as batch.
+    return jax.ffi.ffi_call(_native.target(kind, args[0].dtype), out_types,
+                            vmap_method="broadcast_all")(
+        *args, padding=np.int64(_PADDING_CODES[padding]),
+        align_corners=np.int64(align_corners))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _grid_sample_native(x, grid, padding, align_corners):
+    return _grid_sample_native_fwd(x, grid, padding, align_corners)[0]
+
+
+def _grid_sample_native_fwd(x, grid, padding, align_corners):
+    out = jax.ShapeDtypeStruct(x.shape[:-3] + grid.shape[-3:-1] + x.shape[-1:], x.dtype)
+    y = _native_call("fwd", out, x, grid, padding=padding, align_corners=align_corners)
+    return y, (x, grid)
+
+
+def _grid_sample_native_bwd(padding, align_corners, res, g):
+    x, grid = res
+    outs = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(grid.shape, grid.dtype))
+    gx, ggrid = _native_call("bwd", outs, x, grid, g.astype(x.dtype), padding=padding,
+                             align_corners=align_corners)
+    return gx, ggrid
+
+
+_grid_sample_native.defvjp(_grid_sample_native_fwd, _grid_sample_native_bwd)
+
+
+def _native_dtype(x: jax.Array, grid: jax.Array):
+    """The dtype the native kernel would compute in, or None if it has no kernel for it."""
+    ct = jnp.promote_types(x.dtype, grid.dtype)
+    return ct if ct in (jnp.float32, jnp.float64) else None
+
+
+def _sample_native(x, grid, padding, align_corners):
+    ct = _native_dtype(x, grid)
+    return _grid_sample_native(x.astype(ct), grid.astype(ct), padding,
+                               align_corners).astype(x.dtype)
+
+
 def grid_sample(
     x: jax.Array,
     grid: jax.Array,
@@ -447,6 +496,7 @@ def grid_sample(
     mode: str = "bilinear",
     padding_mode: str = "zeros",
     align_corners: bool = False,
+    implementation: str = "auto",
 ) -> jax.Array:
     """Sample ``x`` at ``grid``, identical to ``torch.nn.functional.grid_sample`` (NHWC).
 
@@ -464,6 +514,13 @@ def grid_sample(
       padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
       align_corners: -1 and 1 are the centres (True) or the outer edges (False) of the corner
         pixels.
+      implementation: ``"xla"``: gathers and a scatter-add in plain JAX (any backend).
+        ``"native"``: a C++ XLA:CPU kernel (``attention_jax._native``, built with the local
+        compiler on first use), bilinear only, computing in float32/float64; ValueError if it
+        is unavailable. ``"auto"``: ``"native"`` when compiling for the CPU, the mode is
+        bilinear and the kernel is available, else ``"xla"`` (``jax.lax.platform_dependent``
+        picks per backend, so the same function runs on GPU/TPU). Both give the same values
+        and gradients to rounding.
 
     Returns:
       (N, Ho, Wo, C), dtype of ``x``.
@@ -480,5 +537,21 @@ def grid_sample(
     check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
     if not isinstance(align_corners, (bool, np.bool_)):
         raise fail(fn, "align_corners", "a bool", repr(align_corners))
+    check_choice(fn, "implementation", implementation, ("auto", "xla", "native"))
     grid = grid.astype(_grid_dtype(grid))
-    return _grid_sample(x, grid, mode, padding_mode, bool(align_corners))
+    align = bool(align_corners)
+    xla = lambda x, grid: _grid_sample(x, grid, mode, padding_mode, align)
+    if implementation == "xla":
+        return xla(x, grid)
+    if implementation == "native":
+        if mode != "bilinear" or _native_dtype(x, grid) is None:
+            raise fail(fn, "implementation", "'native' only with mode='bilinear' and float16/"
+                       "bfloat16/float32/float64 inputs", f"mode={mode!r}, x {x.dtype}")
+        if not _native.available():
+            raise fail(fn, "implementation", "'auto' or 'xla': the native kernel is "
+                       "unavailable", _native.status())
+        return _sample_native(x, grid, padding_mode, align)
+    if mode != "bilinear" or _native_dtype(x, grid) is None or not _native.available():
+        return xla(x, grid)
+    native = lambda x, grid: _sample_native(x, grid, padding_mode, align)
+    return jax.lax.platform_dependent(x, grid, cpu=native, default=xla)

@@ -15,6 +15,10 @@ from tests.parity import assert_close
 
 COMBOS = list(itertools.product(("bilinear", "nearest", "bicubic"),
                                 ("zeros", "border", "reflection"), (False, True)))
+# Bilinear has two implementations (the C++ XLA:CPU kernel, which "auto" picks on the CPU, and
+# the pure-JAX one GPU/TPU run): every bilinear check runs on both.
+CASES = [(m, p, a, i) for m, p, a in COMBOS
+         for i in (("xla", "native") if m == "bilinear" else ("auto",))]
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 5, 7, 3)).astype(np.float32)
 
@@ -43,13 +47,15 @@ def _jax_sample(x, grid, cot, **kw):
     return np.asarray(y), np.asarray(gx), np.asarray(gg)
 
 
-@pytest.mark.parametrize("mode,padding_mode,align_corners", COMBOS)
-def test_grid_sample_matches_torch_forward_and_grads(mode, padding_mode, align_corners):
+@pytest.mark.parametrize("c", [3, 1, 32])
+@pytest.mark.parametrize("mode,padding_mode,align_corners,impl", CASES)
+def test_grid_sample_matches_torch_forward_and_grads(mode, padding_mode, align_corners, impl, c):
+    x = X if c == 3 else RNG.normal(size=(2, 5, 7, c)).astype(np.float32)
     grid = _grid((2, 4, 6, 2))  # output size != input size, points far outside included
-    cot = RNG.normal(size=(2, 4, 6, 3)).astype(np.float32)
+    cot = RNG.normal(size=(2, 4, 6, c)).astype(np.float32)
     kw = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
-    y, gx, gg = _jax_sample(X, grid, cot, **kw)
-    yt, gxt, ggt = _torch_sample(X, grid, cot, **kw)
+    y, gx, gg = _jax_sample(x, grid, cot, implementation=impl, **kw)
+    yt, gxt, ggt = _torch_sample(x, grid, cot, **kw)
     assert_close(y, yt, what="forward")
     assert_close(gx, gxt, what="grad x")
     assert_close(gg, ggt, rtol=1e-4, what="grad grid")
@@ -80,15 +86,16 @@ def test_identity_reproduces_input(mode, align_corners):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
-def test_gradient_at_identity_nonzero_and_matches_torch(align_corners, mode):
+@pytest.mark.parametrize("mode,impl", [("bilinear", "xla"), ("bilinear", "native"),
+                                       ("bicubic", "auto")])
+def test_gradient_at_identity_nonzero_and_matches_torch(align_corners, mode, impl):
     """At the identity the sample points sit on integer pixel coordinates: the gradient w.r.t.
     the grid must still be non-zero (floor / floor + 1 neighbours), and equal to PyTorch's."""
     theta = np.tile(np.eye(2, 3, dtype=np.float32)[None], (2, 1, 1))
     grid = np.asarray(F.affine_grid(jnp.asarray(theta), X.shape, align_corners=align_corners))
     cot = RNG.normal(size=X.shape).astype(np.float32)
     kw = {"mode": mode, "padding_mode": "zeros", "align_corners": align_corners}
-    _, gx, gg = _jax_sample(X, grid, cot, **kw)
+    _, gx, gg = _jax_sample(X, grid, cot, implementation=impl, **kw)
     _, gxt, ggt = _torch_sample(X, grid, cot, **kw)
     assert np.abs(gg).min(axis=-1).max() > 0.1 and np.mean(np.abs(gg) > 1e-3) > 0.9
     assert_close(gg, ggt, rtol=1e-4, what="grad grid")
@@ -128,17 +135,18 @@ def _off_integer_grid(shape, size_hw, align_corners, seed):
     return np.stack(out, -1)
 
 
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("mode,impl", [("bilinear", "xla"), ("bilinear", "native"),
+                                       ("bicubic", "auto")])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_check_grads(x64, mode, padding_mode, align_corners):
+def test_check_grads(x64, mode, padding_mode, align_corners, impl):
     x = jnp.asarray(RNG.normal(size=(1, 4, 5, 2)))
     grid = jnp.asarray(_off_integer_grid((1, 3, 3, 2), (4, 5), align_corners, 3))
     assert x.dtype == jnp.float64 and grid.dtype == jnp.float64
 
     def f(a, g):
         return F.grid_sample(a, g, mode=mode, padding_mode=padding_mode,
-                             align_corners=align_corners)
+                             align_corners=align_corners, implementation=impl)
 
     check_grads(f, (x, grid), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
 
@@ -161,8 +169,9 @@ def test_jit_and_vmap():
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
-def test_non_finite_grid_is_contained(mode, padding_mode):
+@pytest.mark.parametrize("mode,impl", [("bilinear", "xla"), ("bilinear", "native"),
+                                       ("nearest", "auto"), ("bicubic", "auto")])
+def test_non_finite_grid_is_contained(mode, padding_mode, impl):
     grid = _grid((2, 4, 6, 2))
     bad = grid.copy()
     bad[0, 1, 2] = [np.nan, 0.1]
@@ -171,7 +180,8 @@ def test_non_finite_grid_is_contained(mode, padding_mode):
     is_bad = ~np.isfinite(bad).all(-1)
     cot = RNG.normal(size=(2, 4, 6, 3)).astype(np.float32)
     cot[is_bad] = 0.0
-    kw = {"mode": mode, "padding_mode": padding_mode, "align_corners": False}
+    kw = {"mode": mode, "padding_mode": padding_mode, "align_corners": False,
+          "implementation": impl}
     y, gx, gg = _jax_sample(X, bad, cot, **kw)
     y0, gx0, gg0 = _jax_sample(X, grid, cot, **kw)
     assert np.isfinite(y).all() and np.isfinite(gx).all() and np.isfinite(gg).all()
@@ -183,18 +193,65 @@ def test_non_finite_grid_is_contained(mode, padding_mode):
         assert not y[is_bad].any()  # a non-finite point is outside the image
 
 
+@pytest.mark.parametrize("impl", ["xla", "native"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_image_keeps_float32_grid(dtype):
+def test_low_precision_image_keeps_float32_grid(dtype, impl):
     w = 300  # pixel indices above 256 are not exact in bf16
     x = (jnp.arange(w, dtype=jnp.float32)[None, None, :, None] * 40.0).astype(dtype)
     theta = jnp.eye(2, 3, dtype=dtype)[None]
     grid = F.affine_grid(theta, (1, 1, w, 1))
     assert grid.dtype == jnp.float32
-    y = F.grid_sample(x, grid, mode="bilinear")
+    y = F.grid_sample(x, grid, mode="bilinear", implementation=impl)
     assert y.dtype == dtype and bool(jnp.all(jnp.isfinite(y)))
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x, np.float32))
-    g = jax.grad(lambda a: F.grid_sample(a, grid).astype(jnp.float32).sum())(x)
+    g = jax.grad(lambda a: F.grid_sample(a, grid, implementation=impl).astype(
+        jnp.float32).sum())(x)
     assert g.dtype == dtype and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_native_kernel_is_built_and_auto_uses_it_on_cpu():
+    """The C++ kernel must build wherever the suite runs (CI has a compiler): a machine that
+    silently fell back to the pure-JAX path would not be testing what users run."""
+    from attention_jax import _native
+
+    assert _native.available(), _native.status()
+    grid = jnp.asarray(_grid((2, 4, 6, 2)))
+    hlo = jax.jit(lambda a, g: F.grid_sample(a, g)).lower(jnp.asarray(X), grid).as_text()
+    assert "attention_jax_grid_sample_bilinear_fwd_f32" in hlo
+    hlo = jax.jit(lambda a, g: F.grid_sample(a, g, implementation="xla")).lower(
+        jnp.asarray(X), grid).as_text()
+    assert "attention_jax_grid_sample" not in hlo
+    for mode in ("nearest", "bicubic"):  # no kernel for these: auto stays on the JAX path
+        hlo = jax.jit(lambda a, g, m=mode: F.grid_sample(a, g, mode=m)).lower(
+            jnp.asarray(X), grid).as_text()
+        assert "attention_jax_grid_sample" not in hlo
+
+
+def test_native_jit_vmap_and_batched_leading_dims():
+    x = jnp.asarray(RNG.normal(size=(3, 2, 5, 7, 4)), jnp.float32)
+    grid = jnp.asarray(np.stack([_grid((2, 4, 6, 2), seed=s) for s in range(3)]))
+    f = lambda impl: jax.vmap(lambda a, g: F.grid_sample(a, g, implementation=impl))
+    assert_close(f("native")(x, grid), f("xla")(x, grid))
+    loss = lambda impl: lambda a, g: jnp.sum(jnp.sin(f(impl)(a, g)))
+    gn = jax.jit(jax.grad(loss("native"), argnums=(0, 1)))(x, grid)
+    gxla = jax.grad(loss("xla"), argnums=(0, 1))(x, grid)
+    assert_close(gn[0], gxla[0], what="vmap grad x")
+    assert_close(gn[1], gxla[1], rtol=1e-4, what="vmap grad grid")
+
+
+def test_native_disabled_by_environment(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("from attention_jax import _native; import jax.numpy as jnp; "
+            "from attention_jax.functional import grid_sample; "
+            "print(_native.available()); print(_native.status()); "
+            "print(grid_sample(jnp.ones((1, 2, 2, 1)), jnp.zeros((1, 1, 1, 2))).sum())")
+    env = {**os.environ, "ATTENTION_JAX_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.splitlines()
+    assert out[0] == "False" and "ATTENTION_JAX_NATIVE=0" in out[1] and float(out[2]) == 1.0
 
 
 def test_perspective_grid():
@@ -264,6 +321,10 @@ def test_bad_input():
         F.grid_sample(x, jnp.zeros((2, 9, 2)))
     with pytest.raises(ValueError, match=r"grid_sample: grid must be a floating-point array"):
         F.grid_sample(x, jnp.zeros((2, 3, 3, 2), jnp.int32))
+    with pytest.raises(ValueError, match=r"grid_sample.*implementation.*native.*bilinear"):
+        F.grid_sample(x, grid, mode="nearest", implementation="native")
+    with pytest.raises(ValueError, match=r"grid_sample.*implementation.*'auto'.*'pallas'"):
+        F.grid_sample(x, grid, implementation="pallas")
     with pytest.raises(ValueError, match=r"perspective_grid: matrix must be shape \(N, 3, 3\)"):
         F.perspective_grid(jnp.zeros((2, 2, 3)), (2, 4, 4, 1))
     base = F.tps_base_points((2, 2))

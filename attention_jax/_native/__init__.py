@@ -1,0 +1,141 @@
+"""Native XLA:CPU kernels (C++ through the XLA FFI), compiled on first use and cached.
+
+``grid_sample.cc`` holds bilinear ``grid_sample`` forward/backward for the CPU. It is compiled
+with the machine's C++ compiler (``$CXX``, else ``c++``/``g++``) against the XLA FFI headers
+that jaxlib ships (``jax.ffi.include_dir()``), into a cache directory keyed by a hash of the
+source, the flags and the jax version:
+
+* ``$ATTENTION_JAX_CACHE`` if set, else ``$XDG_CACHE_HOME/attention-jax``, else
+  ``~/.cache/attention-jax``.
+
+Nothing is downloaded. Set ``ATTENTION_JAX_NATIVE=0`` to never build or use the kernels (every
+function then runs its pure-JAX path). If the build fails (no compiler), the pure-JAX path is
+used and one warning says why; ``status()`` reports it. ``python -m attention_jax._native``
+builds ahead of time and prints the status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+
+__all__ = ["available", "status", "build", "target", "cache_dir"]
+
+_SOURCE = Path(__file__).with_name("grid_sample.cc")
+_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-w", "-fno-trapping-math")
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """AVX2/FMA code (x86-64-v3) where this CPU has it: the geometry loops vectorise 8-wide."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags = set()
+    for line in info.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return ("-march=x86-64-v3",) if {"avx2", "fma", "bmi2", "movbe"} <= flags else ()
+_SYMBOLS = {  # FFI target name -> exported symbol
+    f"attention_jax_grid_sample_bilinear_{d.lower()}_{t.lower()}": f"AjGridSampleBilinear{t}{d}"
+    for t in ("F32", "F64") for d in ("Fwd", "Bwd")
+}
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    if os.environ.get("ATTENTION_JAX_CACHE"):
+        return Path(os.environ["ATTENTION_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "attention-jax"
+
+
+def _compiler() -> str | None:
+    for cand in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernels (if not cached) and return the shared library's path.
+
+    Raises RuntimeError with the compiler's message if there is no compiler or it fails.
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256()
+    key.update(_SOURCE.read_bytes())
+    flags = _FLAGS + _cpu_flags()
+    key.update(repr((flags, jax.__version__, cxx)).encode())
+    out = cache_dir() / f"grid_sample-{key.hexdigest()[:16]}.so"
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Compile to a private name, then rename: concurrent builders (pytest workers) never see a
+    # half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *flags, f"-I{include}", str(_SOURCE), "-o", tmp]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> None:
+    if os.environ.get("ATTENTION_JAX_NATIVE", "1") == "0":
+        _state["error"] = "disabled by ATTENTION_JAX_NATIVE=0"
+        return
+    try:
+        path = build()
+        lib = ctypes.CDLL(str(path))
+        for name, symbol in _SYMBOLS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
+    except Exception as e:  # no compiler, failed build, unloadable library: pure-JAX path
+        _state["error"] = f"{type(e).__name__}: {e}"
+        warnings.warn(f"attention_jax: native CPU kernels unavailable, using the pure-JAX "
+                      f"path ({_state['error'].splitlines()[0]})", RuntimeWarning, stacklevel=3)
+        return
+    _state["lib"], _state["path"] = lib, path
+
+
+def available() -> bool:
+    """Whether the native CPU kernels are built, loaded and registered (builds on first call)."""
+    with _lock:
+        if not _state:
+            _load()
+    return "lib" in _state
+
+
+def status() -> str:
+    """One line: where the kernels were loaded from, or why they are not used."""
+    if available():
+        return f"native CPU kernels loaded from {_state['path']}"
+    return f"native CPU kernels not used: {_state['error']}"
+
+
+def target(kind: str, dtype) -> str:
+    """FFI target name for ``kind`` in {"fwd", "bwd"} and float32/float64 ``dtype``."""
+    suffix = {"float32": "f32", "float64": "f64"}[jax.numpy.dtype(dtype).name]
+    return f"attention_jax_grid_sample_bilinear_{kind}_{suffix}"
