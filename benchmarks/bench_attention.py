@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
     ap.add_argument("--quick", action="store_true", help="smoke run: small shapes")
     ap.add_argument("--skip-128", action="store_true", help="skip the 128x128 run")
+    ap.add_argument("--only-sdpa", action="store_true", help="only the scaled-dot comparison")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per subprocess")
     ap.add_argument("--json", type=Path, help="write all figures to this file")
     args = ap.parse_args(argv)
@@ -216,46 +217,50 @@ def main(argv: list[str] | None = None) -> int:
     nl = {"batch": 2 if quick else 8, "size": 16 if quick else 64, "channels": 256,
           "inter": 64, "repeats": args.repeats}
     results: dict[str, Any] = {"config": {"nl": nl}}
-    print(f"Non-local block, {nl['size']}x{nl['size']} map, batch {nl['batch']}, "
-          f"{nl['channels']} -> {nl['inter']} channels, forward + backward (float32, CPU)")
-    for label, kind, extra in (("jax direct (xla)", "nl_jax", {"impl": "xla"}),
-                               ("jax chunked", "nl_jax", {"impl": "chunked"}),
-                               ("torch reference", "nl_torch", {})):
-        r = _spawn(kind, {**nl, **extra}, args.timeout)
-        results[f"nl64/{label}"] = r
-        print(f"  {label:18s} {_fmt_mem(r)}  {_fmt_time(r)}")
-    d, c, t = (results[f"nl64/{k}"] for k in ("jax direct (xla)", "jax chunked",
-                                               "torch reference"))
-    if not any("error" in r for r in (d, c, t)):
-        print(f"  chunked / direct time {(_med(c) / _med(d)):.2f}x (target <= 1.3x); "
-              f"chunked / torch time {(_med(c) / _med(t)):.2f}x; chunked peak "
-              f"{c['peak_rss'] / GB:.2f} GB (target <= 1.0 GB), direct {d['peak_rss'] / GB:.2f} "
-              f"GB, torch {t['peak_rss'] / GB:.2f} GB")
+    if not args.only_sdpa:
+        print(f"Non-local block, {nl['size']}x{nl['size']} map, batch {nl['batch']}, "
+              f"{nl['channels']} -> {nl['inter']} channels, forward + backward (float32, CPU)")
+        for label, kind, extra in (("jax direct (xla)", "nl_jax", {"impl": "xla"}),
+                                   ("jax chunked", "nl_jax", {"impl": "chunked"}),
+                                   ("torch reference", "nl_torch", {})):
+            r = _spawn(kind, {**nl, **extra}, args.timeout)
+            results[f"nl64/{label}"] = r
+            print(f"  {label:18s} {_fmt_mem(r)}  {_fmt_time(r)}")
+        d, c, t = (results[f"nl64/{k}"] for k in ("jax direct (xla)", "jax chunked",
+                                                   "torch reference"))
+        if not any("error" in r for r in (d, c, t)):
+            print(f"  chunked / direct time {(_med(c) / _med(d)):.2f}x (target <= 1.3x); "
+                  f"chunked / torch time {(_med(c) / _med(t)):.2f}x; chunked peak "
+                  f"{c['peak_rss'] / GB:.2f} GB (target <= 1.0 GB), direct "
+                  f"{d['peak_rss'] / GB:.2f} GB, torch {t['peak_rss'] / GB:.2f} GB")
 
-    if not args.skip_128:
-        big = {**nl, "batch": 2 if not quick else 1, "size": 128 if not quick else 32,
-               "impl": "chunked", "repeats": max(1, args.repeats - 1)}
-        r = _spawn("nl_jax", big, args.timeout)
-        results["nl128/jax chunked"] = r
-        print(f"Non-local block, {big['size']}x{big['size']} map, batch {big['batch']}, chunked: "
-              f"{_fmt_mem(r)}  {_fmt_time(r)}")
+        if not args.skip_128:
+            big = {**nl, "batch": 2 if not quick else 1, "size": 128 if not quick else 32,
+                   "impl": "chunked", "repeats": max(1, args.repeats - 1)}
+            r = _spawn("nl_jax", big, args.timeout)
+            results["nl128/jax chunked"] = r
+            print(f"Non-local block, {big['size']}x{big['size']} map, batch {big['batch']}, "
+                  f"chunked: {_fmt_mem(r)}  {_fmt_time(r)}")
+
 
     shape = (2, 2, 256, 64) if quick else (8, 8, 1024, 64)
-    sd = {"shape": shape, "repeats": max(args.repeats, 5), "impls": ["auto", "xla", "chunked"]}
     print(f"Scaled-dot attention (batch, heads, tokens, head dim) = {shape}, float32, "
-          f"{sd['repeats']} alternating steps each")
-    r = _spawn("sdpa", sd, args.timeout)
-    results["sdpa"] = r
-    for mode in ("fwd", "fwdbwd"):
+          f"{max(args.repeats, 5)} steps each, alternating with torch in one process")
+    # One process per JAX implementation: the direct path's 268 MB score buffers slow whatever
+    # runs next (page faults on re-allocation), so implementations are not interleaved.
+    for impl in ("auto", "chunked", "xla"):
+        sd = {"shape": shape, "repeats": max(args.repeats, 5), "impls": [impl]}
+        r = _spawn("sdpa", sd, args.timeout)
+        results[f"sdpa/{impl}"] = r
         if "error" in r:
-            print(f"  {mode}: {r['error']}")
+            print(f"  {impl}: {r['error']}")
             continue
-        tt = _med(r[f"torch/{mode}"])
-        row = [f"torch {tt * 1e3:7.1f} ms"]
-        for impl in sd["impls"]:
-            tj = _med(r[f"{impl}/{mode}"])
-            row.append(f"{impl} {tj * 1e3:7.1f} ms ({tj / tt:.2f}x)")
-        print(f"  {mode:7s} " + "  ".join(row))
+        row = []
+        for mode in ("fwd", "fwdbwd"):
+            tt, tj = _med(r[f"torch/{mode}"]), _med(r[f"{impl}/{mode}"])
+            row.append(f"{mode} {tj * 1e3:6.1f} ms vs torch {tt * 1e3:6.1f} ms "
+                       f"({tj / tt:.2f}x)")
+        print(f"  {impl:8s} " + "   ".join(row))
     print("Ratios are JAX / torch (or chunked / direct) from this same run; target <= 1.0x "
           "vs torch.")
     if args.json:
