@@ -6,7 +6,7 @@ that jaxlib ships (``jax.ffi.include_dir()``), into a cache directory keyed by a
 source, the flags and the jax version:
 
 * ``$ATTENTION_JAX_CACHE`` if set, else ``$XDG_CACHE_HOME/attention-jax``, else
-  ``~/.cache/attention-jax``.
+  ``~/.cache/attention-jax``; if that cannot be written, ``<tmp>/attention-jax-<uid>``.
 
 Nothing is downloaded. Set ``ATTENTION_JAX_NATIVE=0`` to never build or use the kernels (every
 function then runs its pure-JAX path). If the build fails (no compiler), the pure-JAX path is
@@ -82,10 +82,19 @@ def build(force: bool = False) -> Path:
     key.update(_SOURCE.read_bytes())
     flags = _FLAGS + _cpu_flags()
     key.update(repr((flags, jax.__version__, cxx)).encode())
-    out = cache_dir() / f"grid_sample-{key.hexdigest()[:16]}.so"
+    name = f"grid_sample-{key.hexdigest()[:16]}.so"
+    out = cache_dir() / name
     if out.exists() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise OSError(f"{out.parent} is not writable")
+    except OSError:  # read-only home (some CI runners): a per-user temporary directory
+        out = Path(tempfile.gettempdir()) / f"attention-jax-{os.getuid()}" / name
+        if out.exists() and not force:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
     # Compile to a private name, then rename: concurrent builders (pytest workers) never see a
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)

@@ -298,6 +298,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> grid
   T* op = out->typed_data();
   const GeometryFn<T> geometry = PickGeometry<T>(padding, align_corners != 0);
   const int64_t p = d.ho * d.wo, c = d.c, hw = d.h * d.w;
+  if (hw == 0) {  // an empty image: every tap is outside (and the clamped offsets are invalid)
+    std::memset(op, 0, sizeof(T) * d.n * p * c);
+    return ffi::Error::Success();
+  }
   ParallelFor(pool, d.n * p, 2048, [&](int64_t begin, int64_t end) {
     auto geo = std::make_unique<Geometry<T>>();
     ForBlocks(begin, end, p, [&](int64_t n, int64_t j0, int64_t len) {
@@ -341,6 +345,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> gri
   T* ggp = ggrid->typed_data();
   const GeometryFn<T> geometry = PickGeometry<T>(padding, align_corners != 0);
   const int64_t p = d.ho * d.wo, c = d.c, hw = d.h * d.w;
+  if (hw == 0) {  // an empty image: no gradient anywhere
+    std::memset(ggp, 0, sizeof(T) * d.n * p * 2);
+    return ffi::Error::Success();
+  }
   // Whole images per thread (each writes only its own images' d x): the scatter-add needs no
   // atomics.
   ParallelFor(pool, d.n, 1, [&](int64_t nb, int64_t ne) {

@@ -533,6 +533,9 @@ def grid_sample(
         raise fail(fn, "grid", "shape (N, Ho, Wo, 2)", f"shape {shape_of(grid)}")
     if grid.shape[0] != x.shape[0]:
         raise fail(fn, "grid", f"batch {x.shape[0]} (as x)", f"shape {shape_of(grid)}")
+    if 0 in x.shape[1:]:
+        raise fail(fn, "x", "an image with H, W, C >= 1 (nothing to sample otherwise)",
+                   f"shape {shape_of(x)}")
     check_choice(fn, "mode", mode, MODES)
     check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
     if not isinstance(align_corners, (bool, np.bool_)):

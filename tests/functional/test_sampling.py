@@ -239,6 +239,28 @@ def test_native_jit_vmap_and_batched_leading_dims():
     assert_close(gn[1], gxla[1], rtol=1e-4, what="vmap grad grid")
 
 
+@pytest.mark.parametrize("xs,gs", [((0, 4, 5, 1), (0, 2, 2, 2)),
+                                   ((1, 4, 5, 1), (1, 0, 2, 2)), ((1, 1, 1, 1), (1, 3, 3, 2)),
+                                   ((2, 1, 6, 2), (2, 3, 1, 2))])
+def test_native_degenerate_sizes_match_xla(xs, gs):
+    """Empty batches and grids, and one-pixel axes: same values and gradients on both paths.
+    (Empty images and channel axes are rejected by the validation; the kernel also guards
+    empty images.)"""
+    x = jnp.asarray(RNG.normal(size=xs), jnp.float32)
+    grid = jnp.asarray(np.random.default_rng(2).uniform(-1.5, 1.5, size=gs), jnp.float32)
+    for pad in ("zeros", "border", "reflection"):
+        for ac in (False, True):
+            res = {}
+            for impl in ("xla", "native"):
+                f = lambda a, g, impl=impl, pad=pad, ac=ac: F.grid_sample(
+                    a, g, padding_mode=pad, align_corners=ac, implementation=impl)
+                y, vjp = jax.vjp(f, x, grid)
+                res[impl] = (y, *vjp(jnp.ones_like(y)))
+            for a, b in zip(res["native"], res["xla"], strict=True):
+                assert a.shape == b.shape
+                assert_close(a, b, what=f"{xs} {gs} {pad} {ac}")
+
+
 def test_native_disabled_by_environment(tmp_path):
     import os
     import subprocess
@@ -321,6 +343,9 @@ def test_bad_input():
         F.grid_sample(x, jnp.zeros((2, 9, 2)))
     with pytest.raises(ValueError, match=r"grid_sample: grid must be a floating-point array"):
         F.grid_sample(x, jnp.zeros((2, 3, 3, 2), jnp.int32))
+    for shape in ((2, 0, 4, 1), (2, 4, 0, 1), (2, 4, 4, 0)):
+        with pytest.raises(ValueError, match=r"grid_sample: x must be an image with H, W, C >= 1"):
+            F.grid_sample(jnp.ones(shape), grid)
     with pytest.raises(ValueError, match=r"grid_sample.*implementation.*native.*bilinear"):
         F.grid_sample(x, grid, mode="nearest", implementation="native")
     with pytest.raises(ValueError, match=r"grid_sample.*implementation.*'auto'.*'pallas'"):
