@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as _flax_nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attention_jax._validation import check_nhwc, check_positive_int, check_rank, fail
 from attention_jax.functional._numerics import acc_dtype, mean
@@ -24,6 +25,7 @@ __all__ = [
     "avg_pool_h",
     "avg_pool_w",
     "avg_pool2d",
+    "adaptive_avg_pool2d",
     "covariance_pool",
     "newton_schulz_sqrt",
 ]
@@ -171,6 +173,47 @@ def avg_pool2d(
         padding=((padding, padding), (padding, padding)), count_include_pad=count_include_pad,
     )
     return pooled.astype(x.dtype)
+
+
+def _adaptive_weights(size: int, out: int) -> np.ndarray:
+    """(out, size) averaging matrix of PyTorch's adaptive pooling bins:
+    bin i covers [floor(i * size / out), ceil((i + 1) * size / out))."""
+    w = np.zeros((out, size), np.float32)
+    for i in range(out):
+        lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+        w[i, lo:hi] = 1.0 / (hi - lo)
+    return w
+
+
+def adaptive_avg_pool2d(x: jax.Array, output_size: int | tuple[int, int]) -> jax.Array:
+    """Average pooling to a fixed output size, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Same bins as PyTorch (bin i spans rows ``floor(i * H / Ho)`` to ``ceil((i + 1) * H / Ho)``,
+    overlapping when ``H`` is not a multiple of ``Ho``; an output larger than the input repeats
+    rows). Computed as two small averaging matrices, accumulated in float32 for bf16/fp16.
+
+    Args:
+      x: (N, H, W, C) feature map.
+      output_size: Ho (square) or (Ho, Wo), each >= 1.
+
+    Returns:
+      (N, Ho, Wo, C), dtype of ``x``.
+    """
+    fn = "adaptive_avg_pool2d"
+    check_nhwc(fn, "x", x)
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(size) != 2:
+        raise fail(fn, "output_size", "an int or a pair (Ho, Wo)", repr(output_size))
+    for v in size:
+        check_positive_int(fn, "output_size", v)
+    if 0 in x.shape[1:3]:
+        raise fail(fn, "x", "H, W >= 1", f"shape {tuple(x.shape)}")
+    acc = acc_dtype(x)
+    wh = jnp.asarray(_adaptive_weights(x.shape[1], size[0]), acc)
+    ww = jnp.asarray(_adaptive_weights(x.shape[2], size[1]), acc)
+    out = jnp.einsum("ih,nhwc,jw->nijc", wh, x.astype(acc), ww,
+                     precision=jax.lax.Precision.HIGHEST)
+    return out.astype(x.dtype)
 
 
 def covariance_pool(x: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ import numpy as np
 
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
 from attention_jax.functional._numerics import mean
+from attention_jax.functional.pooling import adaptive_avg_pool2d
 from attention_jax.functional.sampling import (
     MODES,
     PADDING_MODES,
@@ -152,26 +153,45 @@ def _max_pool2(x: jax.Array) -> jax.Array:
 
 
 def localisation_net(
-    x: jax.Array, *, conv1: Layer, conv2: Layer, fc1: Layer, fc2: Layer
+    x: jax.Array,
+    *,
+    conv1: Layer,
+    conv2: Layer,
+    fc1: Layer,
+    fc2: Layer,
+    pool_size: Sequence[int] | None = (4, 4),
 ) -> jax.Array:
-    """The STN localisation network: conv-relu-pool twice, global average, dense-relu-dense.
+    """The STN localisation network: conv-relu-pool twice, pool to a grid, dense-relu-dense.
 
-    Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (sec. 3.1).
+    Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (sec. 3.1). The paper's nets
+    flatten the last feature map, which ties them to one input size; here it is first average-
+    pooled to ``pool_size`` (PyTorch's adaptive bins), which keeps *where* things are (a global
+    average would not, and a localisation net that cannot see position cannot learn
+    translations) and works for any input size. ``pool_size=None`` is the global average.
 
     Args:
       x: (N, H, W, C) feature map.
       conv1: layer (N, H, W, C) -> (N, H, W, F1) (3x3, same padding).
       conv2: layer (N, ~H/2, ~W/2, F1) -> (N, ~H/2, ~W/2, F2).
-      fc1: layer (N, F2) -> (N, D).
+      fc1: layer (N, Ph * Pw * F2) -> (N, D) ((N, F2) -> (N, D) with ``pool_size=None``); its
+        input is the pooled map flattened in (Ph, Pw, F2) order.
       fc2: layer (N, D) -> (N, P), initialised to the identity transform.
+      pool_size: (Ph, Pw) or None.
 
     Returns:
       (N, P) transform parameters.
     """
-    check_nhwc("localisation_net", "x", x)
+    fn = "localisation_net"
+    check_nhwc(fn, "x", x)
+    if pool_size is not None and (len(tuple(pool_size)) != 2 or min(pool_size) < 1):
+        raise fail(fn, "pool_size", "None or a pair of positive ints", repr(pool_size))
     h = _max_pool2(jax.nn.relu(conv1(x)))
     h = _max_pool2(jax.nn.relu(conv2(h)))
-    h = mean(h, (1, 2))
+    if pool_size is None:
+        h = mean(h, (1, 2))
+    else:
+        h = adaptive_avg_pool2d(h, tuple(pool_size))
+        h = h.reshape(h.shape[0], -1)
     return fc2(jax.nn.relu(fc1(h)))
 
 

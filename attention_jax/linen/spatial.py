@@ -30,7 +30,8 @@ class LocalisationNet(nn.Module):
     """STN localisation network (Jaderberg et al., NeurIPS 2015), linen.
 
     Input (N, H, W, C) -> (N, out_features). ``conv1`` (3x3, C -> features[0]), ``conv2``
-    (3x3 -> features[1]), each followed by ReLU and a 2x2 max pool, a global average, ``fc1``
+    (3x3 -> features[1]), each followed by ReLU and a 2x2 max pool, an average pool to
+    ``pool_size`` (a grid, so position survives; None = global average), flattened, ``fc1``
     (-> hidden, ReLU) and ``fc2`` (-> out_features) whose kernel starts at zero and bias at
     ``final_bias`` (the identity transform's parameters), so training starts from the identity.
     """
@@ -39,6 +40,7 @@ class LocalisationNet(nn.Module):
     out_features: int = 6
     features: tuple[int, int] = (8, 16)
     hidden: int = 32
+    pool_size: tuple[int, int] | None = (4, 4)
     final_bias: tuple[float, ...] | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -59,7 +61,7 @@ class LocalisationNet(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, out_features)."""
         check_nhwc("LocalisationNet", "x", x, self.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
-                                  fc2=self.fc2)
+                                  fc2=self.fc2, pool_size=self.pool_size)
 
 
 class SpatialTransformer(nn.Module):
@@ -80,6 +82,7 @@ class SpatialTransformer(nn.Module):
     tps_grid_size: tuple[int, int] = (3, 3)
     features: tuple[int, int] = (8, 16)
     hidden: int = 32
+    pool_size: tuple[int, int] | None = (4, 4)
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: PrecisionLike = None
@@ -89,7 +92,7 @@ class SpatialTransformer(nn.Module):
         self.loc = LocalisationNet(
             self.channels,
             out_features=F.transform_num_params(self.transform, **kw),
-            features=self.features, hidden=self.hidden,
+            features=self.features, hidden=self.hidden, pool_size=self.pool_size,
             final_bias=tuple(float(v) for v in F.identity_transform_params(self.transform, **kw)),
             dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
         )

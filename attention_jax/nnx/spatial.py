@@ -30,7 +30,8 @@ class LocalisationNet(nnx.Module):
     """STN localisation network (Jaderberg et al., NeurIPS 2015), nnx.
 
     Input (N, H, W, C) -> (N, out_features). Same parameters as the linen module: ``conv1``,
-    ``conv2`` (3x3), ``fc1``, ``fc2`` (zero kernel, bias ``final_bias``).
+    ``conv2`` (3x3), average pool to ``pool_size`` (None = global), ``fc1``, ``fc2`` (zero
+    kernel, bias ``final_bias``).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class LocalisationNet(nnx.Module):
         out_features: int = 6,
         features: tuple[int, int] = (8, 16),
         hidden: int = 32,
+        pool_size: tuple[int, int] | None = (4, 4),
         final_bias: tuple[float, ...] | None = None,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -51,9 +53,11 @@ class LocalisationNet(nnx.Module):
         dense = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                         rngs=rngs)
         self.channels = channels
+        self.pool_size = pool_size
         self.conv1 = conv(channels, features[0])
         self.conv2 = conv(features[0], features[1])
-        self.fc1 = dense(features[1], hidden)
+        cells = 1 if pool_size is None else pool_size[0] * pool_size[1]
+        self.fc1 = dense(features[1] * cells, hidden)
         self.fc2 = dense(hidden, out_features, kernel_init=nnx.initializers.zeros,
                          bias_init=_constant_init(final_bias))
 
@@ -61,7 +65,7 @@ class LocalisationNet(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, out_features)."""
         check_nhwc("LocalisationNet", "x", x, self.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
-                                  fc2=self.fc2)
+                                  fc2=self.fc2, pool_size=self.pool_size)
 
 
 class SpatialTransformer(nnx.Module):
@@ -83,6 +87,7 @@ class SpatialTransformer(nnx.Module):
         tps_grid_size: tuple[int, int] = (3, 3),
         features: tuple[int, int] = (8, 16),
         hidden: int = 32,
+        pool_size: tuple[int, int] | None = (4, 4),
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: PrecisionLike = None,
@@ -95,7 +100,7 @@ class SpatialTransformer(nnx.Module):
         self.tps_grid_size = tps_grid_size
         self.loc = LocalisationNet(
             channels, out_features=F.transform_num_params(transform, **kw),
-            features=features, hidden=hidden,
+            features=features, hidden=hidden, pool_size=pool_size,
             final_bias=tuple(float(v) for v in F.identity_transform_params(transform, **kw)),
             dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs,
         )

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as tF
 from jax.test_util import check_grads
 
@@ -55,3 +56,33 @@ def test_rank_and_dtype_errors(fn):
         fn(jnp.ones((3, 4, 5)))
     with pytest.raises(ValueError, match=rf"{name}: x must be a floating-point array, got dtype"):
         fn(jnp.ones((1, 3, 4, 5), jnp.int32))
+
+
+@pytest.mark.parametrize("hw,out", [((7, 7), (4, 4)), ((9, 5), (3, 2)), ((2, 3), (4, 5)),
+                                    ((8, 8), 1), ((6, 10), (6, 10))])
+def test_adaptive_avg_pool2d_matches_torch(hw, out):
+    """PyTorch's bins (overlapping when sizes do not divide, repeated when the output is larger),
+    forward and gradient."""
+    x = np.random.default_rng(3).normal(size=(2, *hw, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
+    yt = tF.adaptive_avg_pool2d(xt, out)
+    cot = np.random.default_rng(4).normal(size=yt.shape).astype(np.float32)
+    (yt * torch.from_numpy(cot)).sum().backward()
+    y, vjp = jax.vjp(lambda a: F.adaptive_avg_pool2d(a, out), jnp.asarray(x))
+    assert_close(y, yt.detach().permute(0, 2, 3, 1).numpy())
+    (gx,) = vjp(jnp.asarray(cot.transpose(0, 2, 3, 1)))
+    assert_close(gx, xt.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_adaptive_avg_pool2d_grads_bf16_and_errors(x64):
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 5, 7, 2)))
+    check_grads(lambda a: F.adaptive_avg_pool2d(a, (3, 4)), (x,), order=2, modes=["fwd", "rev"])
+    big = jnp.full((1, 9, 9, 2), 3e4, jnp.float16)  # a float16 sum of 9 of these overflows
+    y = F.adaptive_avg_pool2d(big, 2)
+    assert y.dtype == jnp.float16 and bool(jnp.all(jnp.isfinite(y)))
+    with pytest.raises(ValueError, match="adaptive_avg_pool2d: output_size must be"):
+        F.adaptive_avg_pool2d(x, (2, 0))
+    with pytest.raises(ValueError, match="adaptive_avg_pool2d: output_size must be"):
+        F.adaptive_avg_pool2d(x, (2, 2, 2))
+    with pytest.raises(ValueError, match="adaptive_avg_pool2d: x must be"):
+        F.adaptive_avg_pool2d(x[0], 2)

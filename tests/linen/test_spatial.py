@@ -61,17 +61,41 @@ def test_identity_at_init(transform):
     np.testing.assert_allclose(np.asarray(n(jnp.asarray(X))), np.asarray(y), atol=1e-6)
 
 
-def test_localisation_net_parity_and_nnx():
-    m = L.LocalisationNet(3, out_features=5, final_bias=(1.0, 2.0, 3.0, 4.0, 5.0))
+@pytest.mark.parametrize("pool_size", [(4, 4), (2, 3), None])
+def test_localisation_net_parity_and_nnx(pool_size):
+    m = L.LocalisationNet(3, out_features=5, pool_size=pool_size,
+                          final_bias=(1.0, 2.0, 3.0, 4.0, 5.0))
     v = m.init(jax.random.key(0), X)
     out = m.apply(v, X)
     np.testing.assert_array_equal(np.asarray(out), np.tile([1.0, 2, 3, 4, 5], (2, 1)))
     k = jax.random.normal(jax.random.key(3), v["params"]["fc2"]["kernel"].shape)
     v = {"params": {**v["params"], "fc2": {**v["params"]["fc2"], "kernel": k}}}
-    ref = R.LocalisationNet(3, 5)
+    ref = R.LocalisationNet(3, 5, pool_size=pool_size)
     check_module_parity(m, ref, X, variables=v, output_to_torch_layout=lambda t: t.detach().numpy())
-    n = N.LocalisationNet(3, out_features=5, rngs=nnx.Rngs(0))
+    n = N.LocalisationNet(3, out_features=5, pool_size=pool_size, rngs=nnx.Rngs(0))
     check_linen_equals_nnx(m, n, jnp.asarray(X), v)
+
+
+def test_localisation_net_sees_position():
+    """The same blob at two places: the pooled-grid features that fc1 reads differ (what a
+    translation is regressed from); after a global average (pool_size=None) they are identical.
+    The blob and the 3x3 convs' reach stay inside the image, so only position differs."""
+    a = np.zeros((1, 16, 16, 1), np.float32)
+    b = np.zeros_like(a)
+    a[0, 4:6, 4:6] = 1.0
+    b[0, 8:10, 8:10] = 1.0
+    for pool_size, moved in (((4, 4), True), (None, False)):
+        m = L.LocalisationNet(1, out_features=2, pool_size=pool_size)
+        v = m.init(jax.random.key(1), a)
+        fa, fb = (np.asarray(m.apply(v, img, method=_fc1_input)) for img in (a, b))
+        diff = np.abs(fa - fb).max()
+        assert (diff > 1e-3) if moved else (diff < 1e-6), (pool_size, diff)
+
+
+def _fc1_input(mdl, x):
+    """What LocalisationNet feeds fc1: the same call with fc1 replaced by the identity."""
+    return F.localisation_net(x, conv1=mdl.conv1, conv2=mdl.conv2, fc1=lambda h: h,
+                              fc2=lambda h: h, pool_size=mdl.pool_size)
 
 
 def test_jit_grad_and_return_transform():

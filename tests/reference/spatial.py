@@ -15,17 +15,24 @@ TRANSFORM_PARAMS = {"affine": 6, "similarity": 4, "translation": 2, "perspective
 
 
 class LocalisationNet(nn.Module):
-    def __init__(self, channels: int, out_features: int, *, features=(8, 16), hidden: int = 32):
+    def __init__(self, channels: int, out_features: int, *, features=(8, 16), hidden: int = 32,
+                 pool_size=(4, 4)):
         super().__init__()
+        self.pool_size = pool_size
+        cells = 1 if pool_size is None else pool_size[0] * pool_size[1]
         self.conv1 = nn.Conv2d(channels, features[0], 3, padding=1)
         self.conv2 = nn.Conv2d(features[0], features[1], 3, padding=1)
-        self.fc1 = nn.Linear(features[1], hidden)
+        self.fc1 = nn.Linear(features[1] * cells, hidden)
         self.fc2 = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = tF.max_pool2d(torch.relu(self.conv1(x)), 2, ceil_mode=True)
         h = tF.max_pool2d(torch.relu(self.conv2(h)), 2, ceil_mode=True)
-        return self.fc2(torch.relu(self.fc1(h.mean((2, 3)))))
+        if self.pool_size is None:
+            h = h.mean((2, 3))
+        else:  # flattened in (h, w, c) order, as the NHWC JAX side
+            h = tF.adaptive_avg_pool2d(h, self.pool_size).permute(0, 2, 3, 1).flatten(1)
+        return self.fc2(torch.relu(self.fc1(h)))
 
 
 def tps_base_points(gh: int, gw: int) -> torch.Tensor:
@@ -59,7 +66,7 @@ def tps_grid(cp: torch.Tensor, base: torch.Tensor, h: int, w: int, align_corners
 class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, *, transform: str = "affine", out_size=None,
                  mode: str = "bilinear", padding_mode: str = "zeros", align_corners=False,
-                 tps_grid_size=(3, 3), features=(8, 16), hidden: int = 32):
+                 tps_grid_size=(3, 3), features=(8, 16), hidden: int = 32, pool_size=(4, 4)):
         super().__init__()
         self.transform, self.out_size, self.mode = transform, out_size, mode
         self.padding_mode, self.align_corners = padding_mode, align_corners
@@ -68,7 +75,8 @@ class SpatialTransformer(nn.Module):
             p = 2 * tps_grid_size[0] * tps_grid_size[1]
         else:
             p = TRANSFORM_PARAMS[transform]
-        self.loc = LocalisationNet(channels, p, features=features, hidden=hidden)
+        self.loc = LocalisationNet(channels, p, features=features, hidden=hidden,
+                                   pool_size=pool_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
