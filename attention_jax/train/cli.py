@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default=d.schedule, help="cosine or constant")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--clip-norm", type=_clip_norm, default=d.clip_norm,
+                   help=f"global gradient-norm clipping threshold, 0 = off (default "
+                        f"{d.clip_norm})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--devices", type=int, default=None, help="devices to use (default: all)")
     p.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
     return p
+
+
+def _clip_norm(text: str) -> float | None:
+    value = float(text)
+    return None if value == 0 else value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -156,6 +157,10 @@ def _validate(config: TrainConfig) -> list[jax.Device]:
                    "takes an equal share of the global batch)", config.batch_size)
     if config.resume and not config.checkpoint_dir:
         raise fail("train", "checkpoint_dir", "given with resume", None)
+    if config.clip_norm is not None and not (isinstance(config.clip_norm, (int, float))
+                                             and math.isfinite(config.clip_norm)
+                                             and config.clip_norm > 0):
+        raise fail("train", "clip_norm", "None or a positive number", config.clip_norm)
     return list(available[:n])
 
 

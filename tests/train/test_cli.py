@@ -34,8 +34,9 @@ def test_twenty_step_run_reduces_the_loss(plain_dir, tmp_path, capsys):
         (["--model", "resnet", "--attention", "zz"], "attention must be one of"),
         (["--resume", "--checkpoint-dir", "{tmp}/none"], "--resume needs a checkpoint"),
         (["--devices", "9"], "devices must be at most the 1 device"),
+        (["--clip-norm", "-1"], "clip_norm must be None or a positive number, got -1.0"),
     ],
-    ids=["model", "dataset", "attention", "resume-empty", "devices"],
+    ids=["model", "dataset", "attention", "resume-empty", "devices", "clip-norm"],
 )
 def test_bad_input_exits_2_with_message(plain_dir, tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -44,3 +45,23 @@ def test_bad_input_exits_2_with_message(plain_dir, tmp_path, capsys, args, messa
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.startswith("attention-jax train: error:")
     assert not (tmp_path / "none").exists()
+
+
+def test_clip_norm_flag():
+    from attention_jax.train.cli import build_parser
+    from attention_jax.train.trainer import TrainConfig, make_optimizer
+
+    p = build_parser()
+    assert p.parse_args([]).clip_norm == TrainConfig().clip_norm == 1.0
+    assert p.parse_args(["--clip-norm", "0"]).clip_norm is None
+    assert p.parse_args(["--clip-norm", "2.5"]).clip_norm == 2.5
+    # The threshold reaches the optimiser: plain SGD's first update is -lr * (clipped) grad.
+    import jax.numpy as jnp
+    import optax
+
+    g = {"w": jnp.full((4,), 1e6)}
+    for clip, norm in ((2.5, 2.5), (None, 2e6)):
+        tx, _ = make_optimizer(TrainConfig(optimizer="sgd", lr=1.0, schedule="constant",
+                                           weight_decay=0.0, clip_norm=clip))
+        upd, _ = tx.update(g, tx.init(g), g)
+        assert abs(float(optax.global_norm(upd)) - norm) < 1e-4 * norm
