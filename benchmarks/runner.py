@@ -19,7 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from benchmarks.specs import Case, Shape, Spec, make_case, shape_label
 from benchmarks.timing import Timer, measure_bandwidth, roofline, summarize
 
-__all__ = ["Config", "run_sweep", "place", "jax_steps", "sharding_check", "rel_diff", "MODES"]
+__all__ = ["Config", "run_sweep", "place", "jax_steps", "sharding_check", "rel_diff",
+           "rel_diff_bulk", "MODES"]
 
 MODES = ("fwd", "fwdbwd")
 # Relative tolerances of the sanity checks: JAX vs PyTorch, and sharded vs one device.
@@ -102,6 +103,20 @@ def rel_diff(a: Any, b: Any) -> float:
     return worst
 
 
+def rel_diff_bulk(a: Any, b: Any, q: float = 0.999) -> float:
+    """The ``q``-quantile of |a - b| / max |b| over all elements of two pytrees: ``rel_diff``
+    without its worst 0.1%, i.e. blind to a ReLU input near 0 that two float32 computations
+    round to opposite sides (which changes the gradient in that unit's small neighbourhood)."""
+    diffs, scale = [], 1e-30
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        diffs.append(np.abs(x - y).ravel())
+        scale = max(scale, float(np.abs(y).max(initial=0.0)))
+    d = np.concatenate(diffs) if diffs else np.zeros(1)
+    return float(np.quantile(d, q)) / scale
+
+
 def sharding_check(case: Case, devices: Sequence[jax.Device], modes: Sequence[str] = MODES,
                    sharded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare the sharded steps with the same steps on one device (values and gradients).
@@ -176,9 +191,19 @@ def _new_row(spec: Spec, shape: Shape, batch: int, dtype: str, n_devices: int,
             "ratio": {}, "roofline": None, "sharding_check": None}
 
 
-def _check_against_torch(row: dict[str, Any], case: Case, warm: dict, notes: list[str]) -> None:
+def _check_against_torch(row: dict[str, Any], case: Case, warm: dict, notes: list[str],
+                         torch_side: Any = None) -> None:
     """Record how far the JAX output (and input gradient) is from PyTorch's: same weights, so a
-    large difference means the two sides do not compute the same thing."""
+    large difference means the two sides do not compute the same thing.
+
+    A float32 difference above tolerance (max-abs relative) is refereed in float64 (PyTorch,
+    same weights, inputs and cotangent) with ``rel_diff_bulk`` (all but the worst 0.1% of
+    elements): a gradient differs in a small neighbourhood whenever the two float32 sides round
+    a ReLU input that is ~0 to opposite signs (seen: ``sk`` B32, a pre-activation of 1e-6), and
+    some random-weight cases are ill-conditioned enough that PyTorch's own float32 result is
+    ~1e-2 from its float64 one. The row is flagged (``disagree``) only if JAX is further from
+    float64 than ``max(tol, 2 x PyTorch float32's distance)`` by that measure.
+    """
     to_jax = case.torch_to_jax_layout
     checks = {}
     if ("jax", "fwd") in warm and ("torch", "fwd") in warm:
@@ -187,11 +212,56 @@ def _check_against_torch(row: dict[str, Any], case: Case, warm: dict, notes: lis
         # jax: (y, (d params, d input0, ...)); torch: (y, (d input0, ..., d params...)).
         checks["grad_input"] = rel_diff(warm[("jax", "fwdbwd")][1][1],
                                         to_jax(warm[("torch", "fwdbwd")][1][0]))
-    if checks:
-        row["torch_max_rel_diff"] = checks
-        worst = max(checks.values())
-        if worst > _TOL[case.dtype]:
-            notes.append(f"JAX and torch disagree (max rel {worst:.1e})")
+    if not checks:
+        return
+    row["torch_max_rel_diff"] = checks
+    tol = _TOL[case.dtype]
+    bad = {k: v for k, v in checks.items() if v > tol}
+    if not bad:
+        return
+    referee = _float64_referee(case, warm, torch_side) if case.dtype == "float32" else None
+    if referee is not None:
+        row["float64_referee"] = referee
+        bad = {k: v for k, v in bad.items()
+               if referee[k]["jax"] > max(tol, 2 * referee[k]["torch_float32"])}
+        if not bad:
+            worst = max(checks.values())
+            jax64 = max(r["jax"] for r in referee.values())
+            torch64 = max(r["torch_float32"] for r in referee.values())
+            notes.append(f"float32 max-abs difference {worst:.1e} from torch, but the bulk "
+                         f"(99.9%) is as close to torch float64 as torch float32 is (JAX "
+                         f"{jax64:.1e}, torch f32 {torch64:.1e}): a ReLU kink or conditioning")
+            return
+    row["disagree"] = sorted(bad)
+    notes.append(f"JAX and torch disagree (max rel {max(bad.values()):.1e})")
+
+
+def _float64_referee(case: Case, warm: dict, torch_side: Any) -> dict[str, dict[str, float]] | None:
+    """Distances of JAX and of PyTorch float32 from PyTorch float64 (same weights and data)."""
+    if torch_side is None or case.torch_fwd is None:
+        return None
+    import copy
+
+    import torch
+
+    to_jax = case.torch_to_jax_layout
+    fwd = case.torch_fwd
+    if isinstance(fwd, torch.nn.Module):
+        fwd = copy.deepcopy(fwd).double()
+    inputs = [t.detach().double().requires_grad_(True) for t in case.torch_inputs]
+    y64 = fwd(*inputs)
+    out: dict[str, dict[str, float]] = {}
+    if ("jax", "fwd") in warm and ("torch", "fwd") in warm:
+        out["fwd"] = {"jax": rel_diff_bulk(warm[("jax", "fwd")], to_jax(y64.detach())),
+                      "torch_float32": rel_diff_bulk(to_jax(warm[("torch", "fwd")]),
+                                              to_jax(y64.detach()))}
+    if ("jax", "fwdbwd") in warm and ("torch", "fwdbwd") in warm:
+        (g64,) = torch.autograd.grad(y64, inputs[:1], case.torch_cotangent.double())
+        ref = to_jax(g64)
+        out["grad_input"] = {"jax": rel_diff_bulk(warm[("jax", "fwdbwd")][1][1], ref),
+                             "torch_float32": rel_diff_bulk(to_jax(warm[("torch", "fwdbwd")][1][0]),
+                                                     ref)}
+    return out
 
 
 def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
@@ -240,7 +310,7 @@ def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
         if not row["sharding_check"]["ok"]:
             row["status"] = "error"
             row["note"] = f"sharded != single device: {row['sharding_check']['max_rel_diff']}"
-    _check_against_torch(row, case, warm, torch_notes)
+    _check_against_torch(row, case, warm, torch_notes, torch_side)
     del warm
 
     # Interleaved repeats (JAX fwd, JAX f+b, torch fwd, torch f+b, again ...), stopping early

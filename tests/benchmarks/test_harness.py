@@ -225,3 +225,52 @@ def test_time_limit_skips_rows_and_says_so():
         (1, "skipped", "time limit reached"), (2, "skipped", "time limit reached")]
     assert "2 rows skipped" in res["notes"][0]
     assert "skipped: time limit reached" in format_table(res)
+
+
+def test_rel_diff_bulk_ignores_a_few_elements_not_many():
+    import numpy as np
+
+    from benchmarks.runner import rel_diff_bulk
+
+    b = np.random.default_rng(0).normal(size=(4, 50, 50))
+    few, many = b.copy(), b.copy()
+    few.ravel()[:5] += 1.0  # 5 of 10,000 elements (0.05%): a ReLU-kink-sized patch
+    many.ravel()[::50] += 1.0  # 2%
+    assert rel_diff(few, b) > 0.1 and rel_diff_bulk(few, b) == 0.0
+    assert rel_diff_bulk(many, b) > 0.1
+
+
+@pytest.mark.parametrize("damage", ["none", "kink", "wrong"])
+def test_float64_referee_flags_only_real_disagreement(damage):
+    """The agreement check on a real case (``se``, torch side attached): a JAX gradient with a
+    small patch off (what a ReLU input rounded across 0 does) is refereed as fine; one that is
+    wrong in bulk is flagged, as is any wrong forward."""
+    import numpy as np
+
+    from benchmarks.runner import _check_against_torch
+    from benchmarks.specs import make_case
+    from benchmarks.torch_side import load_torch_side
+
+    torch_side, _ = load_torch_side("cpu", "cpu")
+    (spec,), _ = build_specs(["se"])
+    case = make_case(spec, (9, 9, 32), 2, "float32", seed=0, torch_side=torch_side)
+    y, grads = torch_side.fwdbwd_step(case)
+    to_jax = case.torch_to_jax_layout
+    gx = np.array(to_jax(grads[0]))
+    if damage == "kink":
+        gx[0, 3, 3, :2] += np.abs(gx).max()  # 2 of 5,184 elements
+    elif damage == "wrong":
+        gx = gx * 1.01
+    warm = {("torch", "fwd"): y, ("torch", "fwdbwd"): (y, grads),
+            ("jax", "fwd"): to_jax(y), ("jax", "fwdbwd"): (to_jax(y), (None, gx))}
+    row, notes = {}, []
+    _check_against_torch(row, case, warm, notes, torch_side)
+    if damage == "none":
+        assert row["torch_max_rel_diff"]["grad_input"] < 1e-6 and not notes
+        assert "float64_referee" not in row and "disagree" not in row
+    elif damage == "kink":
+        assert row["torch_max_rel_diff"]["grad_input"] > 0.5
+        assert row["float64_referee"]["grad_input"]["jax"] < 1e-5
+        assert "disagree" not in row and "ReLU kink" in notes[0]
+    else:
+        assert row["disagree"] == ["grad_input"] and "disagree" in notes[0]
