@@ -64,4 +64,4 @@ def test_clip_norm_flag():
         tx, _ = make_optimizer(TrainConfig(optimizer="sgd", lr=1.0, schedule="constant",
                                            weight_decay=0.0, clip_norm=clip))
         upd, _ = tx.update(g, tx.init(g), g)
-        assert abs(float(optax.global_norm(upd)) - norm) < 1e-4 * norm
+        assert abs(float(optax.tree.norm(upd)) - norm) < 1e-4 * norm
