@@ -1,12 +1,17 @@
-"""Blocked ("flash") attention for dot-product scores, with a hand-written backward.
+"""Blocked attention: an online softmax over (q_chunk, k_chunk) blocks, head by head.
 
-Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness",
-NeurIPS 2022 (forward: online softmax over key blocks; backward: recompute each score block from
-the saved row log-sum-exp and use ``dS = P * (dP - rowsum(dO * O))``).
+One forward (``_fwd_head``) serves both chunked paths of ``scoring.attention``:
 
-Why a custom VJP instead of ``jax.checkpoint``: the checkpointed scan differentiates the online
+* dot-product scores (dot, scaled-dot, cosine): FlashAttention (Dao et al., "FlashAttention:
+  Fast and Memory-Efficient Exact Attention with IO-Awareness", NeurIPS 2022) with a
+  hand-written backward (``flash_attention``) that recomputes each score block from the saved
+  row max and 1 / row sum and uses ``dS = P * (dP - rowsum(dO * O))``;
+* any other score (additive, callables): autodiff through the same forward with each key-block
+  step under ``jax.checkpoint`` (``checkpointed_attention``).
+
+Why a custom VJP where it can be written: the checkpointed scan differentiates the online
 softmax step by step (running max, rescaling) and keeps the per-step carries; the closed-form
-backward needs only ``out`` and one log-sum-exp per query, and its work per block is five small
+backward needs only ``out`` and two numbers per query, and its work per block is five small
 matmuls and two element-wise passes, as PyTorch's CPU flash kernel.
 
 Why the loop is over heads too: XLA:CPU pays for every large buffer it materialises (the first
@@ -14,18 +19,21 @@ touch of fresh pages costs more than the arithmetic); a block of ~1M scores stay
 flattened batch/head axis is walked with ``lax.map(batch_size=...)`` so each step handles a few
 heads' (q_chunk, k_chunk) blocks.
 
-Private: ``scoring.attention`` validates and calls ``flash_attention``.
+Private: ``scoring.attention`` validates and calls these.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from attention_jax.functional._numerics import acc_dtype
+
+Block = Callable[[jax.Array, jax.Array], jax.Array]
 
 BLOCK_ELEMENTS = 2**20
 """Score elements handled per loop step (heads per step = this // (q_chunk * k_chunk))."""
@@ -53,11 +61,19 @@ def _merge(a: jax.Array, axis: int) -> jax.Array:
     return a.reshape(*a.shape[:axis], a.shape[axis] * a.shape[axis + 1], *a.shape[axis + 2:])
 
 
-def _scores(qb, kb, bb, mb, scale, precision):
-    acc = jnp.promote_types(acc_dtype(qb), acc_dtype(kb))
-    s = jnp.einsum("qd,kd->qk", qb, kb, precision=precision, preferred_element_type=acc)
-    if scale != 1.0:
-        s = s * scale
+def _dot_block(scale: float, precision) -> Block:
+    """scale * q . k in float32 (or wider)."""
+
+    def block(qb, kb):
+        acc = jnp.promote_types(acc_dtype(qb), acc_dtype(kb))
+        s = jnp.einsum("qd,kd->qk", qb, kb, precision=precision, preferred_element_type=acc)
+        return s * scale if scale != 1.0 else s
+
+    return block
+
+
+def _scores(block: Block, qb, kb, bb, mb):
+    s = block(qb, kb)
     if bb is not None:
         s = s + bb.astype(s.dtype)
     if mb is not None:
@@ -92,34 +108,43 @@ class _Head:
                 bias = _pad(bias, 0, nqc, 0)
         return q, k, v, mask, bias
 
-    def q_chunks(self, a):
-        """Rows of a (1|Tq, ...) array per query chunk, or None if shared by all chunks."""
-        return None if a is None or a.shape[0] == 1 else _split(a, 0, self.qc)
+    def query_xs(self, mask, bias, **rows) -> dict:
+        """Per-query-chunk inputs for ``lax.map``/``scan``: ``rows`` ((Tq, ...) arrays, split)
+        plus the rows of mask ("m") and bias ("b") where they have a query axis."""
+        xs = {name: _split(a, 0, self.qc) for name, a in rows.items()}
+        for name, a in (("m", mask), ("b", bias)):
+            if a is not None and a.shape[0] != 1:
+                xs[name] = _split(a, 0, self.qc)
+        return xs
 
-    def k_chunks(self, a):
-        """Columns of a (rows, 1|Tk) array per key chunk, or None if shared by all chunks."""
-        return None if a is None or a.shape[1] == 1 else _split(a, 1, self.kc)
+    def key_xs(self, k, v, mask_rows, bias_rows) -> dict:
+        """Per-key-chunk inputs: k, v and the columns of mask/bias rows with a key axis."""
+        ys = {"k": _split(k, 0, self.kc), "v": _split(v, 0, self.kc)}
+        for name, a in (("m", mask_rows), ("b", bias_rows)):
+            if a is not None and a.shape[1] != 1:
+                ys[name] = _split(a, 1, self.kc)
+        return ys
 
 
-def _fwd_head(q, k, v, mask, bias, *, scale, q_chunk, k_chunk, precision):
+def _fwd_head(q, k, v, mask, bias, *, block, q_chunk, k_chunk, precision, checkpoint=False):
     """One head: out (Tq, Dv) and the softmax statistics (Tq, 2): row max m (0 where a row has
-    no key) and 1 / row sum (0 where a row has no key), so that P = exp(s - m) / sum."""
+    no key) and 1 / row sum (0 where a row has no key), so that P = exp(s - m) / sum.
+
+    ``checkpoint=True`` wraps each key-block step in ``jax.checkpoint``, for differentiating
+    through this function (scores without a hand-written backward)."""
     h = _Head(q.shape[0], k.shape[0], q_chunk, k_chunk)
     q, k, v, mask, bias = h.pad(q, k, v, mask, bias)
     acc = jnp.promote_types(jnp.promote_types(acc_dtype(q), acc_dtype(k)), acc_dtype(v))
-    ks, vs = _split(k, 0, h.kc), _split(v, 0, h.kc)
 
     def q_step(x):
         qb, mrow, brow = x["q"], x.get("m", mask), x.get("b", bias)
-        ys = {"k": ks, "v": vs}
-        for name, a in (("m", mrow), ("b", brow)):
-            if h.k_chunks(a) is not None:
-                ys[name] = h.k_chunks(a)
+        ys = h.key_xs(k, v, mrow, brow)
 
         def k_step(carry, y):
             m_prev, l_prev, o_prev = carry
-            s = _scores(qb, y["k"], y.get("b", brow), y.get("m", mrow), scale, precision)
-            m_new = jnp.maximum(m_prev, jnp.max(s, -1, keepdims=True))
+            s = _scores(block, qb, y["k"], y.get("b", brow), y.get("m", mrow))
+            # The running max is a constant for autodiff: the output does not depend on it.
+            m_new = jnp.maximum(m_prev, jax.lax.stop_gradient(jnp.max(s, -1, keepdims=True)))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
             # Nothing seen yet (m_prev = -inf): alpha multiplies zeros; any finite value will do.
             alpha = jnp.exp(jnp.where(jnp.isfinite(m_prev), m_prev, m_safe) - m_safe)
@@ -129,6 +154,8 @@ def _fwd_head(q, k, v, mask, bias, *, scale, q_chunk, k_chunk, precision):
                             preferred_element_type=acc)
             return (m_new, l_new, alpha * o_prev + pv), None
 
+        if checkpoint:
+            k_step = jax.checkpoint(k_step)
         init = (jnp.full((h.qc, 1), -jnp.inf, acc), jnp.zeros((h.qc, 1), acc),
                 jnp.zeros((h.qc, v.shape[-1]), acc))
         if h.nk == 1:
@@ -141,10 +168,7 @@ def _fwd_head(q, k, v, mask, bias, *, scale, q_chunk, k_chunk, precision):
         stats = jnp.concatenate([jnp.where(jnp.isfinite(m), m, 0.0), inv_l], axis=-1)
         return (o * inv_l).astype(v.dtype), stats
 
-    xs = {"q": _split(q, 0, h.qc)}
-    for name, a in (("m", mask), ("b", bias)):
-        if h.q_chunks(a) is not None:
-            xs[name] = h.q_chunks(a)
+    xs = h.query_xs(mask, bias, q=q)
     if h.nq == 1:
         out, stats = q_step(jax.tree.map(lambda a: a[0], xs))
     else:
@@ -157,13 +181,13 @@ def _bwd_head(q, k, v, mask, bias, out, stats, dout, *, scale, q_chunk, k_chunk,
     """One head's gradients (dq, dk, dv, dbias or None) from the saved out and stats."""
     h = _Head(q.shape[0], k.shape[0], q_chunk, k_chunk)
     tq, tk = h.tq, h.tk
+    block = _dot_block(scale, precision)
     bias_shape = None if bias is None else bias.shape
     q, k, v, mask, bias = h.pad(q, k, v, mask, bias)
     acc = jnp.promote_types(jnp.promote_types(acc_dtype(q), acc_dtype(k)), acc_dtype(v))
     dout = _pad(dout.astype(acc), 0, h.nq * h.qc, 0)
     delta = jnp.sum(dout * _pad(out.astype(acc), 0, h.nq * h.qc, 0), -1)  # rowsum(dO * O)
     stats = _pad(stats, 0, h.nq * h.qc, 0)
-    ks, vs = _split(k, 0, h.kc), _split(v, 0, h.kc)
     bias_k_full = bias is not None and bias.shape[1] != 1
     bias_q_full = bias is not None and bias.shape[0] != 1
 
@@ -176,14 +200,11 @@ def _bwd_head(q, k, v, mask, bias, out, stats, dout, *, scale, q_chunk, k_chunk,
         # the plain layout: transpose the small (chunk, D) operands instead, and accumulate
         # dk and dv as (D, Tk).
         qbt, dobt = qb.T, dob.T
-        ys = {"k": ks, "v": vs}
-        for name, a in (("m", mrow), ("b", brow)):
-            if h.k_chunks(a) is not None:
-                ys[name] = h.k_chunks(a)
+        ys = h.key_xs(k, v, mrow, brow)
 
         def k_step(dq, y):
             kb, vb = y["k"], y["v"]
-            s = _scores(qb, kb, y.get("b", brow), y.get("m", mrow), scale, precision)
+            s = _scores(block, qb, kb, y.get("b", brow), y.get("m", mrow))
             p = jnp.exp(s - mb) * inv_lb  # masked: exp(-inf) = 0; empty rows: 1/l = 0
             dvt = jnp.einsum("dq,qk->dk", dobt, p.astype(v.dtype), precision=precision,
                              preferred_element_type=acc)
@@ -219,11 +240,7 @@ def _bwd_head(q, k, v, mask, bias, out, stats, dout, *, scale, q_chunk, k_chunk,
                 db_acc = db_acc + db
         return (dkt_acc, dvt_acc, db_acc), (dq, db_rows)
 
-    xs = {"q": _split(q, 0, h.qc), "do": _split(dout, 0, h.qc), "stats": _split(stats, 0, h.qc),
-          "delta": _split(delta, 0, h.qc)}
-    for name, a in (("m", mask), ("b", bias)):
-        if h.q_chunks(a) is not None:
-            xs[name] = h.q_chunks(a)
+    xs = h.query_xs(mask, bias, q=q, do=dout, stats=stats, delta=delta)
     nkc = h.nk * h.kc
     db0 = None if bias is None or bias_q_full else jnp.zeros(
         (1, nkc if bias_k_full else 1), acc)
@@ -296,8 +313,17 @@ def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.sum(g, axis=axes, keepdims=True) if axes else g
 
 
-def _expand(a, nb):
-    return None if a is None else a.reshape((1,) * (nb + 2 - a.ndim) + a.shape)
+def _batched(q, k, v, mask, bias, q_chunk, k_chunk):
+    """The broadcast batch shape, the arrays with leading dims expanded to its rank (as jax
+    arrays: ``_per_head`` indexes them with traced indices) and the heads per loop step."""
+    arrays = {"q": q, "k": k, "v": v, "mask": mask, "bias": bias}
+    arrays = {n: None if a is None else jnp.asarray(a) for n, a in arrays.items()}
+    batch = jnp.broadcast_shapes(*(a.shape[:-2] for a in arrays.values() if a is not None))
+    nb = len(batch)
+    arrays = {n: None if a is None else a.reshape((1,) * (nb + 2 - a.ndim) + a.shape)
+              for n, a in arrays.items()}
+    per_step = BLOCK_ELEMENTS // (min(q_chunk, q.shape[-2]) * min(k_chunk, k.shape[-2]))
+    return batch, arrays, max(1, per_step)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
@@ -306,14 +332,11 @@ def _flash(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision):
 
 
 def _flash_fwd(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision):
-    batch = jnp.broadcast_shapes(*(a.shape[:-2] for a in (q, k, v, mask, bias) if a is not None))
-    nb = len(batch)
-    arrays = {"q": _expand(q, nb), "k": _expand(k, nb), "v": _expand(v, nb),
-              "mask": _expand(mask, nb), "bias": _expand(bias, nb)}
-    per_step = max(1, BLOCK_ELEMENTS // (min(q_chunk, q.shape[-2]) * min(k_chunk, k.shape[-2])))
+    batch, arrays, per_step = _batched(q, k, v, mask, bias, q_chunk, k_chunk)
+    block = _dot_block(scale, precision)
 
     def head(d):
-        return _fwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], scale=scale,
+        return _fwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], block=block,
                          q_chunk=q_chunk, k_chunk=k_chunk, precision=precision)
 
     out, stats = _per_head(head, arrays, batch, per_step)
@@ -324,12 +347,8 @@ def _flash_fwd(q, k, v, bias, mask, scale, q_chunk, k_chunk, precision):
 
 def _flash_bwd(scale, q_chunk, k_chunk, precision, res, dout):
     q, k, v, bias, mask, out, stats = res
-    batch = out.shape[:-2]
-    nb = len(batch)
-    arrays = {"q": _expand(q, nb), "k": _expand(k, nb), "v": _expand(v, nb),
-              "mask": _expand(mask, nb), "bias": _expand(bias, nb), "out": out, "stats": stats,
-              "dout": dout}
-    per_step = max(1, BLOCK_ELEMENTS // (min(q_chunk, q.shape[-2]) * min(k_chunk, k.shape[-2])))
+    batch, arrays, per_step = _batched(q, k, v, mask, bias, q_chunk, k_chunk)
+    arrays.update(out=out, stats=stats, dout=dout)
 
     def head(d):
         return _bwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], d["out"], d["stats"],
@@ -356,3 +375,20 @@ def flash_attention(q, k, v, *, mask, bias, scale, q_chunk, k_chunk, precision):
     mask = None if mask is None else jnp.asarray(mask)
     bias = None if bias is None else jnp.asarray(bias)
     return _flash(q, k, v, bias, mask, float(scale), q_chunk, k_chunk, precision)
+
+
+def checkpointed_attention(q, k, v, *, mask, bias, block: Block, q_chunk, k_chunk, precision):
+    """softmax(block(q, k) + bias, masked) v, blocked; differentiated by JAX through the same
+    forward with ``jax.checkpoint`` per key block (any ``block``, e.g. additive scores).
+
+    Validated by the caller.
+    """
+    batch, arrays, per_step = _batched(q, k, v, mask, bias, q_chunk, k_chunk)
+
+    def head(d):
+        return _fwd_head(d["q"], d["k"], d["v"], d["mask"], d["bias"], block=block,
+                         q_chunk=q_chunk, k_chunk=k_chunk, precision=precision,
+                         checkpoint=True)[0]
+
+    out = _per_head(head, arrays, batch, per_step)
+    return out.reshape(batch + out.shape[-2:])

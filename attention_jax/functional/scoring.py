@@ -36,7 +36,7 @@ from attention_jax._validation import (
     fail,
     shape_of,
 )
-from attention_jax.functional._flash import flash_attention
+from attention_jax.functional._flash import checkpointed_attention, flash_attention
 from attention_jax.functional._numerics import acc_dtype
 
 __all__ = [
@@ -396,126 +396,6 @@ def _direct(q, k, v, block, mask, bias, precision):
     return (out / denom.astype(out.dtype)).astype(v.dtype)
 
 
-def _pad_axis(a: jax.Array, axis: int, size: int, value) -> jax.Array:
-    extra = size - a.shape[axis]
-    if extra == 0:
-        return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(a, widths, constant_values=value)
-
-
-def _chunks(a: jax.Array, axis: int, n: int, c: int) -> jax.Array:
-    """Split ``axis`` (length n * c) into chunks and move the chunk index to the front."""
-    axis = axis % a.ndim
-    a = a.reshape(*a.shape[:axis], n, c, *a.shape[axis + 1:])
-    return jnp.moveaxis(a, axis, 0)
-
-
-def _chunked_core(q, k, v, mask, bias, *, block, q_chunk, k_chunk, precision):
-    """Unbatched chunked attention: q (Tq, D), k (Tk, D), v (Tk, Dv), mask/bias (1|Tq, 1|Tk)."""
-    tq, tk, dv = q.shape[0], k.shape[0], v.shape[-1]
-    acc = jnp.promote_types(acc_dtype(q), acc_dtype(v))
-    qc, kc = min(q_chunk, tq), min(k_chunk, tk)
-    nq, nk = -(-tq // qc), -(-tk // kc)
-    q = _pad_axis(q, 0, nq * qc, 0)
-    k = _pad_axis(k, 0, nk * kc, 0)
-    v = _pad_axis(v, 0, nk * kc, 0)
-    key_valid = jnp.arange(nk * kc) < tk
-    if mask is None:
-        mask = key_valid[None, :] if nk * kc != tk else None
-    elif mask.shape[1] == tk:
-        mask = _pad_axis(mask, 1, nk * kc, False)
-    elif nk * kc != tk:  # broadcast over keys: add the key padding
-        mask = mask & key_valid[None, :]
-    if mask is not None and mask.shape[0] == tq:
-        mask = _pad_axis(mask, 0, nq * qc, True)
-    if bias is not None:
-        if bias.shape[1] == tk:
-            bias = _pad_axis(bias, 1, nk * kc, 0)
-        if bias.shape[0] == tq:
-            bias = _pad_axis(bias, 0, nq * qc, 0)
-
-    # Arrays with a full key axis are scanned chunk by chunk (their gradients come back as
-    # stacked chunks); broadcast ones are closed over.
-    kxs = {"k": _chunks(k, 0, nk, kc), "v": _chunks(v, 0, nk, kc)}
-    full_k = {name: a for name, a in (("mask", mask), ("bias", bias))
-              if a is not None and a.shape[1] == nk * kc}
-
-    def q_step(qxs):
-        qb = qxs["q"]
-        mrow = qxs.get("mask", mask)
-        brow = qxs.get("bias", bias)
-        xs = dict(kxs)
-        for name, a in (("mask", mrow), ("bias", brow)):
-            if name in full_k:
-                xs[name] = _chunks(a, 1, nk, kc)
-
-        @jax.checkpoint
-        def k_step(carry, kx):
-            m_prev, l_prev, acc_prev = carry
-            s = block(qb, kx["k"])
-            if brow is not None:
-                s = s + (kx["bias"] if "bias" in kx else brow).astype(s.dtype)
-            if mrow is not None:
-                s = jnp.where(kx["mask"] if "mask" in kx else mrow, s, -jnp.inf)
-            # The running max is a constant for autodiff: the output does not depend on it.
-            m_new = jnp.maximum(m_prev, jax.lax.stop_gradient(jnp.max(s, -1, keepdims=True)))
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-            # Nothing seen yet (m_prev = -inf): alpha multiplies zeros, so any finite value
-            # will do; exp(0 - m_safe) would overflow for logits below -88.
-            m_old = jnp.where(jnp.isfinite(m_prev), m_prev, m_safe)
-            alpha = jnp.exp(m_old - m_safe)
-            p = jnp.exp(s - m_safe)
-            l_new = alpha * l_prev + jnp.sum(p, -1, keepdims=True)
-            pv = jnp.einsum("qk,kd->qd", p.astype(v.dtype), kx["v"], precision=precision,
-                            preferred_element_type=acc)
-            return (m_new, l_new, alpha * acc_prev + pv), None
-
-        init = (jnp.full((qc, 1), -jnp.inf, acc), jnp.zeros((qc, 1), acc),
-                jnp.zeros((qc, dv), acc))
-        (_, l_fin, acc_fin), _ = jax.lax.scan(k_step, init, xs)
-        return (acc_fin / jnp.where(l_fin > 0, l_fin, 1.0)).astype(v.dtype)
-
-    qxs = {"q": _chunks(q, 0, nq, qc)}
-    for name, a in (("mask", mask), ("bias", bias)):
-        if a is not None and a.shape[0] == nq * qc:
-            qxs[name] = _chunks(a, 0, nq, qc)
-    out = jax.lax.map(q_step, qxs)  # (nq, qc, Dv)
-    return out.reshape(nq * qc, dv)[:tq]
-
-
-def _run_chunked(q, k, v, mask, bias, *, block, q_chunk, k_chunk, precision):
-    batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2],
-                                 *(a.shape[:-2] for a in (mask, bias) if a is not None))
-    nb = len(batch)
-
-    def core(d):
-        return _chunked_core(d["q"], d["k"], d["v"], d["mask"], d["bias"], block=block,
-                             q_chunk=q_chunk, k_chunk=k_chunk, precision=precision)
-
-    arrays = {"q": q, "k": k, "v": v, "mask": mask, "bias": bias}
-    arrays = {n: (None if a is None else a.reshape((1,) * (nb + 2 - a.ndim) + a.shape))
-              for n, a in arrays.items()}
-    # Build vmaps from the innermost batch dim outwards; a size-1 dim is dropped and broadcast.
-    f = core
-    for d in reversed(range(nb)):
-        if batch[d] == 1:
-            continue
-        axes = {n: (None if a is None or a.shape[d] == 1 else 0) for n, a in arrays.items()}
-        f = jax.vmap(f, in_axes=(axes,))
-    keep = [d for d in range(nb) if batch[d] != 1]
-    inputs = {}
-    for n, a in arrays.items():
-        if a is None:
-            inputs[n] = None
-            continue
-        shape = tuple(a.shape[d] for d in keep if a.shape[d] != 1) + a.shape[nb:]
-        inputs[n] = a.reshape(shape)
-    out = f(inputs)
-    return out.reshape(batch + out.shape[-2:])
-
-
 def _jax_nn_attention(q, k, v, *, scale, implementation):
     """``jax.nn.dot_product_attention`` on (..., T, D) arrays (it wants (B, T, N, H))."""
     batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -626,5 +506,6 @@ def attention(
     if dot_scale is not None:
         return flash_attention(qp, kp, v, mask=mask, bias=bias, scale=dot_scale,
                                q_chunk=q_chunk_size, k_chunk=k_chunk_size, precision=precision)
-    return _run_chunked(qp, kp, v, mask, bias, block=block, q_chunk=q_chunk_size,
-                        k_chunk=k_chunk_size, precision=precision)
+    return checkpointed_attention(qp, kp, v, mask=mask, bias=bias, block=block,
+                                  q_chunk=q_chunk_size, k_chunk=k_chunk_size,
+                                  precision=precision)
