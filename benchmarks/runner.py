@@ -191,6 +191,20 @@ def _new_row(spec: Spec, shape: Shape, batch: int, dtype: str, n_devices: int,
             "ratio": {}, "roofline": None, "sharding_check": None}
 
 
+def _compared(case: Case, warm: dict) -> dict[str, tuple[Any, Any]]:
+    """{"fwd": (JAX output, torch output), "grad_input": (JAX d input, torch d input)} for the
+    modes both sides ran, in JAX's layout."""
+    to_jax = case.torch_to_jax_layout
+    pairs = {}
+    if ("jax", "fwd") in warm and ("torch", "fwd") in warm:
+        pairs["fwd"] = (warm[("jax", "fwd")], to_jax(warm[("torch", "fwd")]))
+    if ("jax", "fwdbwd") in warm and ("torch", "fwdbwd") in warm:
+        # jax: (y, (d params, d input0, ...)); torch: (y, (d input0, ..., d params...)).
+        pairs["grad_input"] = (warm[("jax", "fwdbwd")][1][1],
+                               to_jax(warm[("torch", "fwdbwd")][1][0]))
+    return pairs
+
+
 def _check_against_torch(row: dict[str, Any], case: Case, warm: dict, notes: list[str],
                          torch_side: Any = None) -> None:
     """Record how far the JAX output (and input gradient) is from PyTorch's: same weights, so a
@@ -204,63 +218,53 @@ def _check_against_torch(row: dict[str, Any], case: Case, warm: dict, notes: lis
     ~1e-2 from its float64 one. The row is flagged (``disagree``) only if JAX is further from
     float64 than ``max(tol, 2 x PyTorch float32's distance)`` by that measure.
     """
-    to_jax = case.torch_to_jax_layout
-    checks = {}
-    if ("jax", "fwd") in warm and ("torch", "fwd") in warm:
-        checks["fwd"] = rel_diff(warm[("jax", "fwd")], to_jax(warm[("torch", "fwd")]))
-    if ("jax", "fwdbwd") in warm and ("torch", "fwdbwd") in warm:
-        # jax: (y, (d params, d input0, ...)); torch: (y, (d input0, ..., d params...)).
-        checks["grad_input"] = rel_diff(warm[("jax", "fwdbwd")][1][1],
-                                        to_jax(warm[("torch", "fwdbwd")][1][0]))
-    if not checks:
+    pairs = _compared(case, warm)
+    if not pairs:
         return
+    checks = {mode: rel_diff(j, t) for mode, (j, t) in pairs.items()}
     row["torch_max_rel_diff"] = checks
     tol = _TOL[case.dtype]
     bad = {k: v for k, v in checks.items() if v > tol}
     if not bad:
         return
-    referee = _float64_referee(case, warm, torch_side) if case.dtype == "float32" else None
-    if referee is not None:
+    ref64 = _torch_float64(case, pairs) if case.dtype == "float32" and torch_side else None
+    if ref64 is not None:
+        referee = {mode: {"jax": rel_diff_bulk(j, ref64[mode]),
+                          "torch_float32": rel_diff_bulk(t, ref64[mode])}
+                   for mode, (j, t) in pairs.items()}
         row["float64_referee"] = referee
         bad = {k: v for k, v in bad.items()
                if referee[k]["jax"] > max(tol, 2 * referee[k]["torch_float32"])}
         if not bad:
-            worst = max(checks.values())
             jax64 = max(r["jax"] for r in referee.values())
             torch64 = max(r["torch_float32"] for r in referee.values())
-            notes.append(f"float32 max-abs difference {worst:.1e} from torch, but the bulk "
-                         f"(99.9%) is as close to torch float64 as torch float32 is (JAX "
-                         f"{jax64:.1e}, torch f32 {torch64:.1e}): a ReLU kink or conditioning")
+            notes.append(f"float32 max-abs difference {max(checks.values()):.1e} from torch, "
+                         f"but the bulk (99.9%) is as close to torch float64 as torch float32 "
+                         f"is (JAX {jax64:.1e}, torch f32 {torch64:.1e}): a ReLU kink or "
+                         f"conditioning")
             return
     row["disagree"] = sorted(bad)
     notes.append(f"JAX and torch disagree (max rel {max(bad.values()):.1e})")
 
 
-def _float64_referee(case: Case, warm: dict, torch_side: Any) -> dict[str, dict[str, float]] | None:
-    """Distances of JAX and of PyTorch float32 from PyTorch float64 (same weights and data)."""
-    if torch_side is None or case.torch_fwd is None:
+def _torch_float64(case: Case, pairs: dict[str, Any]) -> dict[str, Any] | None:
+    """PyTorch's output and input gradient in float64 (same weights, inputs and cotangent), in
+    JAX's layout, for the modes in ``pairs``."""
+    if case.torch_fwd is None:
         return None
     import copy
 
     import torch
 
-    to_jax = case.torch_to_jax_layout
     fwd = case.torch_fwd
     if isinstance(fwd, torch.nn.Module):
         fwd = copy.deepcopy(fwd).double()
     inputs = [t.detach().double().requires_grad_(True) for t in case.torch_inputs]
     y64 = fwd(*inputs)
-    out: dict[str, dict[str, float]] = {}
-    if ("jax", "fwd") in warm and ("torch", "fwd") in warm:
-        out["fwd"] = {"jax": rel_diff_bulk(warm[("jax", "fwd")], to_jax(y64.detach())),
-                      "torch_float32": rel_diff_bulk(to_jax(warm[("torch", "fwd")]),
-                                              to_jax(y64.detach()))}
-    if ("jax", "fwdbwd") in warm and ("torch", "fwdbwd") in warm:
+    out = {"fwd": case.torch_to_jax_layout(y64.detach())}
+    if "grad_input" in pairs:
         (g64,) = torch.autograd.grad(y64, inputs[:1], case.torch_cotangent.double())
-        ref = to_jax(g64)
-        out["grad_input"] = {"jax": rel_diff_bulk(warm[("jax", "fwdbwd")][1][1], ref),
-                             "torch_float32": rel_diff_bulk(to_jax(warm[("torch", "fwdbwd")][1][0]),
-                                                     ref)}
+        out["grad_input"] = case.torch_to_jax_layout(g64)
     return out
 
 

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["available", "status", "build", "target", "cache_dir"]
 
@@ -46,9 +47,19 @@ def _cpu_flags() -> tuple[str, ...]:
             flags = set(line.split(":", 1)[1].split())
             break
     return ("-march=x86-64-v3",) if {"avx2", "fma", "bmi2", "movbe"} <= flags else ()
+
+
+_DTYPES = {"float32": "F32", "float64": "F64"}  # dtype name -> suffix of the kernel symbols
+
+
+def target(kind: str, dtype) -> str:
+    """FFI target name for ``kind`` in {"fwd", "bwd"} and float32/float64 ``dtype``."""
+    return f"attention_jax_grid_sample_bilinear_{kind}_{_DTYPES[jnp.dtype(dtype).name].lower()}"
+
+
 _SYMBOLS = {  # FFI target name -> exported symbol
-    f"attention_jax_grid_sample_bilinear_{d.lower()}_{t.lower()}": f"AjGridSampleBilinear{t}{d}"
-    for t in ("F32", "F64") for d in ("Fwd", "Bwd")
+    target(d.lower(), name): f"AjGridSampleBilinear{t}{d}"
+    for name, t in _DTYPES.items() for d in ("Fwd", "Bwd")
 }
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -64,9 +75,24 @@ def cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for cand in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if cand and shutil.which(cand):
-            return shutil.which(cand)
+        path = shutil.which(cand) if cand else None
+        if path:
+            return path
     return None
+
+
+def _writable(directory: Path) -> Path:
+    """``directory``, created; if it cannot be written (read-only home on some CI runners), a
+    per-user temporary directory instead."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"attention-jax-{os.getuid()}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def build(force: bool = False) -> Path:
@@ -82,19 +108,9 @@ def build(force: bool = False) -> Path:
     key.update(_SOURCE.read_bytes())
     flags = _FLAGS + _cpu_flags()
     key.update(repr((flags, jax.__version__, cxx)).encode())
-    name = f"grid_sample-{key.hexdigest()[:16]}.so"
-    out = cache_dir() / name
+    out = _writable(cache_dir()) / f"grid_sample-{key.hexdigest()[:16]}.so"
     if out.exists() and not force:
         return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(out.parent, os.W_OK):
-            raise OSError(f"{out.parent} is not writable")
-    except OSError:  # read-only home (some CI runners): a per-user temporary directory
-        out = Path(tempfile.gettempdir()) / f"attention-jax-{os.getuid()}" / name
-        if out.exists() and not force:
-            return out
-        out.parent.mkdir(parents=True, exist_ok=True)
     # Compile to a private name, then rename: concurrent builders (pytest workers) never see a
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -144,7 +160,3 @@ def status() -> str:
     return f"native CPU kernels not used: {_state['error']}"
 
 
-def target(kind: str, dtype) -> str:
-    """FFI target name for ``kind`` in {"fwd", "bwd"} and float32/float64 ``dtype``."""
-    suffix = {"float32": "f32", "float64": "f64"}[jax.numpy.dtype(dtype).name]
-    return f"attention_jax_grid_sample_bilinear_{kind}_{suffix}"

@@ -266,8 +266,8 @@ __attribute__((noinline)) void SampleC1(const T* __restrict img, T* __restrict o
 
 // C = 1 gradient w.r.t. the grid over one block (vectorised).
 template <typename T>
-__attribute__((noinline)) void GridGradC1(const T* __restrict img, const T* __restrict go, T* __restrict gg, int64_t len,
-                const Geometry<T>& geo) {
+__attribute__((noinline)) void GridGradC1(const T* __restrict img, const T* __restrict go,
+                                          T* __restrict gg, int64_t len, const Geometry<T>& geo) {
   for (int64_t j = 0; j < len; ++j) {
     T v0, v1, v2, v3;
     Gather4(img, geo, j, v0, v1, v2, v3);

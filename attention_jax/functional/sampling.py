@@ -477,14 +477,10 @@ def _grid_sample_native_bwd(padding, align_corners, res, g):
 _grid_sample_native.defvjp(_grid_sample_native_fwd, _grid_sample_native_bwd)
 
 
-def _native_dtype(x: jax.Array, grid: jax.Array):
-    """The dtype the native kernel would compute in, or None if it has no kernel for it."""
-    ct = jnp.promote_types(x.dtype, grid.dtype)
-    return ct if ct in (jnp.float32, jnp.float64) else None
-
-
 def _sample_native(x, grid, padding, align_corners):
-    ct = _native_dtype(x, grid)
+    # The grid is float32 or float64 (``_grid_dtype``), so this is one of the kernel's dtypes;
+    # bf16/fp16 images are sampled in float32, as on the JAX path.
+    ct = jnp.promote_types(x.dtype, grid.dtype)
     return _grid_sample_native(x.astype(ct), grid.astype(ct), padding,
                                align_corners).astype(x.dtype)
 
@@ -547,14 +543,14 @@ def grid_sample(
     if implementation == "xla":
         return xla(x, grid)
     if implementation == "native":
-        if mode != "bilinear" or _native_dtype(x, grid) is None:
-            raise fail(fn, "implementation", "'native' only with mode='bilinear' and float16/"
-                       "bfloat16/float32/float64 inputs", f"mode={mode!r}, x {x.dtype}")
+        if mode != "bilinear":
+            raise fail(fn, "implementation", "'native' only with mode='bilinear'",
+                       f"mode={mode!r}")
         if not _native.available():
             raise fail(fn, "implementation", "'auto' or 'xla': the native kernel is "
                        "unavailable", _native.status())
         return _sample_native(x, grid, padding_mode, align)
-    if mode != "bilinear" or _native_dtype(x, grid) is None or not _native.available():
+    if mode != "bilinear" or not _native.available():
         return xla(x, grid)
     native = lambda x, grid: _sample_native(x, grid, padding_mode, align)
     return jax.lax.platform_dependent(x, grid, cpu=native, default=xla)

@@ -261,7 +261,7 @@ def test_native_degenerate_sizes_match_xla(xs, gs):
                 assert_close(a, b, what=f"{xs} {gs} {pad} {ac}")
 
 
-def test_native_disabled_by_environment(tmp_path):
+def test_native_disabled_by_environment():
     import os
     import subprocess
     import sys
