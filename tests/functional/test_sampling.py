@@ -261,6 +261,32 @@ def test_native_degenerate_sizes_match_xla(xs, gs):
                 assert_close(a, b, what=f"{xs} {gs} {pad} {ac}")
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("hw,out", [((13, 29), (11, 17)), ((1, 9), (3, 5)), ((6, 1), (2, 7))])
+def test_native_one_channel_fast_path_matches_torch(padding_mode, align_corners, hw, out):
+    """One channel, float32: the kernel's zero-bordered AVX2 path (eight points at a time, the
+    last 1-7 through a zero-filled copy). Point counts that are not multiples of eight, one-pixel
+    axes, points far outside and non-finite, and non-finite pixels next to the border: a tap
+    outside the image contributes nothing, as in PyTorch (not 0 * inf); non-finite points as
+    on the pure-JAX path."""
+    x = RNG.normal(size=(3, *hw, 1)).astype(np.float32)
+    x[0, 0, 0, 0], x[1, -1, -1, 0], x[2, hw[0] // 2, 0, 0] = np.inf, -np.inf, np.nan
+    grid = _grid((3, *out, 2), lo=-1.4, hi=1.4, seed=7)
+    grid[1, 0, :3] = [[np.nan, 0.2], [np.inf, 0.0], [0.5, -np.inf]]
+    kw = {"padding_mode": padding_mode, "align_corners": align_corners}
+    y = np.asarray(F.grid_sample(jnp.asarray(x), jnp.asarray(grid), implementation="native",
+                                 **kw))
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = tF.grid_sample(xt, torch.from_numpy(grid), **kw).permute(0, 2, 3, 1).numpy()
+    ok = np.isfinite(grid).all(-1)  # PyTorch gives NaN there; ours: see the test above
+    np.testing.assert_array_equal(np.isnan(y[ok]), np.isnan(yt[ok]))
+    np.testing.assert_allclose(y[ok], yt[ok], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(y).sum() > y.size // 2
+    xla = F.grid_sample(jnp.asarray(x), jnp.asarray(grid), implementation="xla", **kw)
+    np.testing.assert_allclose(y, np.asarray(xla), rtol=1e-5, atol=1e-6)
+
+
 def test_native_disabled_by_environment():
     import os
     import subprocess
