@@ -1,7 +1,9 @@
 """Native XLA:CPU kernels (C++ through the XLA FFI), compiled on first use and cached.
 
-``grid_sample.cc`` holds bilinear ``grid_sample`` forward/backward for the CPU. It is compiled
-with the machine's C++ compiler (``$CXX``, else ``c++``/``g++``) against the XLA FFI headers
+``grid_sample.cc`` holds bilinear ``grid_sample`` forward/backward for the CPU, ``attention.cc``
+FlashAttention forward/backward (float32, unmasked dot-product scores; only where the CPU has
+AVX2/FMA). They are compiled together (with ``common.h``) into one library by the machine's C++
+compiler (``$CXX``, else ``c++``/``g++``) against the XLA FFI headers
 that jaxlib ships (``jax.ffi.include_dir()``), into a cache directory keyed by a hash of the
 source, the flags and the jax version:
 
@@ -29,9 +31,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-__all__ = ["available", "status", "build", "target", "cache_dir"]
+__all__ = ["available", "has", "status", "build", "target", "attention_target", "cache_dir"]
 
-_SOURCE = Path(__file__).with_name("grid_sample.cc")
+_DIR = Path(__file__).parent
+_SOURCES = ("grid_sample.cc", "attention.cc")  # compiled into one library
+_HEADERS = ("common.h",)
 _FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-w", "-fno-trapping-math")
 
 
@@ -57,10 +61,18 @@ def target(kind: str, dtype) -> str:
     return f"attention_jax_grid_sample_bilinear_{kind}_{_DTYPES[jnp.dtype(dtype).name].lower()}"
 
 
+def attention_target(kind: str) -> str:
+    """FFI target name of the float32 FlashAttention kernel, ``kind`` in {"fwd", "bwd"}."""
+    return f"attention_jax_flash_attention_{kind}_f32"
+
+
 _SYMBOLS = {  # FFI target name -> exported symbol
-    target(d.lower(), name): f"AjGridSampleBilinear{t}{d}"
-    for name, t in _DTYPES.items() for d in ("Fwd", "Bwd")
+    **{target(d.lower(), name): f"AjGridSampleBilinear{t}{d}"
+       for name, t in _DTYPES.items() for d in ("Fwd", "Bwd")},
+    **{attention_target(d.lower()): f"AjFlashAttentionF32{d}" for d in ("Fwd", "Bwd")},
 }
+# Kernels that are only built on some CPUs (AVX2/FMA); the others always are.
+_OPTIONAL = {attention_target("fwd"): "attention", attention_target("bwd"): "attention"}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -105,10 +117,12 @@ def build(force: bool = False) -> Path:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
     include = jax.ffi.include_dir()
     key = hashlib.sha256()
-    key.update(_SOURCE.read_bytes())
+    for name in _SOURCES + _HEADERS:
+        key.update(name.encode())
+        key.update((_DIR / name).read_bytes())
     flags = _FLAGS + _cpu_flags()
     key.update(repr((flags, jax.__version__, cxx)).encode())
-    out = _writable(cache_dir()) / f"grid_sample-{key.hexdigest()[:16]}.so"
+    out = _writable(cache_dir()) / f"kernels-{key.hexdigest()[:16]}.so"
     if out.exists() and not force:
         return out
     # Compile to a private name, then rename: concurrent builders (pytest workers) never see a
@@ -116,7 +130,8 @@ def build(force: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *flags, f"-I{include}", str(_SOURCE), "-o", tmp]
+        cmd = [cxx, *flags, f"-I{include}", f"-I{_DIR}", *(str(_DIR / n) for n in _SOURCES),
+               "-o", tmp]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr.strip()[-2000:]}")
@@ -134,15 +149,19 @@ def _load() -> None:
     try:
         path = build()
         lib = ctypes.CDLL(str(path))
+        kernels = set()
         for name, symbol in _SYMBOLS.items():
+            if name in _OPTIONAL and not hasattr(lib, symbol):
+                continue  # not built for this CPU
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
+            kernels.add(_OPTIONAL.get(name, "grid_sample"))
     except Exception as e:  # no compiler, failed build, unloadable library: pure-JAX path
         _state["error"] = f"{type(e).__name__}: {e}"
         warnings.warn(f"attention_jax: native CPU kernels unavailable, using the pure-JAX "
                       f"path ({_state['error'].splitlines()[0]})", RuntimeWarning, stacklevel=3)
         return
-    _state["lib"], _state["path"] = lib, path
+    _state["lib"], _state["path"], _state["kernels"] = lib, path, kernels
 
 
 def available() -> bool:
@@ -153,10 +172,17 @@ def available() -> bool:
     return "lib" in _state
 
 
+def has(kernel: str) -> bool:
+    """Whether the native ``kernel`` ("grid_sample" or "attention") is loaded (builds on first
+    call)."""
+    return available() and kernel in _state["kernels"]
+
+
 def status() -> str:
     """One line: where the kernels were loaded from, or why they are not used."""
     if available():
-        return f"native CPU kernels loaded from {_state['path']}"
+        return (f"native CPU kernels ({', '.join(sorted(_state['kernels']))}) loaded from "
+                f"{_state['path']}")
     return f"native CPU kernels not used: {_state['error']}"
 
 

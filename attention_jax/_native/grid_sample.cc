@@ -23,49 +23,11 @@
 #include <thread>
 #include <type_traits>
 
-#include "xla/ffi/api/ffi.h"
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define AJ_AVX2 1
-#endif
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
 enum Padding : int64_t { kZeros = 0, kBorder = 1, kReflection = 2 };
-
-// Runs body(begin, end) over [0, n) in chunks on the caller and the pool's threads. Chunks are
-// claimed from a shared counter, so a pool task that starts late (or never) cannot block the
-// caller; the caller returns once every claimed chunk has finished.
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
-                 const std::function<void(int64_t, int64_t)>& body) {
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  int64_t chunks = std::min<int64_t>(threads * 4, std::max<int64_t>(1, n / min_chunk));
-  if (threads <= 1 || chunks <= 1) {
-    body(0, n);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::function<void(int64_t, int64_t)> body;
-  };
-  auto st = std::make_shared<State>();
-  st->body = body;
-  auto work = [st, chunks, n]() {
-    for (;;) {
-      int64_t c = st->next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      st->body(c * n / chunks, (c + 1) * n / chunks);
-      st->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t i = 1; i < threads; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-}
 
 // ---------------------------------------------------------------------------- geometry
 // Written branch-free (selects, no early returns) so that GCC vectorises the per-point loop.
@@ -445,7 +407,7 @@ void ForwardPaddedC1(ffi::ThreadPool& pool, const T* xp, const T* gp, T* op, con
   if constexpr (std::is_same_v<T, float>) {
     const SampleRunFn run = PickSampleRun(padding, align);
     const int64_t p = d.ho * d.wo, hw = d.h * d.w;
-    ParallelFor(pool, d.n * p, 2048, [&](int64_t begin, int64_t end) {
+    aj::ParallelFor(pool, d.n * p, 2048, [&](int64_t begin, int64_t end) {
       std::unique_ptr<float[]> pad(new float[(d.h + 3) * (d.w + 3)]);
       int64_t padded = -1;  // the image now in pad
       ForBlocks(begin, end, p, [&](int64_t n, int64_t j0, int64_t len) {
@@ -482,7 +444,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> grid
     return ffi::Error::Success();
   }
 #endif
-  ParallelFor(pool, d.n * p, 2048, [&](int64_t begin, int64_t end) {
+  aj::ParallelFor(pool, d.n * p, 2048, [&](int64_t begin, int64_t end) {
     auto geo = std::make_unique<Geometry<T>>();
     ForBlocks(begin, end, p, [&](int64_t n, int64_t j0, int64_t len) {
       const int64_t first = n * p + j0;
@@ -531,7 +493,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> gri
   }
   // Whole images per thread (each writes only its own images' d x): the scatter-add needs no
   // atomics.
-  ParallelFor(pool, d.n, 1, [&](int64_t nb, int64_t ne) {
+  aj::ParallelFor(pool, d.n, 1, [&](int64_t nb, int64_t ne) {
     std::memset(gxp + nb * hw * c, 0, sizeof(T) * (ne - nb) * hw * c);
     auto geo = std::make_unique<Geometry<T>>();
     ForBlocks(nb * p, ne * p, p, [&](int64_t n, int64_t j0, int64_t len) {

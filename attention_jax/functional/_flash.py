@@ -19,6 +19,10 @@ touch of fresh pages costs more than the arithmetic); a block of ~1M scores stay
 flattened batch/head axis is walked with ``lax.map(batch_size=...)`` so each step handles a few
 heads' (q_chunk, k_chunk) blocks.
 
+``native_attention`` runs the same algorithm (same residuals: out, row max, 1 / row sum) as a
+C++ XLA:CPU kernel (``attention_jax/_native/attention.cc``) for float32 unmasked dot-product
+scores.
+
 Private: ``scoring.attention`` validates and calls these.
 """
 
@@ -30,7 +34,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from attention_jax import _native
 from attention_jax.functional._numerics import acc_dtype
 
 Block = Callable[[jax.Array, jax.Array], jax.Array]
@@ -392,3 +398,56 @@ def checkpointed_attention(q, k, v, *, mask, bias, block: Block, q_chunk, k_chun
 
     out = _per_head(head, arrays, batch, per_step)
     return out.reshape(batch + out.shape[-2:])
+
+
+# ---------------------------------------------------------------------------- native (CPU)
+
+
+def native_unsupported(q, k, v, mask, bias, scale) -> str | None:
+    """Why the C++ kernel cannot run this call (None if it can)."""
+    if scale is None:
+        return "score is not a dot product (dot, scaled_dot, cosine)"
+    if mask is not None or bias is not None:
+        return "a mask or bias is given"
+    dtypes = {jnp.dtype(a.dtype).name for a in (q, k, v)}
+    if dtypes != {"float32"}:
+        return f"dtypes {sorted(dtypes)} (the kernel is float32)"
+    if q.shape[-1] % 8 or v.shape[-1] % 8 or not q.shape[-1] or not v.shape[-1]:
+        return f"head dims D={q.shape[-1]}, Dv={v.shape[-1]} (want positive multiples of 8)"
+    if not _native.has("attention"):
+        return ("the kernel is not built on this machine (needs AVX2/FMA and a C++ compiler): "
+                + _native.status())
+    return None
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _native_flash(q, k, v, scale):
+    return _native_flash_fwd(q, k, v, scale)[0]
+
+
+def _native_flash_fwd(q, k, v, scale):
+    outs = (jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], jnp.float32),
+            jax.ShapeDtypeStruct(q.shape[:-1] + (2,), jnp.float32))
+    # "broadcast_all": under vmap every operand gets the mapped axis in front; the kernel treats
+    # all leading dims as batch.
+    out, stats = jax.ffi.ffi_call(_native.attention_target("fwd"), outs,
+                                  vmap_method="broadcast_all")(q, k, v, scale=np.float32(scale))
+    return out, (q, k, v, out, stats)
+
+
+def _native_flash_bwd(scale, res, dout):
+    q, k, v, out, stats = res
+    outs = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (q, k, v))
+    return jax.ffi.ffi_call(_native.attention_target("bwd"), outs, vmap_method="broadcast_all")(
+        q, k, v, out, stats, dout.astype(jnp.float32), scale=np.float32(scale))
+
+
+_native_flash.defvjp(_native_flash_fwd, _native_flash_bwd)
+
+
+def native_attention(q, k, v, *, scale: float) -> jax.Array:
+    """softmax(scale * q k^T) v on the C++ kernel (CPU only; check ``native_unsupported``
+    first). Leading dims are broadcast (their gradients summed back by JAX)."""
+    batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (jnp.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
+    return _native_flash(q, k, v, float(scale))

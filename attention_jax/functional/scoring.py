@@ -14,7 +14,8 @@ softmax. For dot-product scores (``dot``, ``scaled_dot``, ``cosine``) it is Flas
 (``_flash.py``): a custom VJP that saves only the output and two statistics per query and
 recomputes each (q_chunk, k_chunk) block in the backward pass; for ``additive`` and callable
 scores each key-chunk step is wrapped in ``jax.checkpoint`` instead. Memory is O(T * D) either
-way.
+way. On the CPU, ``"auto"`` runs the same FlashAttention as a C++ kernel
+(``implementation="native"``, ``attention_jax/_native/attention.cc``) where it applies.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from attention_jax._validation import (
     fail,
     shape_of,
 )
-from attention_jax.functional._flash import checkpointed_attention, flash_attention
+from attention_jax.functional._flash import (
+    checkpointed_attention,
+    flash_attention,
+    native_attention,
+    native_unsupported,
+)
 from attention_jax.functional._numerics import acc_dtype
 
 __all__ = [
@@ -58,7 +64,7 @@ CHUNKED_THRESHOLD = 2**24
 """``attention(implementation="auto")`` switches to the chunked path when the full score tensor
 (all batch/head dims times Tq times Tk) would hold more elements than this (64 MiB in float32)."""
 
-_IMPLEMENTATIONS = ("auto", "xla", "chunked")
+_IMPLEMENTATIONS = ("auto", "xla", "chunked", "native")
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -444,8 +450,14 @@ def attention(
         any sizes; ragged last chunks are padded and masked. For dot-product scores this is
         FlashAttention with a custom VJP (reverse mode only: use ``"xla"`` for ``jax.jvp`` /
         ``jax.hessian``); the fastest path on CPU at large T.
-      * ``"auto"``: ``"chunked"`` when the score tensor would exceed ``CHUNKED_THRESHOLD``
-        elements, else ``"xla"``. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
+      * ``"native"``: FlashAttention as a C++ XLA:CPU kernel (``attention_jax._native``, built
+        with the local C++ compiler where the CPU has AVX2/FMA): float32, dot-product scores
+        (dot, scaled-dot, cosine), no mask or bias, D and Dv multiples of 8; the same residuals
+        and results as ``"chunked"`` (to float32 rounding), reverse mode only, CPU only.
+        ``ValueError`` (saying why) where it does not apply.
+      * ``"auto"``: above ``CHUNKED_THRESHOLD`` score elements, ``"native"`` when compiling for
+        the CPU and it applies (``jax.lax.platform_dependent``), else ``"chunked"``; below
+        it, ``"xla"``. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
         mask or bias and a head dim that is a multiple of 8 up to 128, it first tries
         ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
         falls back to the above if cuDNN rejects the shapes.
@@ -462,9 +474,9 @@ def attention(
       score_params: for ``"additive"``: ``{"w_q": (D, A), "w_k": (D_k, A), "v": (A,)}`` and
         optionally ``"bias": (A,)``.
       mask: optional boolean, broadcastable to (..., Tq, Tk); True = attend. A query whose
-        keys are all masked gets a zero output.
+        keys are all masked (or Tk = 0) gets a zero output.
       bias: optional additive bias broadcastable to (..., Tq, Tk) (e.g. relative positions).
-      implementation: ``"auto"``, ``"xla"`` or ``"chunked"``.
+      implementation: ``"auto"``, ``"xla"``, ``"chunked"`` or ``"native"``.
       q_chunk_size: query rows per chunk (chunked path).
       k_chunk_size: keys per chunk (chunked path).
       precision: ``jax.lax.Precision`` for the matmuls.
@@ -493,7 +505,10 @@ def attention(
         score_shape = jnp.broadcast_shapes(score_shape, *(shape_of(a) for a in (mask, bias)
                                                           if a is not None))
 
-    if implementation == "auto":
+    if q.shape[-2] == 0 or k.shape[-2] == 0:  # no queries, or no keys (as fully masked rows)
+        return jnp.zeros(tuple(batch) + (q.shape[-2], v.shape[-1]), v.dtype)
+    auto = implementation == "auto"
+    if auto:
         if _use_jax_nn(q, k, v, score, mask, bias):
             try:
                 return _jax_nn_attention(q, k, v, scale=scale, implementation="cudnn")
@@ -501,11 +516,22 @@ def attention(
                 pass
         big = math.prod(score_shape) > CHUNKED_THRESHOLD
         implementation = "chunked" if big else "xla"
+    if implementation == "native":
+        why = native_unsupported(qp, kp, v, mask, bias, dot_scale)
+        if why is not None:
+            raise fail(fn, "implementation", "'auto', 'xla' or 'chunked' here: the native "
+                       "kernel takes float32 dot-product scores without mask or bias", why)
+        return native_attention(qp, kp, v, scale=dot_scale)
     if implementation == "xla":
         return _direct(qp, kp, v, block, mask, bias, precision)
     if dot_scale is not None:
-        return flash_attention(qp, kp, v, mask=mask, bias=bias, scale=dot_scale,
-                               q_chunk=q_chunk_size, k_chunk=k_chunk_size, precision=precision)
+        blocked = lambda q, k, v: flash_attention(
+            q, k, v, mask=mask, bias=bias, scale=dot_scale, q_chunk=q_chunk_size,
+            k_chunk=k_chunk_size, precision=precision)
+        if auto and native_unsupported(qp, kp, v, mask, bias, dot_scale) is None:
+            native = lambda q, k, v: native_attention(q, k, v, scale=dot_scale)
+            return jax.lax.platform_dependent(qp, kp, v, cpu=native, default=blocked)
+        return blocked(qp, kp, v)
     return checkpointed_attention(qp, kp, v, mask=mask, bias=bias, block=block,
                                   q_chunk=q_chunk_size, k_chunk=k_chunk_size,
                                   precision=precision)

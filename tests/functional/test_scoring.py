@@ -372,7 +372,7 @@ def test_bad_additive_params():
 
 def test_bad_implementation_and_chunks():
     with pytest.raises(ValueError, match=r"attention: implementation must be one of 'auto', "
-                       r"'xla', 'chunked', got 'flash'"):
+                       r"'xla', 'chunked', 'native', got 'flash'"):
         F.attention(Q, K, V, implementation="flash")
     with pytest.raises(ValueError, match=r"attention: q_chunk_size must be an integer >= 1"):
         F.attention(Q, K, V, q_chunk_size=0)

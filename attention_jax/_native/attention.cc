@@ -1,0 +1,433 @@
+// FlashAttention for XLA:CPU through the XLA FFI: softmax(scale * q k^T) v, float32, forward
+// and backward, for the unmasked dot-product scores of attention_jax/functional/_flash.py
+// (which keeps the general path: masks, biases, other dtypes, other backends). Same algorithm
+// and residuals as that file's custom VJP: the forward saves, per query, the row max m and
+// 1 / row sum; the backward recomputes each score block from them and uses
+// dS = P * (dP - rowsum(dO * O)).
+//
+// Why a kernel: on XLA:CPU the blocked JAX version pays for each block's scores, exponentials
+// and probabilities as separate buffers and passes; here a (64 queries x 256 keys) block stays
+// in L1/L2 and every matmul is one register-blocked AVX2/FMA micro-kernel (6 rows x 16 columns
+// of C in twelve ymm accumulators), the layout of the few GEMM shapes attention needs.
+//
+// Layout: q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv), one leading batch (all leading dims
+// flattened, identical on q/k/v); D and Dv multiples of 8. Built only where AVX2/FMA are
+// available (the Python side checks that the symbols exist).
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+
+#ifdef AJ_AVX2
+
+namespace {
+
+constexpr int64_t kBq = 64;   // query rows per block
+constexpr int64_t kBk = 256;  // keys per block (a multiple of 16)
+
+// The B operand of Gemm: B(k, j) = p[(j / 16) * panel + k * ldb + j % 16]. Packed operands
+// are stored as 16-column panels (ldb = 16, each panel contiguous): rows of a plain row-major
+// matrix 256 B or 4 KB apart map to few L1 sets and were measured ~1.5x slower.
+struct BMat {
+  const float* p;
+  int64_t ldb, panel;
+};
+
+inline BMat Plain(const float* x, int64_t ld) { return {x, ld, 16}; }
+
+// C[r][0:8 NV] (+)= sum_k A(r, k) B[k][0:8 NV] for r < R, with A(r, k) = a[r * rs + k * ks]:
+// the same kernel serves A B (rs = lda, ks = 1) and A^T B (rs = 1, ks = lda).
+template <int R, int NV, bool ACC>
+inline void Micro(const float* __restrict a, int64_t rs, int64_t ks,
+                  const float* __restrict b, int64_t ldb, int64_t K, float* __restrict c,
+                  int64_t ldc) {
+  // Fully unrolled over (r, v); accumulators start at zero and C is added at the end (with
+  // loops left to GCC, it spilled every accumulator to the stack on each k: 2.5x slower).
+  __m256 acc[R][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(b + k * ldb + 8 * v);
+    const float* ak = a + k * ks;
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ak + r * rs);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + r * ldc + 8 * v;
+      _mm256_storeu_ps(cp, ACC ? _mm256_add_ps(_mm256_loadu_ps(cp), acc[r][v]) : acc[r][v]);
+    }
+  }
+}
+
+template <int NV, bool ACC>
+inline void Strip(int64_t rows, const float* a, int64_t rs, int64_t ks, const float* b,
+                  int64_t ldb, int64_t K, float* c, int64_t ldc) {
+  switch (rows) {
+    case 6: return Micro<6, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 5: return Micro<5, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 4: return Micro<4, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 3: return Micro<3, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 2: return Micro<2, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    default: return Micro<1, NV, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+  }
+}
+
+// C (rows x n) (+)= A (rows x K) B (K x n), n a multiple of 8, A(r, k) = a[r * rs + k * ks].
+// Column panels outside, row strips inside: a (K x 16) panel of B stays in L1 for all strips.
+template <bool ACC>
+void Gemm(const float* a, int64_t rs, int64_t ks, BMat b, int64_t K, float* c, int64_t ldc,
+          int64_t rows, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const float* bp = b.p + (j / 16) * b.panel;
+    const bool two = j + 16 <= n;
+    for (int64_t r = 0; r < rows; r += 6) {
+      const int64_t m = std::min<int64_t>(6, rows - r);
+      if (two) {
+        Strip<2, ACC>(m, a + r * rs, rs, ks, bp, b.ldb, K, c + r * ldc + j, ldc);
+      } else {
+        Strip<1, ACC>(m, a + r * rs, rs, ks, bp, b.ldb, K, c + r * ldc + j, ldc);
+      }
+    }
+  }
+}
+
+inline int64_t RoundUp16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// x (rows x cols, row-major) as the B operand x^T (cols x rows) in 16-column panels; rows are
+// zero-padded to a multiple of 16. Panel stride cols * 16.
+void PackTransposedPanels(const float* x, int64_t rows, int64_t cols, float* out) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    float* panel = out + (r0 / 16) * cols * 16;
+    const int64_t nr = std::min<int64_t>(16, rows - r0);
+    for (int64_t c = 0; c < cols; ++c) {
+      float* dst = panel + c * 16;
+      for (int64_t i = 0; i < nr; ++i) dst[i] = x[(r0 + i) * cols + c];
+      for (int64_t i = nr; i < 16; ++i) dst[i] = 0.f;
+    }
+  }
+}
+
+// x (rows x cols, row-major) as the B operand x (rows x cols) in 16-column panels (the last
+// zero-padded to 16). Panel stride rows * 16.
+void PackPanels(const float* x, int64_t rows, int64_t cols, float* out) {
+  for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+    float* panel = out + (c0 / 16) * rows * 16;
+    const int64_t nc = std::min<int64_t>(16, cols - c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < nc; ++i) panel[r * 16 + i] = x[r * cols + c0 + i];
+      for (int64_t i = nc; i < 16; ++i) panel[r * 16 + i] = 0.f;
+    }
+  }
+}
+
+// exp(x) for eight lanes (Cephes' expf polynomial, ~1 ulp); x < -87.3 (and -inf) -> 0.
+inline __m256 Exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+// Same function for a single value (row tails), so that every element sees one exp.
+inline float Exp1(float x) {
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, Exp8(_mm256_set1_ps(x)));
+  return buf[0];
+}
+
+float RowMax(const float* x, int64_t n) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, m);
+  float r = buf[0];
+  for (int i = 1; i < 8; ++i) r = std::max(r, buf[i]);
+  for (; c < n; ++c) r = std::max(r, x[c]);
+  return r;
+}
+
+// x[c] <- exp(x[c] - shift) * mult for c < n, 0 for n <= c < np; returns sum_c exp(x[c] - shift).
+float ExpRow(float* x, int64_t n, int64_t np, float shift, float mult) {
+  const __m256 s = _mm256_set1_ps(shift), mu = _mm256_set1_ps(mult);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + c), s));
+    acc = _mm256_add_ps(acc, e);
+    _mm256_storeu_ps(x + c, _mm256_mul_ps(e, mu));
+  }
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, acc);
+  float sum = ((buf[0] + buf[1]) + (buf[2] + buf[3])) + ((buf[4] + buf[5]) + (buf[6] + buf[7]));
+  for (; c < n; ++c) {
+    const float e = Exp1(x[c] - shift);
+    sum += e;
+    x[c] = e * mult;
+  }
+  for (; c < np; ++c) x[c] = 0.f;
+  return sum;
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc);
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, acc);
+  float s = ((buf[0] + buf[1]) + (buf[2] + buf[3])) + ((buf[4] + buf[5]) + (buf[6] + buf[7]));
+  for (; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
+struct Dims {
+  int64_t n, tq, tk, d, dv;
+};
+
+ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
+                     const ffi::Buffer<ffi::F32>& v, Dims& s) {
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  const size_t r = qd.size();
+  if (r < 2 || kd.size() != r || vd.size() != r) {
+    return ffi::Error::InvalidArgument("flash attention kernel: want q (..., Tq, D), k (..., "
+                                       "Tk, D), v (..., Tk, Dv) of the same rank");
+  }
+  s.n = 1;
+  for (size_t i = 0; i + 2 < r; ++i) {
+    if (qd[i] != kd[i] || qd[i] != vd[i]) {
+      return ffi::Error::InvalidArgument("flash attention kernel: leading dims differ");
+    }
+    s.n *= qd[i];
+  }
+  s.tq = qd[r - 2];
+  s.d = qd[r - 1];
+  s.tk = kd[r - 2];
+  s.dv = vd[r - 1];
+  if (kd[r - 1] != s.d || vd[r - 2] != s.tk || s.d % 8 != 0 || s.dv % 8 != 0) {
+    return ffi::Error::InvalidArgument("flash attention kernel: bad head dims (want D, Dv "
+                                       "multiples of 8 and matching q/k, k/v)");
+  }
+  return ffi::Error::Success();
+}
+
+// Per-thread buffers.
+// Per-thread buffers. One head's packed operands: kt = K^T and vt = V^T in panels (for
+// S = Q K^T and dP = dO V^T), vp = V and kp = K in panels (for P V and dS K).
+struct Scratch {
+  std::vector<float> kt, vt, vp, kp, qs, s, dp, acc, m, l, delta;
+  Scratch(const Dims& x, bool backward)
+      : kt(x.d * RoundUp16(x.tk)), vt(backward ? x.dv * RoundUp16(x.tk) : 0),
+        vp(backward ? 0 : RoundUp16(x.dv) * x.tk), kp(backward ? RoundUp16(x.d) * x.tk : 0),
+        qs((backward ? x.tq : kBq) * x.d), s(kBq * kBk), dp(backward ? kBq * kBk : 0),
+        acc(backward ? 0 : kBq * x.dv), m(kBq), l(kBq), delta(backward ? x.tq : 0) {}
+};
+
+// Queries [i0, i0 + bq) of one head; sc.kt and sc.vp hold this head's packed K^T and V.
+void ForwardBlock(const float* q, float* o, float* st, const Dims& x, float scale, int64_t i0,
+                  int64_t bq, Scratch& sc) {
+  const int64_t d = x.d, dv = x.dv;
+  float* qs = sc.qs.data();
+  float* s = sc.s.data();
+  float* acc = sc.acc.data();
+  for (int64_t r = 0; r < bq; ++r)
+    for (int64_t c = 0; c < d; ++c) qs[r * d + c] = q[(i0 + r) * d + c] * scale;
+  std::fill(sc.m.begin(), sc.m.end(), -std::numeric_limits<float>::infinity());
+  std::fill(sc.l.begin(), sc.l.end(), 0.f);
+  std::fill(acc, acc + bq * dv, 0.f);
+  for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
+    const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
+    Gemm<false>(qs, d, 1, {sc.kt.data() + j0 * d, 16, d * 16}, d, s, kBk, bq, bkp);
+    for (int64_t r = 0; r < bq; ++r) {
+      float* row = s + r * kBk;
+      const float m_old = sc.m[r];
+      const float m_new = std::max(m_old, RowMax(row, bk));
+      const float alpha = std::exp(m_old - m_new);  // 0 on the first block (m_old = -inf)
+      sc.l[r] = sc.l[r] * alpha + ExpRow(row, bk, bkp, m_new, 1.f);
+      sc.m[r] = m_new;
+      if (alpha != 1.f) {
+        for (int64_t c = 0; c < dv; ++c) acc[r * dv + c] *= alpha;
+      }
+    }
+    Gemm<true>(s, kBk, 1, {sc.vp.data() + j0 * 16, 16, x.tk * 16}, bk, acc, dv, bq, dv);
+  }
+  for (int64_t r = 0; r < bq; ++r) {
+    const float inv = sc.l[r] > 0 ? 1.f / sc.l[r] : 0.f;
+    for (int64_t c = 0; c < dv; ++c) o[(i0 + r) * dv + c] = acc[r * dv + c] * inv;
+    st[(i0 + r) * 2] = std::isfinite(sc.m[r]) ? sc.m[r] : 0.f;
+    st[(i0 + r) * 2 + 1] = inv;
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
+                   ffi::ResultBuffer<ffi::F32> stats, float scale) {
+  Dims x;
+  if (auto err = CheckDims(q, k, v, x); err.failure()) return err;
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  float* op = out->typed_data();
+  float* sp = stats->typed_data();
+  if (x.tk == 0) {  // no keys: zero output, as the JAX path
+    std::memset(op, 0, sizeof(float) * x.n * x.tq * x.dv);
+    std::memset(sp, 0, sizeof(float) * x.n * x.tq * 2);
+    return ffi::Error::Success();
+  }
+  const int64_t nqb = (x.tq + kBq - 1) / kBq;
+  aj::ParallelFor(pool, x.n * nqb, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc(x, false);
+    int64_t packed = -1;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t h = t / nqb, i0 = (t % nqb) * kBq;
+      if (h != packed) {
+        PackTransposedPanels(kp + h * x.tk * x.d, x.tk, x.d, sc.kt.data());
+        PackPanels(vp + h * x.tk * x.dv, x.tk, x.dv, sc.vp.data());
+        packed = h;
+      }
+      ForwardBlock(qp + h * x.tq * x.d, op + h * x.tq * x.dv, sp + h * x.tq * 2, x, scale, i0,
+                   std::min(kBq, x.tq - i0), sc);
+    }
+  }, /*chunks_per_thread=*/16);
+  return ffi::Error::Success();
+}
+
+// One head's gradients. Key blocks outside, query blocks inside (FlashAttention-2's order):
+// the block's dK and dV rows (2 x 256 x D floats) stay in cache while every query block adds
+// to them, and dQ is what goes back and forth (once per key block). Query blocks outside
+// re-read and re-wrote all of dK and dV per query block (1.2x slower here).
+void BackwardHead(const float* q, const float* k, const float* v, const float* o,
+                  const float* st, const float* dout, float* dq, float* dk, float* dv,
+                  const Dims& x, float scale, Scratch& sc) {
+  const int64_t d = x.d, dvd = x.dv;
+  PackTransposedPanels(k, x.tk, d, sc.kt.data());
+  PackTransposedPanels(v, x.tk, dvd, sc.vt.data());
+  PackPanels(k, x.tk, d, sc.kp.data());
+  std::memset(dq, 0, sizeof(float) * x.tq * d);
+  std::memset(dk, 0, sizeof(float) * x.tk * d);
+  std::memset(dv, 0, sizeof(float) * x.tk * dvd);
+  float* qs = sc.qs.data();
+  float* s = sc.s.data();
+  float* dp = sc.dp.data();
+  for (int64_t i = 0; i < x.tq * d; ++i) qs[i] = q[i] * scale;
+  for (int64_t r = 0; r < x.tq; ++r) sc.delta[r] = Dot(dout + r * dvd, o + r * dvd, dvd);
+  for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
+    const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
+    const BMat kt{sc.kt.data() + j0 * d, 16, d * 16}, vt{sc.vt.data() + j0 * dvd, 16, dvd * 16};
+    const BMat kp{sc.kp.data() + j0 * 16, 16, x.tk * 16};
+    for (int64_t i0 = 0; i0 < x.tq; i0 += kBq) {
+      const int64_t bq = std::min(kBq, x.tq - i0);
+      const float* dob = dout + i0 * dvd;
+      Gemm<false>(qs + i0 * d, d, 1, kt, d, s, kBk, bq, bkp);  // S
+      for (int64_t r = 0; r < bq; ++r) {                     // P = exp(S - m) / l
+        ExpRow(s + r * kBk, bk, bkp, st[(i0 + r) * 2], st[(i0 + r) * 2 + 1]);
+      }
+      Gemm<false>(dob, dvd, 1, vt, dvd, dp, kBk, bq, bkp);  // dP = dO V^T
+      const __m256 sv = _mm256_set1_ps(scale);
+      for (int64_t r = 0; r < bq; ++r) {  // dS * scale = P (dP - delta) scale
+        const __m256 dl = _mm256_set1_ps(sc.delta[i0 + r]);
+        float* pr = s + r * kBk;
+        float* dr = dp + r * kBk;
+        for (int64_t c = 0; c < bkp; c += 8) {
+          const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(pr + c),
+                                         _mm256_sub_ps(_mm256_loadu_ps(dr + c), dl));
+          _mm256_storeu_ps(dr + c, _mm256_mul_ps(g, sv));
+        }
+      }
+      Gemm<true>(s, 1, kBk, Plain(dob, dvd), bq, dv + j0 * dvd, dvd, bk, dvd);   // dV += P^T dO
+      Gemm<true>(dp, 1, kBk, Plain(q + i0 * d, d), bq, dk + j0 * d, d, bk, d);  // dK += dS^T Q
+      Gemm<true>(dp, kBk, 1, kp, bk, dq + i0 * d, d, bq, d);                     // dQ += dS K
+    }
+  }
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> out,
+                    ffi::Buffer<ffi::F32> stats, ffi::Buffer<ffi::F32> dout,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv, float scale) {
+  Dims x;
+  if (auto err = CheckDims(q, k, v, x); err.failure()) return err;
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  const float* op = out.typed_data();
+  const float* sp = stats.typed_data();
+  const float* gp = dout.typed_data();
+  float* dqp = dq->typed_data();
+  float* dkp = dk->typed_data();
+  float* dvp = dv->typed_data();
+  if (x.tk == 0) {
+    std::memset(dqp, 0, sizeof(float) * x.n * x.tq * x.d);
+    return ffi::Error::Success();
+  }
+  aj::ParallelFor(pool, x.n, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc(x, true);
+    for (int64_t h = begin; h < end; ++h) {
+      BackwardHead(qp + h * x.tq * x.d, kp + h * x.tk * x.d, vp + h * x.tk * x.dv,
+                   op + h * x.tq * x.dv, sp + h * x.tq * 2, gp + h * x.tq * x.dv,
+                   dqp + h * x.tq * x.d, dkp + h * x.tk * x.d, dvp + h * x.tk * x.dv, x,
+                   scale, sc);
+    }
+  }, /*chunks_per_thread=*/x.n);  // one head per claim
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" {
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AjFlashAttentionF32Fwd, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AjFlashAttentionF32Bwd, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+}
+
+#endif  // AJ_AVX2
