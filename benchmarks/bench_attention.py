@@ -6,13 +6,14 @@ minutes on 2 CPU cores; ``--quick`` for a smoke run, ``--json FILE`` to save the
 1. Non-local block (embedded Gaussian), 64x64 map (4096 tokens), batch 8, 256 -> 64 channels,
    forward + backward (gradients w.r.t. the input and all parameters): peak resident memory and
    time of ``implementation="xla"`` (direct: builds the (4096, 4096) scores),
-   ``implementation="chunked"`` and the PyTorch reference (``tests/reference``, the same
-   weights). Targets: chunked peak <= 1.0 GB and time <= 1.3x direct.
-2. The same block at 128x128 (16,384 tokens), batch 2, chunked: it must run (the direct scores
-   alone would be 2 GB per copy).
+   ``implementation="chunked"`` (the pure-JAX blocked path), ``"auto"`` (on the CPU: the C++
+   FlashAttention kernel) and the PyTorch reference (``tests/reference``, the same weights).
+   Targets: chunked peak <= 1.0 GB and time <= 1.3x direct.
+2. The same block at 128x128 (16,384 tokens), batch 2, chunked and auto: it must run (the
+   direct scores alone would be 2 GB per copy).
 3. Scaled-dot attention (batch 8, 8 heads, 1024 tokens, head dim 64) forward and
    forward + backward (output and gradients w.r.t. q, k, v for one random cotangent):
-   ``functional.attention`` (auto / xla / chunked) vs
+   ``functional.attention`` (auto / native / chunked / xla) vs
    ``torch.nn.functional.scaled_dot_product_attention``, alternating in one process (at least
    5 steps each). Target: within 1.0x of torch.
 
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{nl['channels']} -> {nl['inter']} channels, forward + backward (float32, CPU)")
         for label, kind, extra in (("jax direct (xla)", "nl_jax", {"impl": "xla"}),
                                    ("jax chunked", "nl_jax", {"impl": "chunked"}),
+                                   ("jax auto (native)", "nl_jax", {"impl": "auto"}),
                                    ("torch reference", "nl_torch", {})):
             r = _spawn(kind, {**nl, **extra}, args.timeout)
             results[f"nl64/{label}"] = r
@@ -233,14 +235,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"chunked / torch time {(_med(c) / _med(t)):.2f}x; chunked peak "
                   f"{c['peak_rss'] / GB:.2f} GB (target <= 1.0 GB), direct "
                   f"{d['peak_rss'] / GB:.2f} GB, torch {t['peak_rss'] / GB:.2f} GB")
+        a = results["nl64/jax auto (native)"]
+        if "error" not in a and "error" not in d and "error" not in t:
+            print(f"  auto (native) / direct time {(_med(a) / _med(d)):.2f}x; / torch "
+                  f"{(_med(a) / _med(t)):.2f}x; peak {a['peak_rss'] / GB:.2f} GB")
 
         if not args.skip_128:
-            big = {**nl, "batch": 2 if not quick else 1, "size": 128 if not quick else 32,
-                   "impl": "chunked", "repeats": max(1, args.repeats - 1)}
-            r = _spawn("nl_jax", big, args.timeout)
-            results["nl128/jax chunked"] = r
-            print(f"Non-local block, {big['size']}x{big['size']} map, batch {big['batch']}, "
-                  f"chunked: {_fmt_mem(r)}  {_fmt_time(r)}")
+            for impl in ("chunked", "auto"):
+                big = {**nl, "batch": 2 if not quick else 1, "size": 128 if not quick else 32,
+                       "impl": impl, "repeats": max(1, args.repeats - 1)}
+                r = _spawn("nl_jax", big, args.timeout)
+                results[f"nl128/jax {impl}"] = r
+                print(f"Non-local block, {big['size']}x{big['size']} map, batch "
+                      f"{big['batch']}, {impl}: {_fmt_mem(r)}  {_fmt_time(r)}")
 
 
     shape = (2, 2, 256, 64) if quick else (8, 8, 1024, 64)
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{max(args.repeats, 5)} steps each, alternating with torch in one process")
     # One process per JAX implementation: the direct path's 268 MB score buffers slow whatever
     # runs next (page faults on re-allocation), so implementations are not interleaved.
-    for impl in ("auto", "chunked", "xla"):
+    for impl in ("auto", "native", "chunked", "xla"):
         sd = {"shape": shape, "repeats": max(args.repeats, 5), "impls": [impl]}
         r = _spawn("sdpa", sd, args.timeout)
         results[f"sdpa/{impl}"] = r

@@ -136,12 +136,12 @@ void PackPanels(const float* x, int64_t rows, int64_t cols, float* out) {
   }
 }
 
-// exp(x) for eight lanes (Cephes' expf polynomial, ~1 ulp); x < -87.3 (and -inf) -> 0.
+// exp(x) for eight lanes with x <= 0 (every argument here is a score minus its row max):
+// Cephes' expf polynomial, ~1 ulp. Below -87.3 (exp underflows float32) the argument is clamped
+// there, giving ~1e-38 instead of 0, which no sum of terms of which one is exp(0) = 1 can see.
+// NaN stays NaN (_mm256_max_ps returns its second operand when either is NaN).
 inline __m256 Exp8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.33654f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-  x = _mm256_max_ps(x, lo);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.33654f), x);
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -155,7 +155,7 @@ inline __m256 Exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i e = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 // Same function for a single value (row tails), so that every element sees one exp.
@@ -241,17 +241,35 @@ ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-// Per-thread buffers.
-// Per-thread buffers. One head's packed operands: kt = K^T and vt = V^T in panels (for
-// S = Q K^T and dP = dO V^T), vp = V and kp = K in panels (for P V and dS K).
+// Per-thread buffers, kept between calls (thread_local): allocating them per call (fresh
+// pages, zero-filled) cost several percent. One head's packed operands: kt = K^T and vt = V^T
+// in panels (for S = Q K^T and dP = dO V^T), vp = V and kp = K in panels (for P V and dS K).
+// Nothing relies on their contents between uses.
 struct Scratch {
   std::vector<float> kt, vt, vp, kp, qs, s, dp, acc, m, l, delta;
-  Scratch(const Dims& x, bool backward)
-      : kt(x.d * RoundUp16(x.tk)), vt(backward ? x.dv * RoundUp16(x.tk) : 0),
-        vp(backward ? 0 : RoundUp16(x.dv) * x.tk), kp(backward ? RoundUp16(x.d) * x.tk : 0),
-        qs((backward ? x.tq : kBq) * x.d), s(kBq * kBk), dp(backward ? kBq * kBk : 0),
-        acc(backward ? 0 : kBq * x.dv), m(kBq), l(kBq), delta(backward ? x.tq : 0) {}
 };
+
+Scratch& ThreadScratch(const Dims& x, bool backward) {
+  thread_local Scratch sc;
+  auto fit = [](std::vector<float>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  };
+  fit(sc.kt, x.d * RoundUp16(x.tk));
+  fit(sc.qs, (backward ? x.tq : kBq) * x.d);
+  fit(sc.s, kBq * kBk);
+  fit(sc.m, kBq);
+  fit(sc.l, kBq);
+  if (backward) {
+    fit(sc.vt, x.dv * RoundUp16(x.tk));
+    fit(sc.kp, RoundUp16(x.d) * x.tk);
+    fit(sc.dp, kBq * kBk);
+    fit(sc.delta, x.tq);
+  } else {
+    fit(sc.vp, RoundUp16(x.dv) * x.tk);
+    fit(sc.acc, kBq * x.dv);
+  }
+  return sc;
+}
 
 // Queries [i0, i0 + bq) of one head; sc.kt and sc.vp hold this head's packed K^T and V.
 void ForwardBlock(const float* q, float* o, float* st, const Dims& x, float scale, int64_t i0,
@@ -262,8 +280,8 @@ void ForwardBlock(const float* q, float* o, float* st, const Dims& x, float scal
   float* acc = sc.acc.data();
   for (int64_t r = 0; r < bq; ++r)
     for (int64_t c = 0; c < d; ++c) qs[r * d + c] = q[(i0 + r) * d + c] * scale;
-  std::fill(sc.m.begin(), sc.m.end(), -std::numeric_limits<float>::infinity());
-  std::fill(sc.l.begin(), sc.l.end(), 0.f);
+  std::fill(sc.m.begin(), sc.m.begin() + bq, -std::numeric_limits<float>::infinity());
+  std::fill(sc.l.begin(), sc.l.begin() + bq, 0.f);
   std::fill(acc, acc + bq * dv, 0.f);
   for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
     const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
@@ -306,7 +324,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   }
   const int64_t nqb = (x.tq + kBq - 1) / kBq;
   aj::ParallelFor(pool, x.n * nqb, 1, [&](int64_t begin, int64_t end) {
-    Scratch sc(x, false);
+    Scratch& sc = ThreadScratch(x, false);
     int64_t packed = -1;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t h = t / nqb, i0 = (t % nqb) * kBq;
@@ -318,7 +336,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
       ForwardBlock(qp + h * x.tq * x.d, op + h * x.tq * x.dv, sp + h * x.tq * 2, x, scale, i0,
                    std::min(kBq, x.tq - i0), sc);
     }
-  }, /*chunks_per_thread=*/16);
+  }, /*chunks_per_thread=*/32);
   return ffi::Error::Success();
 }
 
@@ -392,7 +410,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
     return ffi::Error::Success();
   }
   aj::ParallelFor(pool, x.n, 1, [&](int64_t begin, int64_t end) {
-    Scratch sc(x, true);
+    Scratch& sc = ThreadScratch(x, true);
     for (int64_t h = begin; h < end; ++h) {
       BackwardHead(qp + h * x.tq * x.d, kp + h * x.tk * x.d, vp + h * x.tk * x.dv,
                    op + h * x.tq * x.dv, sp + h * x.tq * 2, gp + h * x.tq * x.dv,
