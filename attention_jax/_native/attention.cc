@@ -28,6 +28,7 @@
 namespace {
 
 constexpr int64_t kBq = 64;   // query rows per block
+constexpr int64_t kGroup = 4;  // forward: query blocks that share each key block
 constexpr int64_t kBk = 256;  // keys per block (a multiple of 16)
 
 // The B operand of Gemm: B(k, j) = p[(j / 16) * panel + k * ldb + j % 16]. Packed operands
@@ -264,10 +265,10 @@ Scratch& ThreadScratch(const Dims& x, bool backward) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(n);
   };
   fit(sc.kt, x.d * RoundUp16(x.tk));
-  fit(sc.qs, (backward ? x.tq : kBq) * x.d);
+  fit(sc.qs, (backward ? x.tq : kBq * kGroup) * x.d);
   fit(sc.s, kBq * kBk);
-  fit(sc.m, kBq);
-  fit(sc.l, kBq);
+  fit(sc.m, kBq * kGroup);
+  fit(sc.l, kBq * kGroup);
   if (backward) {
     fit(sc.vt, x.dv * RoundUp16(x.tk));
     fit(sc.kp, RoundUp16(x.d) * x.tk);
@@ -275,40 +276,47 @@ Scratch& ThreadScratch(const Dims& x, bool backward) {
     fit(sc.delta, x.tq);
   } else {
     fit(sc.vp, RoundUp16(x.dv) * x.tk);
-    fit(sc.acc, kBq * x.dv);
+    fit(sc.acc, kBq * kGroup * x.dv);
   }
   return sc;
 }
 
-// Queries [i0, i0 + bq) of one head; sc.kt and sc.vp hold this head's packed K^T and V.
-void ForwardBlock(const float* q, float* o, float* st, const Dims& x, float scale, int64_t i0,
-                  int64_t bq, Scratch& sc) {
+// Queries [i0, i0 + rows) of one head, rows <= kGroup * kBq; sc.kt and sc.vp hold this head's
+// packed K^T and V. Key blocks outside, the group's query blocks inside: a (256-key) block of
+// K and V (128 KB at D = 64) is read from L2 once per group instead of once per query block
+// (at 4096 tokens one head's K and V are 2 MB and no longer fit in L2).
+void ForwardGroup(const float* q, float* o, float* st, const Dims& x, float scale, int64_t i0,
+                  int64_t rows, Scratch& sc) {
   const int64_t d = x.d, dv = x.dv;
   float* qs = sc.qs.data();
   float* s = sc.s.data();
   float* acc = sc.acc.data();
-  for (int64_t r = 0; r < bq; ++r)
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < d; ++c) qs[r * d + c] = q[(i0 + r) * d + c] * scale;
-  std::fill(sc.m.begin(), sc.m.begin() + bq, -std::numeric_limits<float>::infinity());
-  std::fill(sc.l.begin(), sc.l.begin() + bq, 0.f);
-  std::fill(acc, acc + bq * dv, 0.f);
+  std::fill(sc.m.begin(), sc.m.begin() + rows, -std::numeric_limits<float>::infinity());
+  std::fill(sc.l.begin(), sc.l.begin() + rows, 0.f);
+  std::fill(acc, acc + rows * dv, 0.f);
   for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
     const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
-    Gemm<false>(qs, d, 1, {sc.kt.data() + j0 * d, 16, d * 16}, d, s, kBk, bq, bkp);
-    for (int64_t r = 0; r < bq; ++r) {
-      float* row = s + r * kBk;
-      const float m_old = sc.m[r];
-      const float m_new = std::max(m_old, RowMax(row, bk));
-      const float alpha = std::exp(m_old - m_new);  // 0 on the first block (m_old = -inf)
-      sc.l[r] = sc.l[r] * alpha + ExpRow<false>(row, bk, bkp, m_new, 1.f);
-      sc.m[r] = m_new;
-      if (alpha != 1.f) {
-        for (int64_t c = 0; c < dv; ++c) acc[r * dv + c] *= alpha;
+    for (int64_t b0 = 0; b0 < rows; b0 += kBq) {
+      const int64_t bq = std::min(kBq, rows - b0);
+      float* ab = acc + b0 * dv;
+      Gemm<false>(qs + b0 * d, d, 1, {sc.kt.data() + j0 * d, 16, d * 16}, d, s, kBk, bq, bkp);
+      for (int64_t r = 0; r < bq; ++r) {
+        float* row = s + r * kBk;
+        const float m_old = sc.m[b0 + r];
+        const float m_new = std::max(m_old, RowMax(row, bk));
+        const float alpha = std::exp(m_old - m_new);  // 0 on the first block (m_old = -inf)
+        sc.l[b0 + r] = sc.l[b0 + r] * alpha + ExpRow<false>(row, bk, bkp, m_new, 1.f);
+        sc.m[b0 + r] = m_new;
+        if (alpha != 1.f) {
+          for (int64_t c = 0; c < dv; ++c) ab[r * dv + c] *= alpha;
+        }
       }
+      Gemm<true>(s, kBk, 1, {sc.vp.data() + j0 * 16, 16, x.tk * 16}, bk, ab, dv, bq, dv);
     }
-    Gemm<true>(s, kBk, 1, {sc.vp.data() + j0 * 16, 16, x.tk * 16}, bk, acc, dv, bq, dv);
   }
-  for (int64_t r = 0; r < bq; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     const float inv = sc.l[r] > 0 ? 1.f / sc.l[r] : 0.f;
     for (int64_t c = 0; c < dv; ++c) o[(i0 + r) * dv + c] = acc[r * dv + c] * inv;
     st[(i0 + r) * 2] = std::isfinite(sc.m[r]) ? sc.m[r] : 0.f;
@@ -331,19 +339,19 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     std::memset(sp, 0, sizeof(float) * x.n * x.tq * 2);
     return ffi::Error::Success();
   }
-  const int64_t nqb = (x.tq + kBq - 1) / kBq;
+  const int64_t nqb = (x.tq + kBq * kGroup - 1) / (kBq * kGroup);  // query groups per head
   aj::ParallelFor(pool, x.n * nqb, 1, [&](int64_t begin, int64_t end) {
     Scratch& sc = ThreadScratch(x, false);
     int64_t packed = -1;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / nqb, i0 = (t % nqb) * kBq;
+      const int64_t h = t / nqb, i0 = (t % nqb) * kBq * kGroup;
       if (h != packed) {
         PackTransposedPanels(kp + h * x.tk * x.d, x.tk, x.d, sc.kt.data());
         PackPanels(vp + h * x.tk * x.dv, x.tk, x.dv, sc.vp.data());
         packed = h;
       }
-      ForwardBlock(qp + h * x.tq * x.d, op + h * x.tq * x.dv, sp + h * x.tq * 2, x, scale, i0,
-                   std::min(kBq, x.tq - i0), sc);
+      ForwardGroup(qp + h * x.tq * x.d, op + h * x.tq * x.dv, sp + h * x.tq * 2, x, scale, i0,
+                   std::min(kBq * kGroup, x.tq - i0), sc);
     }
   }, /*chunks_per_thread=*/32);
   return ffi::Error::Success();
