@@ -270,7 +270,7 @@ def test_native_one_channel_fast_path_matches_torch(padding_mode, align_corners,
     axes, points far outside and non-finite, and non-finite pixels next to the border: a tap
     outside the image contributes nothing, as in PyTorch (not 0 * inf); non-finite points as
     on the pure-JAX path."""
-    x = RNG.normal(size=(3, *hw, 1)).astype(np.float32)
+    x = np.random.default_rng(5).normal(size=(3, *hw, 1)).astype(np.float32)
     x[0, 0, 0, 0], x[1, -1, -1, 0], x[2, hw[0] // 2, 0, 0] = np.inf, -np.inf, np.nan
     grid = _grid((3, *out, 2), lo=-1.4, hi=1.4, seed=7)
     grid[1, 0, :3] = [[np.nan, 0.2], [np.inf, 0.0], [0.5, -np.inf]]
@@ -284,7 +284,10 @@ def test_native_one_channel_fast_path_matches_torch(padding_mode, align_corners,
     np.testing.assert_allclose(y[ok], yt[ok], rtol=1e-5, atol=1e-6)
     assert np.isfinite(y).sum() > y.size // 2
     xla = F.grid_sample(jnp.asarray(x), jnp.asarray(grid), implementation="xla", **kw)
-    np.testing.assert_allclose(y, np.asarray(xla), rtol=1e-5, atol=1e-6)
+    finite = np.isfinite(y)
+    np.testing.assert_array_equal(finite, np.isfinite(np.asarray(xla)))
+    # (the pure-JAX reflection arithmetic is itself ~1e-5 relative from PyTorch at some points)
+    assert_close(y[finite], np.asarray(xla)[finite], what="native vs xla")
 
 
 def test_native_disabled_by_environment():
