@@ -66,13 +66,13 @@ def attention_target(kind: str) -> str:
     return f"attention_jax_flash_attention_{kind}_f32"
 
 
-_SYMBOLS = {  # FFI target name -> exported symbol
-    **{target(d.lower(), name): f"AjGridSampleBilinear{t}{d}"
+_TARGETS = {  # FFI target name -> (exported symbol, kernel)
+    **{target(d.lower(), name): (f"AjGridSampleBilinear{t}{d}", "grid_sample")
        for name, t in _DTYPES.items() for d in ("Fwd", "Bwd")},
-    **{attention_target(d.lower()): f"AjFlashAttentionF32{d}" for d in ("Fwd", "Bwd")},
+    **{attention_target(d.lower()): (f"AjFlashAttentionF32{d}", "attention")
+       for d in ("Fwd", "Bwd")},
 }
-# Kernels that are only built on some CPUs (AVX2/FMA); the others always are.
-_OPTIONAL = {attention_target("fwd"): "attention", attention_target("bwd"): "attention"}
+_OPTIONAL = {"attention"}  # kernels only built on some CPUs (AVX2/FMA); the others always are
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -150,12 +150,12 @@ def _load() -> None:
         path = build()
         lib = ctypes.CDLL(str(path))
         kernels = set()
-        for name, symbol in _SYMBOLS.items():
-            if name in _OPTIONAL and not hasattr(lib, symbol):
+        for name, (symbol, kernel) in _TARGETS.items():
+            if kernel in _OPTIONAL and not hasattr(lib, symbol):
                 continue  # not built for this CPU
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
-            kernels.add(_OPTIONAL.get(name, "grid_sample"))
+            kernels.add(kernel)
     except Exception as e:  # no compiler, failed build, unloadable library: pure-JAX path
         _state["error"] = f"{type(e).__name__}: {e}"
         warnings.warn(f"attention_jax: native CPU kernels unavailable, using the pure-JAX "

@@ -142,6 +142,17 @@ void PackPanels(const float* x, int64_t rows, int64_t cols, float* out) {
   }
 }
 
+// The B operands those two layouts hold, from row j0 of the packed matrix x (j0 a multiple
+// of 16 for the transposed one): columns j0.. of x^T (K = cols) ...
+inline BMat TransposedPanelsAt(const float* packed, int64_t cols, int64_t j0) {
+  return {packed + j0 * cols, 16, cols * 16};
+}
+
+// ... and rows j0.. of x (K = rows - j0 at most).
+inline BMat PanelsAt(const float* packed, int64_t rows, int64_t j0) {
+  return {packed + j0 * 16, 16, rows * 16};
+}
+
 // exp(x) for eight lanes with x <= 0 (every argument here is a score minus its row max):
 // x = n ln2 + r (Cody-Waite, two constants), |r| <= ln2 / 2, and e^r by a degree-5 polynomial
 // (1, 1 and four coefficients fitted for minimum relative error; 1.8e-7 max relative error in
@@ -173,6 +184,13 @@ inline float Exp1(float x) {
   return buf[0];
 }
 
+// Sum of the eight lanes (pairwise).
+inline float HSum8(__m256 v) {
+  alignas(32) float b[8];
+  _mm256_store_ps(b, v);
+  return ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
 float RowMax(const float* x, int64_t n) {
   __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t c = 0;
@@ -197,9 +215,7 @@ float ExpRow(float* x, int64_t n, int64_t np, float shift, float mult) {
     acc = _mm256_add_ps(acc, e);
     _mm256_storeu_ps(x + c, SCALE ? _mm256_mul_ps(e, mu) : e);
   }
-  alignas(32) float buf[8];
-  _mm256_store_ps(buf, acc);
-  float sum = ((buf[0] + buf[1]) + (buf[2] + buf[3])) + ((buf[4] + buf[5]) + (buf[6] + buf[7]));
+  float sum = HSum8(acc);
   for (; c < n; ++c) {
     const float e = Exp1(x[c] - shift);
     sum += e;
@@ -214,9 +230,7 @@ float Dot(const float* a, const float* b, int64_t n) {
   int64_t c = 0;
   for (; c + 8 <= n; c += 8)
     acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc);
-  alignas(32) float buf[8];
-  _mm256_store_ps(buf, acc);
-  float s = ((buf[0] + buf[1]) + (buf[2] + buf[3])) + ((buf[4] + buf[5]) + (buf[6] + buf[7]));
+  float s = HSum8(acc);
   for (; c < n; ++c) s += a[c] * b[c];
   return s;
 }
@@ -301,7 +315,7 @@ void ForwardGroup(const float* q, float* o, float* st, const Dims& x, float scal
     for (int64_t b0 = 0; b0 < rows; b0 += kBq) {
       const int64_t bq = std::min(kBq, rows - b0);
       float* ab = acc + b0 * dv;
-      Gemm<false>(qs + b0 * d, d, 1, {sc.kt.data() + j0 * d, 16, d * 16}, d, s, kBk, bq, bkp);
+      Gemm<false>(qs + b0 * d, d, 1, TransposedPanelsAt(sc.kt.data(), d, j0), d, s, kBk, bq, bkp);
       for (int64_t r = 0; r < bq; ++r) {
         float* row = s + r * kBk;
         const float m_old = sc.m[b0 + r];
@@ -313,7 +327,7 @@ void ForwardGroup(const float* q, float* o, float* st, const Dims& x, float scal
           for (int64_t c = 0; c < dv; ++c) ab[r * dv + c] *= alpha;
         }
       }
-      Gemm<true>(s, kBk, 1, {sc.vp.data() + j0 * 16, 16, x.tk * 16}, bk, ab, dv, bq, dv);
+      Gemm<true>(s, kBk, 1, PanelsAt(sc.vp.data(), x.tk, j0), bk, ab, dv, bq, dv);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -378,8 +392,9 @@ void BackwardHead(const float* q, const float* k, const float* v, const float* o
   for (int64_t r = 0; r < x.tq; ++r) sc.delta[r] = Dot(dout + r * dvd, o + r * dvd, dvd);
   for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
     const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
-    const BMat kt{sc.kt.data() + j0 * d, 16, d * 16}, vt{sc.vt.data() + j0 * dvd, 16, dvd * 16};
-    const BMat kp{sc.kp.data() + j0 * 16, 16, x.tk * 16};
+    const BMat kt = TransposedPanelsAt(sc.kt.data(), d, j0);
+    const BMat vt = TransposedPanelsAt(sc.vt.data(), dvd, j0);
+    const BMat kp = PanelsAt(sc.kp.data(), x.tk, j0);
     for (int64_t i0 = 0; i0 < x.tq; i0 += kBq) {
       const int64_t bq = std::min(kBq, x.tq - i0);
       const float* dob = dout + i0 * dvd;

@@ -146,19 +146,31 @@ void ComputeGeometry(const T* __restrict gp, int64_t len, int64_t h, int64_t w,
   }
 }
 
+// fn(padding constant, align constant) for the run-time (padding, align): picks the template
+// instantiation a kernel runs (std::integral_constant / std::bool_constant arguments).
+template <typename F>
+auto WithPadding(int64_t padding, bool align, F&& fn) {
+  using Z = std::integral_constant<int, kZeros>;
+  using B = std::integral_constant<int, kBorder>;
+  using R = std::integral_constant<int, kReflection>;
+  switch (padding * 2 + (align ? 1 : 0)) {
+    case 0: return fn(Z{}, std::false_type{});
+    case 1: return fn(Z{}, std::true_type{});
+    case 2: return fn(B{}, std::false_type{});
+    case 3: return fn(B{}, std::true_type{});
+    case 4: return fn(R{}, std::false_type{});
+    default: return fn(R{}, std::true_type{});
+  }
+}
+
 template <typename T>
 using GeometryFn = void (*)(const T*, int64_t, int64_t, int64_t, Geometry<T>&);
 
 template <typename T>
 GeometryFn<T> PickGeometry(int64_t padding, bool align) {
-  switch (padding * 2 + (align ? 1 : 0)) {
-    case 0: return ComputeGeometry<T, kZeros, false>;
-    case 1: return ComputeGeometry<T, kZeros, true>;
-    case 2: return ComputeGeometry<T, kBorder, false>;
-    case 3: return ComputeGeometry<T, kBorder, true>;
-    case 4: return ComputeGeometry<T, kReflection, false>;
-    default: return ComputeGeometry<T, kReflection, true>;
-  }
+  return WithPadding(padding, align, [](auto pad, auto al) -> GeometryFn<T> {
+    return ComputeGeometry<T, decltype(pad)::value, decltype(al)::value>;
+  });
 }
 
 // Calls body(n, j0, len) for blocks of at most kBlock points of image n covering flat points
@@ -383,14 +395,9 @@ void SampleRunC1(const float* __restrict gp, const float* __restrict pad, int64_
 using SampleRunFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float*);
 
 SampleRunFn PickSampleRun(int64_t padding, bool align) {
-  switch (padding * 2 + (align ? 1 : 0)) {
-    case 0: return SampleRunC1<kZeros, false>;
-    case 1: return SampleRunC1<kZeros, true>;
-    case 2: return SampleRunC1<kBorder, false>;
-    case 3: return SampleRunC1<kBorder, true>;
-    case 4: return SampleRunC1<kReflection, false>;
-    default: return SampleRunC1<kReflection, true>;
-  }
+  return WithPadding(padding, align, [](auto pad, auto al) -> SampleRunFn {
+    return SampleRunC1<decltype(pad)::value, decltype(al)::value>;
+  });
 }
 
 // Whether the padded path applies: float32, one channel, offsets fit int32, and enough points
