@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
       An ``argparse.ArgumentParser``.
     """
     from attention_jax.cli import HelpFormatter
-    from attention_jax.train.trainer import APIS, ON_NONFINITE, RESUME_KEYS, TrainConfig
+    from attention_jax.train.config import APIS, ON_NONFINITE, RESUME_KEYS, TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="attention-jax train", description=_DESCRIPTION,
@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         jax.distributed.initialize(coordinator, num_processes, process_id)
 
-    from attention_jax.train.trainer import NonFiniteLossError, TrainConfig, _strict_json, train
+    from attention_jax.train.metrics import strict_json
+    from attention_jax.train.trainer import NonFiniteLossError, TrainConfig, train
 
     try:
         result = train(TrainConfig(**args))
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["train_loss"] = train_logs[-1]["loss"]
     if result.eval is not None:
         summary.update({f"test_{k}": v for k, v in result.eval.items()})
-    print(_strict_json(summary))
+    print(strict_json(summary))
     return 0
 
 
