@@ -47,12 +47,18 @@ def test_create_model_by_name():
          "create_model: name must be one of 'cnn', 'resnet', 'stcnn', got 'vgg'"),
         (lambda: create_model("stcnn", num_classes=10, attention="se"),
          "create_model: attention must be None for model 'stcnn'"),
+        (lambda: create_model("cnn", num_classes=10, api="nnx"),
+         "create_model: api must be 'linen' for model 'cnn' .*nnx version: resnet"),
+        (lambda: create_model("resnet", num_classes=10, api="nnx"),
+         "create_model: rngs must be an nnx.Rngs with api='nnx', got None"),
+        (lambda: create_model("resnet", num_classes=10, api="haiku"),
+         "create_model: api must be one of 'linen', 'nnx', got 'haiku'"),
         (lambda: STCNN(localisation="x").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))),
          "STCNN: localisation must be one of 'flat', 'pooled', got 'x'"),
         (lambda: STCNN(channels=3).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))),
          r"STCNN: x must be 3 channels"),
     ],
-    ids=["name", "attention", "localisation", "channels"],
+    ids=["name", "attention", "nnx-cnn", "nnx-no-rngs", "api", "localisation", "channels"],
 )
 def test_bad_model_input(call, match):
     with pytest.raises(ValueError, match=match):
