@@ -33,7 +33,7 @@ class Classifier:
         of arrays; ``batch_stats`` may be empty). Pure: jit it.
       apply: ``apply(variables, x (N, H, W, C), *, train, rng) -> (logits (N, K),
         batch_stats)``, the updated statistics in training mode, the given ones otherwise;
-        ``rng`` seeds dropout.
+        ``rng`` (a key, or None outside training) seeds dropout.
       bind: ``bind(variables)`` -> the model to hand back after training (the linen module,
         or an nnx module holding ``variables``, in eval mode).
     """
@@ -82,14 +82,14 @@ def _linen_classifier(model: Any) -> Classifier:
         return {"params": params, "batch_stats": batch_stats}
 
     def apply(variables, x, *, train, rng):
+        rngs = {} if rng is None else {"dropout": rng}
         if not variables["batch_stats"]:
-            logits = model.apply({"params": variables["params"]}, x, train=train,
-                                 rngs={"dropout": rng})
+            logits = model.apply({"params": variables["params"]}, x, train=train, rngs=rngs)
             return logits, variables["batch_stats"]
         if not train:
-            return model.apply(variables, x, train=False), variables["batch_stats"]
+            return model.apply(variables, x, train=False, rngs=rngs), variables["batch_stats"]
         logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": rng})
+                                      rngs=rngs)
         return logits, updates["batch_stats"]
 
     return Classifier("linen", init, apply, lambda variables: model)
@@ -119,6 +119,7 @@ def _nnx_classifier(build: Callable[[Any], Any], *, built: Any = None) -> Classi
         tags = sorted({s.key.tag for _, s in nnx.iter_graph(module)
                        if isinstance(s, nnx.RngStream)})
         if tags:  # every stream restarts from the step's key: dropout depends on (seed, step)
+            rng = jax.random.PRNGKey(0) if rng is None else rng
             nnx.reseed(module, **{t: jax.random.fold_in(rng, i) for i, t in enumerate(tags)})
         return module
 
@@ -142,8 +143,6 @@ def _nnx_classifier(build: Callable[[Any], Any], *, built: Any = None) -> Classi
         return module
 
     return Classifier("nnx", init, apply, bind)
-
-
 
 
 def init_state(

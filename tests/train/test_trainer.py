@@ -87,6 +87,18 @@ def test_nnx_model_trains_and_resumes_exactly(plain_dir, tmp_path):
     assert isinstance(resumed.model, ResNet)
     params = nnx.to_pure_dict(nnx.state(resumed.model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, params, resumed.variables["params"])
+    # evaluate() takes the nnx module as it is, and agrees with the linen twin.
+    from attention_jax.data import Loader, load
+    from attention_jax.train import create_model, evaluate
+
+    loader = Loader(load("digits/plain", split="test", data_dir=plain_dir), batch_size=100,
+                    shuffle=False, drop_remainder=False)
+    got = evaluate(resumed.model, None, loader)
+    twin = create_model("resnet", num_classes=10, **small)
+    want = evaluate(twin, resumed.variables, loader)
+    assert got["count"] == want["count"] == 299
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1 / 299)
     # The checkpoint is the linen model's: the linen ResNet resumes it (a declared API change).
     linen = train(TrainConfig(**{**cfg.__dict__, "api": "linen", "resume": True, "steps": 7,
                                  "resume_override": ("api", "steps")}), model_overrides=small)
