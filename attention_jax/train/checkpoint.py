@@ -163,7 +163,8 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def run_meta(config: TrainConfig, *, num_classes: int, input_shape: tuple[int, ...],
-          devices: int, overrides: dict[str, Any]) -> dict[str, Any]:
+             devices: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records of its run: the whole config, plus what the run derived."""
     return {"format": FORMAT, "model": config.model, "api": config.api,
             "attention": config.attention, "dataset": config.dataset,
             "distort": config.distort, "num_classes": num_classes,
@@ -177,6 +178,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def run_settings(config: TrainConfig, devices: int, overrides: dict[str, Any]) -> dict:
+    """The run's values of ``RESUME_KEYS`` (``devices`` resolved to a count)."""
     settings = {k: getattr(config, k) for k in RESUME_KEYS if hasattr(config, k)}
     settings.update(devices=devices, model_overrides=_jsonable(overrides))
     return settings
@@ -201,7 +203,7 @@ def _check_settings(meta: dict[str, Any], config: TrainConfig, settings: dict[st
     if differ:
         have = ", ".join(f"{k}={saved[k]!r}" for k in differ)
         want = ", ".join(f"{k}={settings[k]!r}" for k in differ)
-        flags = " ".join(f"--resume-override {k}" for k in differ)
+        flags = " ".join(f"--resume-override {k.replace('_', '-')}" for k in differ)
         raise CheckpointError(
             f"train: --resume checkpoint must have the same {', '.join(differ)}, got {path} "
             f"(step {step}) holding {have} while this run asks for {want}; a resume with "

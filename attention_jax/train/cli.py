@@ -5,6 +5,19 @@ Example::
     attention-jax train --dataset digits/RTS --model stcnn --steps 2000 --batch-size 64 \\
         --checkpoint-dir runs/st --metrics runs/st/metrics.jsonl
     attention-jax train ... --checkpoint-dir runs/st --resume     # continue exactly
+    attention-jax train ... --resume-step 1000                    # from an older step
+    attention-jax train ... --steps 4000 --resume --resume-override steps   # train longer
+    attention-jax train --model resnet --api nnx --attention se ...           # an nnx model
+
+A resume must use the checkpoint's settings (seed, lr, batch size, steps, optimizer, ...): it
+is refused otherwise, since it would not continue the run exactly, unless
+``--resume-override KEY`` names each setting that may change. An unreadable newest step (a
+damaged file) is set aside with one line on stderr and the previous step is used.
+
+Output: one line per ``--log-every`` steps on stdout (also with ``--no-progress``), the same
+records as strict JSON lines in ``--metrics`` (``null`` for NaN), and a JSON summary as the
+last line. Exit codes: 0 done, 1 the loss became NaN or infinite (``--on-nonfinite stop``),
+2 bad input (message on stderr, before the first step).
 
 Multi-host: start one process per host with the same flags after setting the coordinator
 (``--coordinator host:port --num-processes N --process-id i``, passed to
