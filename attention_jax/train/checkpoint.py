@@ -197,8 +197,10 @@ def _check_settings(meta: dict[str, Any], config: TrainConfig, settings: dict[st
                     path: str, step: int) -> None:
     """Refuse a resume whose settings differ from the checkpoint's (unless overridden)."""
     saved = _saved_settings(meta)
+    unused = {"momentum"} if saved.get("optimizer") == settings["optimizer"] == "adam" else set()
     differ = [k for k in RESUME_KEYS
-              if k not in config.resume_override and k in saved and saved[k] != settings[k]
+              if k not in config.resume_override and k not in unused and k in saved
+              and saved[k] != settings[k]
               and not (k == "devices" and saved[k] is None)]  # older checkpoints: unresolved
     if differ:
         have = ", ".join(f"{k}={saved[k]!r}" for k in differ)
