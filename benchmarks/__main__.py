@@ -68,12 +68,14 @@ def _shape(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
+    from attention_jax.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="attention-jax bench",
         description="Time every registered attention mechanism (and grid_sample, attention) in "
                     "JAX, forward and forward+backward, across batch sizes, side by side with "
                     "the PyTorch reference.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="(default) one small shape per mechanism, batch 1,8,32, 3 repeats, "
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs and parameters")
     return p
 
 
