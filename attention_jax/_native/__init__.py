@@ -210,16 +210,17 @@ def _open_dir(path: Path) -> int:
     """Create ``path`` (mode 0700) if missing; return an ``O_NOFOLLOW`` descriptor of it if it
     is a directory of this user's that no one else can write, else raise ``_Refused``."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass  # another process created it first: checked below like any other
-        except OSError as e:
-            raise _Refused(f"cannot create {path} ({e.strerror})") from None
-        st = os.lstat(path)
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass  # another process created it first: checked below like any other
+            st = os.lstat(path)
+    except OSError as e:
+        raise _Refused(f"cannot create {path} ({e.strerror or e})") from None
     if stat.S_ISLNK(st.st_mode):
         raise _Refused(f"{path} is a symlink")
     if not stat.S_ISDIR(st.st_mode):
