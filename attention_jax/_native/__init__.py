@@ -233,7 +233,12 @@ def _open_dir(path: Path) -> int:
         st2 = os.fstat(fd)
         if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino):
             raise _Refused(f"{path} changed while it was checked")
-        _trusted(st2, str(path))
+        try:
+            _trusted(st2, str(path))
+        except _Refused as e:
+            if st2.st_uid == os.geteuid():  # ours, e.g. made by an older version, umask 002
+                raise _Refused(f"{e}; `chmod go-w {path}` makes it usable", alarm=True) from None
+            raise
     except BaseException:
         os.close(fd)
         raise

@@ -1,12 +1,13 @@
-"""Every kernel variant this CPU can run passes the grid_sample checks against PyTorch, not only
-the one the suite loads (the host's best).
+"""Every kernel variant this CPU can run passes the checks against PyTorch, not only the one
+the suite loads (the host's best).
 
 The suite itself runs on the host's variant. Here the same tests of
 ``tests/functional/test_sampling.py`` (bilinear on the native kernel, the one-channel fast path)
-run again in a subprocess per other variant: the 8-lane AVX2 library
-(``ATTENTION_JAX_NATIVE_ISA=avx2``, compiled once into a private cache) on an AVX-512 machine,
-and on AVX-512 the tap fetch this CPU does not pick by itself (``ATTENTION_JAX_NATIVE_GATHER``:
-gathers on AMD, the staging buffer on Intel).
+and, for another instruction set, of ``tests/functional/test_native_attention.py`` (against
+torch's SDPA and both JAX paths) run again in a subprocess per other variant: the 8-lane AVX2
+library (``ATTENTION_JAX_NATIVE_ISA=avx2``, compiled once into a private cache) on an AVX-512
+machine, and on AVX-512 the tap fetch this CPU does not pick by itself
+(``ATTENTION_JAX_NATIVE_GATHER``: gathers on AMD, the staging buffer on Intel).
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def test_variant_matches_torch(name, env, tmp_path):
                            capture_output=True, text=True, timeout=600, cwd=REPO)
     assert probe.returncode == 0, probe.stderr
     assert f"; {isa or 'avx512'})" in probe.stdout, probe.stdout
+    files = ["tests/functional/test_sampling.py"]
+    select = SELECT
+    if isa == "avx2":  # a library of its own: the attention kernel's 8-lane micro-kernel too
+        files.append("tests/functional/test_native_attention.py")
+        select += " or matches_torch_sdpa or equals_both_jax_paths or built_where"
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p",
-                        "no:cacheprovider", "tests/functional/test_sampling.py", "-k", SELECT],
+                        "no:cacheprovider", *files, "-k", select],
                        env=full, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert p.returncode == 0, p.stdout[-4000:]
     assert " passed" in p.stdout and "failed" not in p.stdout, p.stdout[-2000:]
