@@ -5,6 +5,7 @@
 """
 
 from attention_jax import functional, linen, nnx
+from attention_jax._native import native_disabled
 from attention_jax.interop import load_linen_variables, nnx_to_linen_variables
 from attention_jax.registry import (
     SHARED_DEFAULTS,
@@ -25,4 +26,5 @@ __all__ = [
     "SHARED_DEFAULTS",
     "load_linen_variables",
     "nnx_to_linen_variables",
+    "native_disabled",
 ]

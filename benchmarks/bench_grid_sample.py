@@ -10,7 +10,14 @@ affine transforms near the identity with the output size equal to the input size
 
 Two JAX implementations are timed: ``native`` (the C++ XLA:CPU kernel, what
 ``implementation="auto"`` runs on the CPU) and ``xla`` (the pure-JAX gather/scatter path that
-GPU/TPU use), each against the same PyTorch call.
+GPU/TPU use), each against the same PyTorch call. Besides the medians, the table gives the
+spread of the per-repeat ratios (JAX repeat i / PyTorch repeat i: 25th-75th percentile).
+
+The header names the CPU, the native kernels' variant and PyTorch's kernel level. To compare
+variants on one machine: ``ATTENTION_JAX_NATIVE_ISA=avx2`` builds and loads the AVX2 library on
+an AVX-512 CPU, ``ATEN_CPU_CAPABILITY=avx2`` makes PyTorch use its AVX2 kernels (together: an
+AVX2-only machine), ``ATTENTION_JAX_NATIVE_GATHER=0/1`` picks the AVX-512 one-channel tap
+fetch; ``taskset -c 0`` and ``--threads 1`` time one core (steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -104,7 +111,20 @@ def bench_shape(shape, *, repeats: int, warmup: int, min_repeat_s: float) -> dic
                 tt.append(_time(st, nt))
             out[f"{impl}/{name}_jax_ms"] = statistics.median(tj) * 1e3
             out[f"{impl}/{name}_torch_ms"] = statistics.median(tt) * 1e3
+            ratios = [a / b for a, b in zip(tj, tt, strict=True)]
+            out[f"{impl}/{name}_ratio_q"] = tuple(np.percentile(ratios, [25, 75]))
     return out
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), else the platform's processor."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -122,18 +142,21 @@ def main() -> None:
         args.repeats, args.warmup, args.min_repeat_s = 2, 1, 0.0
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({args.threads} threads), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus")
+          f"({args.threads} threads, {torch.backends.cpu.get_cpu_capability()} kernels), "
+          f"{cpu_name()}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cpus, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     print(_native.status())
     print(f"{'shape (N,H,W,C)':<18} {'impl':<7} {'pass':<8} {'jax ms':>9} {'torch ms':>9} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6} {'spread':>11}")
     for shape in shapes:
         r = bench_shape(shape, repeats=args.repeats, warmup=args.warmup,
                         min_repeat_s=args.min_repeat_s)
         for impl in IMPLS:
             for name in ("fwd", "fwd+bwd"):
                 j, t = r[f"{impl}/{name}_jax_ms"], r[f"{impl}/{name}_torch_ms"]
-                print(f"{str(shape):<18} {impl:<7} {name:<8} {j:>9.3f} {t:>9.3f} {j / t:>6.2f}")
+                lo, hi = r[f"{impl}/{name}_ratio_q"]
+                print(f"{str(shape):<18} {impl:<7} {name:<8} {j:>9.3f} {t:>9.3f} {j / t:>6.2f} "
+                      f"{f'{lo:.2f}-{hi:.2f}':>11}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,53 @@ inline void Strip(int64_t rows, const float* a, int64_t rs, int64_t ks, const fl
   }
 }
 
+#ifdef AJ_AVX512
+// The AVX-512 micro-kernel: C[r][0:16] (+)= sum_k A(r, k) B[k][0:16] for r < R (R <= 12),
+// one zmm accumulator per row (twelve in flight hide the FMA latency). A whole 16-column
+// panel per vector: AMD Zen 5 (one core, the forward at 8x8 heads, 1024 tokens, D64) ran the
+// 8-lane kernel at about half the speed of XLA's own AVX-512 matmuls.
+template <int R, bool ACC>
+inline void Micro16(const float* __restrict a, int64_t rs, int64_t ks,
+                    const float* __restrict b, int64_t ldb, int64_t K, float* __restrict c,
+                    int64_t ldc) {
+  __m512 acc[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 bv = _mm512_loadu_ps(b + k * ldb);
+    const float* ak = a + k * ks;
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(ak[r * rs]), bv, acc[r]);
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* cp = c + r * ldc;
+    _mm512_storeu_ps(cp, ACC ? _mm512_add_ps(_mm512_loadu_ps(cp), acc[r]) : acc[r]);
+  }
+}
+
+constexpr int64_t kStrip16 = 12;  // rows per strip of the AVX-512 micro-kernel
+
+template <bool ACC>
+inline void Strip16(int64_t rows, const float* a, int64_t rs, int64_t ks, const float* b,
+                    int64_t ldb, int64_t K, float* c, int64_t ldc) {
+  switch (rows) {
+    case 12: return Micro16<12, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 11: return Micro16<11, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 10: return Micro16<10, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 9: return Micro16<9, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 8: return Micro16<8, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 7: return Micro16<7, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 6: return Micro16<6, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 5: return Micro16<5, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 4: return Micro16<4, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 3: return Micro16<3, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    case 2: return Micro16<2, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+    default: return Micro16<1, ACC>(a, rs, ks, b, ldb, K, c, ldc);
+  }
+}
+#endif  // AJ_AVX512
+
 // C (rows x n) (+)= A (rows x K) B (K x n), n a multiple of 8, A(r, k) = a[r * rs + k * ks].
 // Column panels outside, row strips inside: a (K x 16) panel of B stays in L1 for all strips.
 template <bool ACC>
@@ -97,6 +144,15 @@ void Gemm(const float* a, int64_t rs, int64_t ks, BMat b, int64_t K, float* c, i
   for (int64_t j = 0; j < n; j += 16) {
     const float* bp = b.p + (j / 16) * b.panel;
     const bool two = j + 16 <= n;
+#ifdef AJ_AVX512
+    if (two) {
+      for (int64_t r = 0; r < rows; r += kStrip16) {
+        Strip16<ACC>(std::min(kStrip16, rows - r), a + r * rs, rs, ks, bp, b.ldb, K,
+                     c + r * ldc + j, ldc);
+      }
+      continue;
+    }
+#endif
     for (int64_t r = 0; r < rows; r += 6) {
       const int64_t m = std::min<int64_t>(6, rows - r);
       if (two) {

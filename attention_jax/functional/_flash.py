@@ -403,8 +403,9 @@ def checkpointed_attention(q, k, v, *, mask, bias, block: Block, q_chunk, k_chun
 # ---------------------------------------------------------------------------- native (CPU)
 
 
-def native_unsupported(q, k, v, mask, bias, scale) -> str | None:
-    """Why the C++ kernel cannot run this call (None if it can)."""
+def native_unsupported(q, k, v, mask, bias, scale, *, warn: bool = False) -> str | None:
+    """Why the C++ kernel cannot run this call (None if it can). Reads the state recorded when
+    the kernels were loaded (at import): tracing never builds them."""
     if scale is None:
         return "score is not a dot product (dot, scaled_dot, cosine)"
     if mask is not None or bias is not None:
@@ -414,10 +415,19 @@ def native_unsupported(q, k, v, mask, bias, scale) -> str | None:
         return f"dtypes {sorted(dtypes)} (the kernel is float32)"
     if q.shape[-1] % 8 or v.shape[-1] % 8 or not q.shape[-1] or not v.shape[-1]:
         return f"head dims D={q.shape[-1]}, Dv={v.shape[-1]} (want positive multiples of 8)"
-    if not _native.has("attention"):
-        return ("the kernel is not built on this machine (needs AVX2/FMA and a C++ compiler): "
+    if not _native.usable("attention", warn=warn):
+        return ("the kernel is not available here (it needs AVX2/FMA and a C++ compiler): "
                 + _native.status())
     return None
+
+
+def _fwd_results(q, k, v):
+    return (jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], jnp.float32),
+            jax.ShapeDtypeStruct(q.shape[:-1] + (2,), jnp.float32))
+
+
+def _bwd_results(q, k, v, out, stats, dout):
+    return tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (q, k, v))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -426,20 +436,18 @@ def _native_flash(q, k, v, scale):
 
 
 def _native_flash_fwd(q, k, v, scale):
-    outs = (jax.ShapeDtypeStruct(q.shape[:-1] + v.shape[-1:], jnp.float32),
-            jax.ShapeDtypeStruct(q.shape[:-1] + (2,), jnp.float32))
-    # "broadcast_all": under vmap every operand gets the mapped axis in front; the kernel treats
-    # all leading dims as batch.
-    out, stats = jax.ffi.ffi_call(_native.attention_target("fwd"), outs,
-                                  vmap_method="broadcast_all")(q, k, v, scale=np.float32(scale))
+    # Leading dims are batch (vmap adds more); partitioned over them under a sharded jit.
+    out, stats = _native.batched_call(_native.attention_target("fwd"), _fwd_results, (q, k, v),
+                                      in_core=(2, 2, 2), out_core=(2, 2),
+                                      scale=np.float32(scale))
     return out, (q, k, v, out, stats)
 
 
 def _native_flash_bwd(scale, res, dout):
     q, k, v, out, stats = res
-    outs = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in (q, k, v))
-    return jax.ffi.ffi_call(_native.attention_target("bwd"), outs, vmap_method="broadcast_all")(
-        q, k, v, out, stats, dout.astype(jnp.float32), scale=np.float32(scale))
+    return _native.batched_call(_native.attention_target("bwd"), _bwd_results,
+                                (q, k, v, out, stats, dout.astype(jnp.float32)),
+                                in_core=(2,) * 6, out_core=(2, 2, 2), scale=np.float32(scale))
 
 
 _native_flash.defvjp(_native_flash_fwd, _native_flash_bwd)

@@ -446,13 +446,20 @@ _grid_sample.defvjp(_grid_sample_fwd, _grid_sample_bwd)
 _PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 
 
-def _native_call(kind, out_types, *args, padding, align_corners):
-    # "broadcast_all": under vmap every operand gets the mapped axis in front; the kernel treats
-    # all leading dims as batch.
-    return jax.ffi.ffi_call(_native.target(kind, args[0].dtype), out_types,
-                            vmap_method="broadcast_all")(
-        *args, padding=np.int64(_PADDING_CODES[padding]),
-        align_corners=np.int64(align_corners))
+def _native_fwd_results(x, grid):
+    return (jax.ShapeDtypeStruct(x.shape[:1] + grid.shape[1:3] + x.shape[-1:], x.dtype),)
+
+
+def _native_bwd_results(x, grid, g):
+    return (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(grid.shape, grid.dtype))
+
+
+def _native_call(kind, results, operands, n_out, padding, align_corners):
+    # Leading dims are batch (vmap adds more); partitioned over them under a sharded jit.
+    return _native.batched_call(
+        _native.target(kind, operands[0].dtype), results, operands,
+        in_core=(3,) * len(operands), out_core=(3,) * n_out,
+        padding=np.int64(_PADDING_CODES[padding]), align_corners=np.int64(align_corners))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -461,16 +468,14 @@ def _grid_sample_native(x, grid, padding, align_corners):
 
 
 def _grid_sample_native_fwd(x, grid, padding, align_corners):
-    out = jax.ShapeDtypeStruct(x.shape[:-3] + grid.shape[-3:-1] + x.shape[-1:], x.dtype)
-    y = _native_call("fwd", out, x, grid, padding=padding, align_corners=align_corners)
+    (y,) = _native_call("fwd", _native_fwd_results, (x, grid), 1, padding, align_corners)
     return y, (x, grid)
 
 
 def _grid_sample_native_bwd(padding, align_corners, res, g):
     x, grid = res
-    outs = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(grid.shape, grid.dtype))
-    gx, ggrid = _native_call("bwd", outs, x, grid, g.astype(x.dtype), padding=padding,
-                             align_corners=align_corners)
+    gx, ggrid = _native_call("bwd", _native_bwd_results, (x, grid, g.astype(x.dtype)), 2,
+                             padding, align_corners)
     return gx, ggrid
 
 
@@ -512,11 +517,14 @@ def grid_sample(
         pixels.
       implementation: ``"xla"``: gathers and a scatter-add in plain JAX (any backend).
         ``"native"``: a C++ XLA:CPU kernel (``attention_jax._native``, built with the local
-        compiler on first use), bilinear only, computing in float32/float64; ValueError if it
-        is unavailable. ``"auto"``: ``"native"`` when compiling for the CPU, the mode is
-        bilinear and the kernel is available, else ``"xla"`` (``jax.lax.platform_dependent``
-        picks per backend, so the same function runs on GPU/TPU). Both give the same values
-        and gradients to rounding.
+        compiler at import, for the host's instruction set), bilinear only, computing in
+        float32/float64, partitioned over the batch under a sharded ``jit``; ValueError if it
+        is unavailable or inside ``attention_jax.native_disabled()``. ``"auto"``:
+        ``"native"`` when compiling for the CPU, the mode is bilinear and the kernel is
+        available (not inside ``native_disabled()``, the way to ``jax.export`` for the CPU),
+        else ``"xla"`` (``jax.lax.platform_dependent`` picks per backend, so the same
+        function runs and exports for GPU/TPU). Both give the same values and gradients to
+        rounding.
 
     Returns:
       (N, Ho, Wo, C), dtype of ``x``.
@@ -542,15 +550,17 @@ def grid_sample(
     xla = lambda x, grid: _grid_sample(x, grid, mode, padding_mode, align)
     if implementation == "xla":
         return xla(x, grid)
+    # The kernels were built and loaded at import (attention_jax._native): tracing only reads
+    # that state, it never starts a build.
     if implementation == "native":
         if mode != "bilinear":
             raise fail(fn, "implementation", "'native' only with mode='bilinear'",
                        f"mode={mode!r}")
-        if not _native.available():
+        if not _native.usable("grid_sample"):
             raise fail(fn, "implementation", "'auto' or 'xla': the native kernel is "
                        "unavailable", _native.status())
         return _sample_native(x, grid, padding_mode, align)
-    if mode != "bilinear" or not _native.available():
+    if mode != "bilinear" or not _native.usable("grid_sample", warn=True):
         return xla(x, grid)
     native = lambda x, grid: _sample_native(x, grid, padding_mode, align)
     return jax.lax.platform_dependent(x, grid, cpu=native, default=xla)

@@ -451,12 +451,15 @@ def attention(
         FlashAttention with a custom VJP (reverse mode only: use ``"xla"`` for ``jax.jvp`` /
         ``jax.hessian``); the fastest path on CPU at large T.
       * ``"native"``: FlashAttention as a C++ XLA:CPU kernel (``attention_jax._native``, built
-        with the local C++ compiler where the CPU has AVX2/FMA): float32, dot-product scores
-        (dot, scaled-dot, cosine), no mask or bias, D and Dv multiples of 8; the same residuals
-        and results as ``"chunked"`` (to float32 rounding), reverse mode only, CPU only.
-        ``ValueError`` (saying why) where it does not apply.
+        at import with the local C++ compiler where the CPU has AVX2/FMA): float32,
+        dot-product scores (dot, scaled-dot, cosine), no mask or bias, D and Dv multiples of
+        8; the same residuals and results as ``"chunked"`` (to float32 rounding), reverse mode
+        only, CPU only, partitioned over the leading dims under a sharded ``jit``.
+        ``ValueError`` (saying why) where it does not apply or inside
+        ``attention_jax.native_disabled()``.
       * ``"auto"``: above ``CHUNKED_THRESHOLD`` score elements, ``"native"`` when compiling for
-        the CPU and it applies (``jax.lax.platform_dependent``), else ``"chunked"``; below
+        the CPU and it applies (``jax.lax.platform_dependent``; not inside
+        ``native_disabled()``, the way to ``jax.export`` for the CPU), else ``"chunked"``; below
         it, ``"xla"``. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
         mask or bias and a head dim that is a multiple of 8 up to 128, it first tries
         ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
@@ -528,7 +531,7 @@ def attention(
         blocked = lambda q, k, v: flash_attention(
             q, k, v, mask=mask, bias=bias, scale=dot_scale, q_chunk=q_chunk_size,
             k_chunk=k_chunk_size, precision=precision)
-        if auto and native_unsupported(qp, kp, v, mask, bias, dot_scale) is None:
+        if auto and not native_unsupported(qp, kp, v, mask, bias, dot_scale, warn=True):
             native = lambda q, k, v: native_attention(q, k, v, scale=dot_scale)
             return jax.lax.platform_dependent(qp, kp, v, cpu=native, default=blocked)
         return blocked(qp, kp, v)

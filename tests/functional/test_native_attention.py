@@ -2,6 +2,8 @@
 runs on the CPU for large unmasked float32 dot-product attention) against PyTorch's SDPA and
 the pure-JAX paths: values, gradients, odd sizes, vmap, broadcasting, hard input, errors."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +31,9 @@ def _grads(f, q, k, v, cot):
 def test_kernel_is_built_where_the_cpu_allows():
     """Built wherever the library compiles AVX2 code (CI included): a machine that silently
     fell back would not test what users run."""
-    assert _native.has("attention") == bool(_native._cpu_flags()), _native.status()
+    assert _native.has("attention") == (_native.isa() != "generic"), _native.status()
     assert _native.has("attention")
+    assert _native.isa() == _native.host_isa() or "ATTENTION_JAX_NATIVE_ISA" in os.environ
 
 
 # Sizes that are not multiples of the kernel's blocks (64 queries, 256 keys, 16 columns):
