@@ -9,12 +9,12 @@ path for large maps (``implementation="auto"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax._types import Layer
 from attention_jax._validation import (
     check_array,
     check_choice,
@@ -39,7 +39,6 @@ __all__ = [
     "multi_head_self_attention_2d",
 ]
 
-Layer = Callable[[jax.Array], jax.Array]
 
 NON_LOCAL_MODES = ("embedded_gaussian", "dot_product", "concatenation")
 

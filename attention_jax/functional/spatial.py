@@ -6,13 +6,14 @@ and call these functions; the layers are passed as plain ``array -> array`` call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax._types import Layer
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
 from attention_jax.functional._numerics import mean
 from attention_jax.functional.pooling import adaptive_avg_pool2d
@@ -35,7 +36,6 @@ __all__ = [
     "spatial_transformer",
 ]
 
-Layer = Callable[[jax.Array], jax.Array]
 
 TRANSFORMS = ("affine", "similarity", "translation", "perspective", "tps")
 
