@@ -129,7 +129,7 @@ def non_local(
         acc = acc_dtype(a)
         f = jax.nn.relu(a.astype(acc) + jnp.swapaxes(b, 1, 2).astype(acc)) / nk
         y = jnp.einsum("nqk,nkd->nqd", f, gv.astype(acc), precision=precision)
-    y = y.reshape(n, h, w, -1).astype(t.dtype)
+    y = y.reshape(n, h, w, y.shape[-1]).astype(t.dtype)  # -1 fails for N = 0
     return (out(y) + x).astype(x.dtype)
 
 

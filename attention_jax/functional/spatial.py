@@ -6,6 +6,7 @@ and call these functions; the layers are passed as plain ``array -> array`` call
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -191,7 +192,7 @@ def localisation_net(
         h = mean(h, (1, 2))
     else:
         h = adaptive_avg_pool2d(h, tuple(pool_size))
-        h = h.reshape(h.shape[0], -1)
+        h = h.reshape(h.shape[0], math.prod(h.shape[1:]))  # -1 fails for N = 0
     return fc2(jax.nn.relu(fc1(h)))
 
 
