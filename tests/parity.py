@@ -79,6 +79,24 @@ def randomize_batch_stats(variables: dict[str, Any], key: jax.Array) -> dict[str
     return {**variables, "batch_stats": jax.tree_util.tree_unflatten(tree, new)}
 
 
+def perturb_params(variables: dict[str, Any], key: jax.Array, rel: float = 0.2,
+                   zero_scale: float = 0.1) -> dict[str, Any]:
+    """Move every parameter off its initialisation: ``p + s * N(0, 1)``.
+
+    ``s = rel * rms(p)``, or ``zero_scale`` for an all-zero leaf (DANet's and CCNet's gamma,
+    the non-local block's output BatchNorm scale and the STN's final layer start at 0, which
+    makes the module an identity at init: parity there would prove nothing).
+    """
+    leaves, tree = jax.tree_util.tree_flatten(variables["params"])
+    keys = jax.random.split(key, len(leaves))
+    new = []
+    for leaf, k in zip(leaves, keys, strict=True):
+        rms = float(jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32)))))
+        s = rel * rms if rms > 0 else zero_scale
+        new.append(leaf + s * jax.random.normal(k, leaf.shape, leaf.dtype))
+    return {**variables, "params": jax.tree_util.tree_unflatten(tree, new)}
+
+
 def assert_close(actual, expected, *, rtol: float = 1e-5, atol_rel: float = 1e-5, what=""):
     expected = np.asarray(expected, np.float64)
     actual = np.asarray(actual, np.float64)
