@@ -118,10 +118,7 @@ class PyramidSpatialAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None) -> jax.Array:
         """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        if guide is None:
-            check_nhwc("PyramidSpatialAttention", "x", x, self.plan.channels)
-        else:
-            check_nhwc("PyramidSpatialAttention", "x", x)
+        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
         return F.rescale(x, self.attention_map(x if guide is None else guide))
 
 
