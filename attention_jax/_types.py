@@ -1,4 +1,4 @@
-"""Type aliases shared by the linen and nnx wrappers."""
+"""Type aliases shared by functional, plans and the linen and nnx wrappers."""
 
 from __future__ import annotations
 
@@ -11,3 +11,5 @@ Array = jax.Array
 Dtype = Any
 PrecisionLike = Any
 Activation = str | Callable[[jax.Array], jax.Array]
+Layer = Callable[[jax.Array], jax.Array]
+"""A learned layer as the functional forwards take it: any ``array -> array`` callable."""

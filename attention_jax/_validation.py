@@ -77,6 +77,15 @@ def check_odd(fn: str, arg: str, value: Any) -> None:
         raise fail(fn, arg, "an odd positive integer", repr(value))
 
 
+def check_power_of_two(fn: str, arg: str, value: Any, *, zero: str | None = None) -> None:
+    """A power of two >= 2; with ``zero`` (what 0 means, e.g. ``"global"``) 0 is allowed too."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+          and ((zero is not None and value == 0) or (value >= 2 and not value & (value - 1))))
+    if not ok:
+        expected = "a power of two >= 2"
+        raise fail(fn, arg, f"0 ({zero}) or {expected}" if zero else expected, repr(value))
+
+
 def check_divides(fn: str, arg: str, value: int, divisor_arg: str, divisor: int) -> None:
     if divisor <= 0 or value % divisor != 0:
         raise fail(fn, arg, f"divisible by {divisor_arg}={divisor}", repr(value))
@@ -85,6 +94,12 @@ def check_divides(fn: str, arg: str, value: int, divisor_arg: str, divisor: int)
 def check_same(fn: str, arg: str, value: Any, expected: Any, what: str) -> None:
     if value != expected:
         raise fail(fn, arg, f"{what} {expected!r}", repr(value))
+
+
+def check_layer_shape(fn: str, arg: str, y: Any, expected: Sequence[int]) -> None:
+    """A layer passed as ``arg`` returned ``y``, which must have shape ``expected``."""
+    if shape_of(y) != tuple(expected):
+        raise fail(fn, arg, f"a layer returning shape {tuple(expected)}", f"shape {shape_of(y)}")
 
 
 def check_callable_or_name(

@@ -1,12 +1,13 @@
 """API contract: keyword-only options, docstrings with shapes, nothing private exported."""
 
+import dataclasses
 import inspect
 import re
 
 import pytest
 
 import attention_jax as aj
-from attention_jax import functional, linen, nnx
+from attention_jax import functional, linen, nnx, plans
 
 PACKAGES = {"attention_jax": aj, "functional": functional, "linen": linen, "nnx": nnx}
 SHAPE = re.compile(r"\((N|B|\.\.\.|batch)[^)]*\)|\(N,|shape")
@@ -74,3 +75,38 @@ def test_registered_classes_exist_in_both_apis_with_same_options():
         assert lin_fields == nnx_params, (reg, lin_fields ^ nnx_params)
         call = inspect.signature(lin.__call__).parameters
         assert "train" in call and call["train"].kind is inspect.Parameter.KEYWORD_ONLY, reg
+
+
+FRAMEWORK_FIELDS = {"dtype", "param_dtype", "precision", "parent", "name"}
+MODULE_CLASSES = [n for n, o in _public(linen) if inspect.isclass(o)]
+
+
+def test_plans_all_is_public_and_resolves():
+    assert len(set(plans.__all__)) == len(plans.__all__)
+    for name in plans.__all__:
+        assert not name.startswith("_") and hasattr(plans, name), name
+
+
+@pytest.mark.parametrize("name", MODULE_CLASSES)
+def test_every_module_has_a_plan_with_its_options(name):
+    """Each linen/nnx mechanism has ``<Name>Plan``, a frozen dataclass whose ``create`` takes
+    exactly the module's options (framework fields aside), keyword-only, with the same
+    defaults, plus ``fn`` (the name in error messages, defaulting to the module's)."""
+    plan = getattr(plans, f"{name}Plan")
+    assert dataclasses.is_dataclass(plan) and plan.__dataclass_params__.frozen
+    assert inspect.getdoc(plan) and inspect.getdoc(plan.create)
+    params = inspect.signature(plan.create).parameters
+    assert params["fn"].default == name and params["fn"].kind is inspect.Parameter.KEYWORD_ONLY
+    fields = {f: getattr(getattr(linen, name), f)
+              for f in getattr(linen, name).__dataclass_fields__ if f not in FRAMEWORK_FIELDS
+              and hasattr(getattr(linen, name), f)}
+    required = [f for f in getattr(linen, name).__dataclass_fields__
+                if f not in FRAMEWORK_FIELDS and f not in fields]
+    options = {k: p for k, p in params.items() if k != "fn"}
+    assert set(options) == set(fields) | set(required), name
+    for k, p in options.items():
+        if k in required:
+            assert p.default is inspect.Parameter.empty, (name, k)
+        else:
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY, (name, k)
+            assert p.default == fields[k], (name, k, p.default, fields[k])

@@ -7,14 +7,21 @@ the linen and nnx modules share one forward and users can call the math with the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from attention_jax._validation import check_nhwc, check_odd, check_positive_int, fail
+from attention_jax._types import Layer
+from attention_jax._validation import (
+    check_layer_shape,
+    check_nhwc,
+    check_positive_int,
+    check_power_of_two,
+    fail,
+)
 from attention_jax.functional._numerics import acc_dtype
-from attention_jax.functional.gating import eca_kernel_size, get_act, get_gate, rescale
+from attention_jax.functional.gating import get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
     avg_pool2d,
     covariance_pool,
@@ -32,8 +39,6 @@ __all__ = [
     "interpolate_nearest",
     "ge_gather",
 ]
-
-Layer = Callable[[jax.Array], jax.Array]
 
 
 def squeeze_excite(
@@ -70,11 +75,6 @@ def squeeze_excite(
     return rescale(x, w)
 
 
-def _check_shape(fn: str, arg: str, y: jax.Array, expected: tuple[int, ...]) -> None:
-    if tuple(y.shape) != tuple(expected):
-        raise fail(fn, arg, f"a layer returning shape {tuple(expected)}", f"shape {tuple(y.shape)}")
-
-
 def efficient_channel_attention(
     x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid"
 ) -> jax.Array:
@@ -97,45 +97,8 @@ def efficient_channel_attention(
     gate_fn = get_gate(gate)
     n, c = x.shape[0], x.shape[-1]
     y = conv(global_avg_pool(x)[..., None])
-    _check_shape(fn, "conv", y, (n, c, 1))
+    check_layer_shape(fn, "conv", y, (n, c, 1))
     return rescale(x, gate_fn(y.reshape(n, 1, 1, c)))
-
-
-def _check_extent(fn: str, extent: int) -> None:
-    """Gather-excite's extent: 0 (global) or a power of two >= 2."""
-    if (isinstance(extent, bool) or not isinstance(extent, int) or extent < 0
-            or (extent > 0 and (extent < 2 or extent & (extent - 1)))):
-        raise fail(fn, "extent", "0 (global) or a power of two >= 2", repr(extent))
-
-
-def _ge_gather_convs(
-    fn: str, extent: int, extra_params: bool, feat_size: int | tuple[int, int] | None
-) -> list[tuple[tuple[int, int], tuple[int, int], object]]:
-    """Validate gather-excite's options; (kernel, stride, padding) of each gather conv."""
-    _check_extent(fn, extent)
-    if not extra_params:
-        return []
-    if extent > 0:
-        return [((3, 3), (2, 2), ((1, 1), (1, 1)))] * (extent.bit_length() - 1)
-    if feat_size is None:
-        raise fail(fn, "feat_size", "the input's (H, W) when extra_params=True and extent=0",
-                   "None")
-    size = (feat_size, feat_size) if isinstance(feat_size, int) else tuple(feat_size)
-    if len(size) != 2:
-        raise fail(fn, "feat_size", "an int or a pair (H, W)", repr(feat_size))
-    for v in size:
-        check_positive_int(fn, "feat_size", v)
-    return [(size, (1, 1), "VALID")]
-
-
-def _eca_kernel(fn: str, channels: int, kernel_size: int | None, gamma: float,
-                beta: float) -> int:
-    """ECA's 1D kernel: ``kernel_size`` if given (odd), else the adaptive odd size."""
-    check_positive_int(fn, "channels", channels)
-    if kernel_size is None:
-        return eca_kernel_size(channels, gamma=gamma, beta=beta)
-    check_odd(fn, "kernel_size", kernel_size)
-    return int(kernel_size)
 
 
 def ge_gather(
@@ -231,7 +194,7 @@ def gather_excite(
     """
     fn = "gather_excite"
     check_nhwc(fn, "x", x)
-    _check_extent(fn, extent)
+    check_power_of_two(fn, "extent", extent, zero="global")
     if (reduce is None) != (expand is None):
         raise fail(fn, "reduce and expand", "both given or both None",
                    f"reduce={reduce!r}, expand={expand!r}")
@@ -290,7 +253,7 @@ def global_context(
             raise fail(fn, arg, "three layers (fc1, norm, fc2)", f"{len(t)} layers")
     n, h, w, c = x.shape
     logits = attn(x)
-    _check_shape(fn, "attn", logits, (n, h, w, 1))
+    check_layer_shape(fn, "attn", logits, (n, h, w, 1))
     p = jax.nn.softmax(logits.reshape(n, h * w).astype(acc_dtype(x)), axis=-1)
     context = jnp.einsum("np,npc->nc", p, x.reshape(n, h * w, c).astype(p.dtype),
                          precision=jax.lax.Precision.HIGHEST)

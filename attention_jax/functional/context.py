@@ -6,17 +6,39 @@ fields (atrous rates plus global pooling) instead of input-dependent weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax._types import Layer
 from attention_jax._validation import check_nhwc, fail
+from attention_jax.functional.gating import _identity, get_act
 from attention_jax.functional.pooling import global_avg_pool
 
-__all__ = ["aspp"]
+__all__ = ["conv_norm_act", "aspp"]
 
-Layer = Callable[[jax.Array], jax.Array]
+
+def conv_norm_act(
+    x: jax.Array,
+    *,
+    conv: Layer,
+    norm: Layer | None = None,
+    act: str | Layer = "relu",
+) -> jax.Array:
+    """Conv -> norm -> activation: the conv-BN-ReLU unit of ASPP, DANet's head and PFANet.
+
+    Args:
+      x: (N, H, W, Cin) feature map.
+      conv: layer (N, H, W, Cin) -> (N, H', W', C).
+      norm: layer on the (N, H', W', C) conv output (BatchNorm, bound to its mode), or None.
+      act: activation (name or callable; ``"identity"`` for none).
+
+    Returns:
+      (N, H', W', C), dtype of the layers' output.
+    """
+    check_nhwc("conv_norm_act", "x", x)
+    return get_act(act)((norm or _identity)(conv(x)))
 
 
 def aspp(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attention_jax._validation import (
     check_array,
@@ -211,8 +212,9 @@ def reduced_channels(
     if rd_channels is not None:
         check_positive_int(fn, "rd_channels", rd_channels)
         return int(rd_channels)
-    if not (isinstance(rd_ratio, (int, float)) and rd_ratio > 0):
-        raise fail(fn, "rd_ratio", "a positive number", repr(rd_ratio))
+    if (isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float, np.floating))
+            or not math.isfinite(rd_ratio) or rd_ratio <= 0):
+        raise fail(fn, "rd_ratio", "a positive finite number", repr(rd_ratio))
     check_positive_int(fn, "rd_divisor", rd_divisor)
     if rd_divisor == 1:
         width = int(channels * rd_ratio)

@@ -8,13 +8,14 @@ their mode (train or eval).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from attention_jax._validation import check_choice, check_nhwc, fail
-from attention_jax.functional.gating import get_act, get_gate, rescale
+from attention_jax._types import Layer
+from attention_jax._validation import check_choice, check_layer_shape, check_nhwc, fail
+from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
     avg_pool_h,
     avg_pool_w,
@@ -32,19 +33,9 @@ __all__ = [
     "BAM_COMBINES",
 ]
 
-Layer = Callable[[jax.Array], jax.Array]
 
 BAM_COMBINES = ("paper", "official")
 """BAM's ways of combining the branches: ``1 + sigmoid(Mc + Ms)`` or ``1 + sigmoid(Mc * Ms)``."""
-
-
-def _identity(x: jax.Array) -> jax.Array:
-    return x
-
-
-def _check_out(fn: str, arg: str, y: jax.Array, expected: tuple[int, ...]) -> None:
-    if tuple(y.shape) != tuple(expected):
-        raise fail(fn, arg, f"a layer returning shape {tuple(expected)}", f"shape {tuple(y.shape)}")
 
 
 def cbam_channel_gate(
@@ -106,7 +97,7 @@ def cbam_spatial_gate(
     check_nhwc(fn, "x", x)
     gate_fn = get_gate(gate)
     logits = (norm or _identity)(conv(channel_avg_max_pool(x)))
-    _check_out(fn, "conv", logits, (*x.shape[:3], 1))
+    check_layer_shape(fn, "conv", logits, (*x.shape[:3], 1))
     return rescale(x, gate_fn(logits))
 
 
@@ -185,12 +176,12 @@ def bam(
     act_fn, gate_fn = get_act(act), get_gate(gate)
     n, h, w, c = x.shape
     mc = fc2(act_fn(bn1(fc1(global_avg_pool(x, keepdims=True)))))
-    _check_out(fn, "fc2", mc, (n, 1, 1, c))
+    check_layer_shape(fn, "fc2", mc, (n, 1, 1, c))
     s = act_fn(bn_reduce(conv_reduce(x)))
     for conv, norm in zip(convs_di, bns_di, strict=True):
         s = act_fn(norm(conv(s)))
     ms = conv_final(s)
-    _check_out(fn, "conv_final", ms, (n, h, w, 1))
+    check_layer_shape(fn, "conv_final", ms, (n, h, w, 1))
     logits = mc + ms if combine == "paper" else mc * ms
     return rescale(x, 1.0 + gate_fn(logits))
 
@@ -233,6 +224,6 @@ def coordinate_attention(
     f = act_fn(norm(conv1(z)))
     f_h, f_w = f[:, :h], jnp.swapaxes(f[:, h:], 1, 2)
     a_h, a_w = gate_fn(conv_h(f_h)), gate_fn(conv_w(f_w))
-    _check_out(fn, "conv_h", a_h, (n, h, 1, c))
-    _check_out(fn, "conv_w", a_w, (n, 1, w, c))
+    check_layer_shape(fn, "conv_h", a_h, (n, h, 1, c))
+    check_layer_shape(fn, "conv_w", a_w, (n, 1, w, c))
     return rescale(rescale(x, a_w), a_h)

@@ -6,7 +6,6 @@ with large values give finite, accurate descriptors.
 
 from __future__ import annotations
 
-import flax.linen as _flax_nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,7 +144,7 @@ def avg_pool2d(
     """Square-window average pooling, as ``torch.nn.functional.avg_pool2d`` (NHWC).
 
     Sums accumulate in float32 for bf16/fp16 input (a 15x15 window of |x| ~ 1e4 overflows a
-    float16 sum), then cast back. Built on ``flax.linen.avg_pool``.
+    float16 sum), then cast back.
 
     Args:
       x: (N, H, W, C) feature map.
@@ -168,10 +167,16 @@ def avg_pool2d(
     if min(x.shape[1:3]) + 2 * padding < kernel_size:
         raise fail(fn, "x", f"spatial size + 2 * padding >= kernel_size = {kernel_size}",
                    f"shape {tuple(x.shape)}")
-    pooled = _flax_nn.avg_pool(
-        x.astype(acc_dtype(x)), (kernel_size, kernel_size), strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)), count_include_pad=count_include_pad,
-    )
+    # The window sum and its divisor, as flax.linen.avg_pool computes them (written with
+    # lax here so that functional does not load flax.linen).
+    window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    total = jax.lax.reduce_window(x.astype(acc_dtype(x)), 0.0, jax.lax.add, window, strides, pads)
+    if count_include_pad:
+        pooled = total / (kernel_size * kernel_size)
+    else:
+        ones = jnp.ones((1, *x.shape[1:3], 1), total.dtype)
+        pooled = total / jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, pads)
     return pooled.astype(x.dtype)
 
 

@@ -6,27 +6,20 @@ and nnx modules share one forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax._types import Layer
 from attention_jax._validation import (
-    check_divides,
     check_nhwc,
-    check_odd,
-    check_positive_int,
     fail,
 )
-from attention_jax.functional.gating import get_act, get_gate, reduced_channels, rescale
+from attention_jax.functional.channel import squeeze_excite
+from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 
 __all__ = ["context_aware_pyramid", "pyramid_spatial_map", "pyramid_feature_attention"]
-
-Layer = Callable[[jax.Array], jax.Array]
-
-
-def _identity(x: jax.Array) -> jax.Array:
-    return x
 
 
 def context_aware_pyramid(
@@ -35,18 +28,26 @@ def context_aware_pyramid(
     convs: Sequence[Layer],
     norm: Layer | None = None,
     act: str | Layer = "relu",
+    reduce: Layer | None = None,
+    expand: Layer | None = None,
+    gate: str | Layer = "sigmoid",
 ) -> jax.Array:
     """Context-aware pyramid feature extraction (CPFE): parallel convs, concat, norm, act.
 
     Zhao and Wu, "Pyramid Feature Attention Network for Saliency Detection", CVPR 2019: a 1x1
     conv and 3x3 convs with dilation 3, 5, 7 on a high-level feature map, concatenated along
-    channels (in the order given), then BatchNorm and ReLU.
+    channels (in the order given), then BatchNorm and ReLU. With ``reduce`` and ``expand`` the
+    paper's channel-wise attention (CA) follows: ``squeeze_excite(y, reduce, expand, act,
+    gate)``.
 
     Args:
       x: (N, H, W, Cin) high-level feature map.
       convs: B >= 1 layers, each (N, H, W, Cin) -> (N, H, W, C_b).
       norm: layer on the (N, H, W, sum C_b) concatenation (BatchNorm), or None.
       act: activation (name or callable).
+      reduce: CA layer (N, 1, 1, C) -> (N, 1, 1, R), C = sum C_b, or None (no CA).
+      expand: CA layer (N, 1, 1, R) -> (N, 1, 1, C), or None (with ``reduce``).
+      gate: CA gate (name or callable).
 
     Returns:
       (N, H, W, sum_b C_b), dtype of ``x`` (layers may compute in a wider dtype).
@@ -60,8 +61,13 @@ def context_aware_pyramid(
     if len({f.shape[:-1] for f in feats}) != 1:
         raise fail(fn, "convs", "layers with one output size (N, H, W)",
                    sorted({f.shape for f in feats}))
-    y = get_act(act)((norm or _identity)(jnp.concatenate(feats, axis=-1)))
-    return y.astype(x.dtype)
+    if (reduce is None) != (expand is None):
+        raise fail(fn, "reduce and expand", "both given or both None",
+                   f"reduce={reduce!r}, expand={expand!r}")
+    y = get_act(act)((norm or _identity)(jnp.concatenate(feats, axis=-1))).astype(x.dtype)
+    if reduce is None:
+        return y
+    return squeeze_excite(y, reduce=reduce, expand=expand, act=act, gate=gate)
 
 
 def pyramid_spatial_map(
@@ -153,49 +159,3 @@ def pyramid_feature_attention(
     lo = rescale(lo, spatial_map(h))
     logits = head(jnp.concatenate([lo, h], axis=-1))
     return get_gate(gate)(logits).astype(low.dtype)
-
-
-def _check_dilations(fn: str, dilations: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence):
-        raise fail(fn, "dilations", "a sequence of integers >= 1", repr(dilations))
-    for d in dilations:
-        check_positive_int(fn, "dilations", d)
-    return tuple(dilations)
-
-
-def _pyramid_widths(
-    fn: str, channels: int, out_channels: int | None, dilations: Sequence[int],
-    rd_ratio: float, rd_channels: int | None, rd_divisor: int,
-) -> tuple[int, int, int]:
-    """Validate ContextAwarePyramid options; return (out, per-branch width, CA width)."""
-    check_positive_int(fn, "channels", channels)
-    out = channels if out_channels is None else out_channels
-    check_positive_int(fn, "out_channels", out)
-    branches = 1 + len(_check_dilations(fn, dilations))
-    check_divides(fn, "out_channels", out, "1 + len(dilations)", branches)
-    rd = reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                          rd_divisor=rd_divisor)
-    return out, out // branches, rd
-
-
-def _spatial_widths(
-    fn: str, channels: int, kernel_size: int, mid_channels: int | None
-) -> tuple[int, int]:
-    """Validate PyramidSpatialAttention options; return (kernel size, mid width)."""
-    check_positive_int(fn, "channels", channels)
-    check_odd(fn, "kernel_size", kernel_size)
-    mid = max(channels // 2, 1) if mid_channels is None else mid_channels
-    check_positive_int(fn, "mid_channels", mid)
-    return kernel_size, mid
-
-
-def _head_widths(
-    fn: str, low_channels: int, high_channels: int, features: int, mid_channels: int,
-    dilations: Sequence[int],
-) -> int:
-    """Validate PyramidFeatureAttention options; return the pyramid's output width."""
-    check_positive_int(fn, "low_channels", low_channels)
-    check_positive_int(fn, "high_channels", high_channels)
-    check_positive_int(fn, "features", features)
-    check_positive_int(fn, "mid_channels", mid_channels)
-    return features * (1 + len(_check_dilations(fn, dilations)))

@@ -88,7 +88,8 @@ def _grid_dtype(a: jax.Array) -> jnp.dtype:
 def _check_size(fn: str, size: Sequence[int], n: int) -> tuple[int, int]:
     if not isinstance(size, (tuple, list)) or len(size) != 4:
         raise fail(fn, "size", "a 4-tuple (N, H, W, C)", repr(size))
-    for v in size:
+    check_positive_int(fn, "size", size[0], minimum=0)  # an empty batch is fine
+    for v in size[1:]:
         check_positive_int(fn, "size", v)
     if size[0] != n:
         raise fail(fn, "size", f"batch {n} (first entry, matching the transform)", repr(size))

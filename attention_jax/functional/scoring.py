@@ -78,6 +78,9 @@ def _check_qk(fn: str, q: Any, k: Any, *, same_d: bool = True) -> None:
     check_min_rank(fn, "k", k, 2, "(..., Tk, D)")
     check_floating(fn, "q", q)
     check_floating(fn, "k", k)
+    for arg, a in (("q", q), ("k", k)):
+        if a.shape[-1] == 0:
+            raise fail(fn, arg, "a feature size D >= 1 on its last axis", f"shape {shape_of(a)}")
     if same_d and q.shape[-1] != k.shape[-1]:
         raise fail(fn, "k", f"the feature size D={q.shape[-1]} of q on its last axis",
                    f"shape {shape_of(k)}")

@@ -7,30 +7,23 @@ the linen and nnx modules share one forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax._types import Layer
 from attention_jax._validation import (
     check_array,
-    check_divides,
     check_nhwc,
-    check_odd,
     check_positive_int,
     fail,
 )
 from attention_jax.functional._numerics import acc_dtype
-from attention_jax.functional.gating import branch_softmax, get_act, reduced_channels
+from attention_jax.functional.gating import _identity, branch_softmax, get_act
 from attention_jax.functional.pooling import global_avg_pool
 
 __all__ = ["radix_softmax", "selective_kernel", "split_attention"]
-
-Layer = Callable[[jax.Array], jax.Array]
-
-
-def _identity(x: jax.Array) -> jax.Array:
-    return x
 
 
 def radix_softmax(logits: jax.Array, *, radix: int, cardinality: int = 1) -> jax.Array:
@@ -176,47 +169,3 @@ def split_attention(
     if radix == 1:
         return (y * a).astype(x.dtype)
     return jnp.sum(splits * a.reshape(n, 1, 1, radix, c), axis=3).astype(x.dtype)
-
-
-def _sk_widths(
-    fn: str, channels: int, out_channels: int | None, num_paths: int, groups: int,
-    stride: int, rd_ratio: float, rd_channels: int | None, rd_divisor: int,
-    rd_min_channels: int,
-) -> tuple[int, int]:
-    """Validate SelectiveKernel options; return (out_channels, attention width d)."""
-    out = channels if out_channels is None else out_channels
-    check_positive_int(fn, "channels", channels)
-    check_positive_int(fn, "out_channels", out)
-    check_positive_int(fn, "num_paths", num_paths)
-    check_positive_int(fn, "groups", groups)
-    check_positive_int(fn, "stride", stride)
-    check_divides(fn, "channels", channels, "groups", groups)
-    check_divides(fn, "out_channels", out, "groups", groups)
-    check_positive_int(fn, "rd_min_channels", rd_min_channels)
-    rd = reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                          rd_divisor=rd_divisor)
-    return out, rd if rd_channels is not None else max(rd, rd_min_channels)
-
-
-def _splat_widths(
-    fn: str, channels: int, out_channels: int | None, kernel_size: int, stride: int,
-    dilation: int, groups: int, radix: int, rd_ratio: float, rd_channels: int | None,
-    rd_divisor: int, rd_min_channels: int,
-) -> tuple[int, int]:
-    """Validate SplitAttention options; return (out_channels, attention width d)."""
-    out = channels if out_channels is None else out_channels
-    check_positive_int(fn, "channels", channels)
-    check_positive_int(fn, "out_channels", out)
-    check_odd(fn, "kernel_size", kernel_size)
-    check_positive_int(fn, "stride", stride)
-    check_positive_int(fn, "dilation", dilation)
-    check_positive_int(fn, "groups", groups)
-    check_positive_int(fn, "radix", radix)
-    check_divides(fn, "channels", channels, "groups * radix", groups * radix)
-    check_divides(fn, "out_channels", out, "groups", groups)
-    check_positive_int(fn, "rd_min_channels", rd_min_channels)
-    rd = reduced_channels(fn, channels * radix, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                          rd_divisor=rd_divisor)
-    rd = rd if rd_channels is not None else max(rd, rd_min_channels)
-    check_divides(fn, "rd_channels (attention width)", rd, "groups", groups)
-    return out, rd

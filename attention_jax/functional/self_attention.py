@@ -9,12 +9,12 @@ path for large maps (``implementation="auto"``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax._types import Layer
 from attention_jax._validation import (
     check_array,
     check_choice,
@@ -39,7 +39,6 @@ __all__ = [
     "multi_head_self_attention_2d",
 ]
 
-Layer = Callable[[jax.Array], jax.Array]
 
 NON_LOCAL_MODES = ("embedded_gaussian", "dot_product", "concatenation")
 
@@ -130,7 +129,7 @@ def non_local(
         acc = acc_dtype(a)
         f = jax.nn.relu(a.astype(acc) + jnp.swapaxes(b, 1, 2).astype(acc)) / nk
         y = jnp.einsum("nqk,nkd->nqd", f, gv.astype(acc), precision=precision)
-    y = y.reshape(n, h, w, -1).astype(t.dtype)
+    y = y.reshape(n, h, w, y.shape[-1]).astype(t.dtype)  # -1 fails for N = 0
     return (out(y) + x).astype(x.dtype)
 
 

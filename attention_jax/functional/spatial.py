@@ -6,13 +6,15 @@ and call these functions; the layers are passed as plain ``array -> array`` call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax._types import Layer
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
 from attention_jax.functional._numerics import mean
 from attention_jax.functional.pooling import adaptive_avg_pool2d
@@ -35,7 +37,6 @@ __all__ = [
     "spatial_transformer",
 ]
 
-Layer = Callable[[jax.Array], jax.Array]
 
 TRANSFORMS = ("affine", "similarity", "translation", "perspective", "tps")
 
@@ -191,7 +192,7 @@ def localisation_net(
         h = mean(h, (1, 2))
     else:
         h = adaptive_avg_pool2d(h, tuple(pool_size))
-        h = h.reshape(h.shape[0], -1)
+        h = h.reshape(h.shape[0], math.prod(h.shape[1:]))  # -1 fails for N = 0
     return fc2(jax.nn.relu(fc1(h)))
 
 

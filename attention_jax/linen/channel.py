@@ -10,8 +10,15 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc, check_positive_int, fail
-from attention_jax.functional.channel import _eca_kernel, _ge_gather_convs
+from attention_jax._validation import check_nhwc
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import (
+    EfficientChannelAttentionPlan,
+    GatherExcitePlan,
+    GlobalContextPlan,
+    SecondOrderChannelPlan,
+    SqueezeExcitePlan,
+)
 
 __all__ = [
     "SqueezeExcite",
@@ -20,10 +27,6 @@ __all__ = [
     "GlobalContext",
     "SecondOrderChannel",
 ]
-
-# Flax's BatchNorm momentum is PyTorch's 1 - momentum: 0.9 here is torch's default 0.1.
-_BN_MOMENTUM = 0.9
-
 
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation block (Hu et al., CVPR 2018), linen.
@@ -45,20 +48,21 @@ class SqueezeExcite(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        rd = F.reduced_channels(
-            "SqueezeExcite", self.channels, rd_ratio=self.rd_ratio,
-            rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
-        )
-        conv = partial(nn.Conv, kernel_size=(1, 1), use_bias=self.bias, dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
-        self.fc1 = conv(rd)
-        self.fc2 = conv(self.channels)
+        p = self.plan = SqueezeExcitePlan.create(
+            self.channels, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, add_maxpool=self.add_maxpool, bias=self.bias,
+            act=self.act, gate=self.gate)
+        conv1x1 = partial(conv, kernel_size=1, use_bias=p.bias, dtype=self.dtype,
+                          param_dtype=self.param_dtype, precision=self.precision)
+        self.fc1 = conv1x1(p.rd_channels)
+        self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused (no batch statistics). Returns (N, H, W, C)."""
-        check_nhwc("SqueezeExcite", "x", x, self.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                gate=self.gate, add_maxpool=self.add_maxpool)
+        p = self.plan
+        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+                                add_maxpool=p.add_maxpool)
 
 
 class EfficientChannelAttention(nn.Module):
@@ -79,16 +83,18 @@ class EfficientChannelAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        k = _eca_kernel("EfficientChannelAttention", self.channels, self.kernel_size,
-                        self.gamma, self.beta)
-        self.conv = nn.Conv(1, kernel_size=(k,), padding=[((k - 1) // 2, (k - 1) // 2)],
-                            use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                            precision=self.precision)
+        p = self.plan = EfficientChannelAttentionPlan.create(
+            self.channels, kernel_size=self.kernel_size, gamma=self.gamma, beta=self.beta,
+            gate=self.gate)
+        self.conv = conv(1, (p.kernel_size,), padding=p.padding, use_bias=False,
+                         dtype=self.dtype, param_dtype=self.param_dtype,
+                         precision=self.precision)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("EfficientChannelAttention", "x", x, self.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=self.gate)
+        p = self.plan
+        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nn.Module):
@@ -117,38 +123,34 @@ class GatherExcite(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        fn = "GatherExcite"
-        c = self.channels
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        for i, (kernel, stride, pad) in enumerate(
-            _ge_gather_convs(fn, self.extent, self.extra_params, self.feat_size), start=1
-        ):
-            setattr(self, f"conv{i}", nn.Conv(c, kernel_size=kernel, strides=stride, padding=pad,
-                                              feature_group_count=c, use_bias=False,
-                                              precision=self.precision, **common))
-            setattr(self, f"norm{i}", nn.BatchNorm(use_running_average=None,
-                                                   momentum=_BN_MOMENTUM, epsilon=1e-5, **common))
-        if self.use_mlp:
-            rd = F.reduced_channels(fn, c, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
-                                    rd_divisor=self.rd_divisor)
-            conv1x1 = partial(nn.Conv, kernel_size=(1, 1), precision=self.precision, **common)
-            self.fc1 = conv1x1(rd)
+        p = self.plan = GatherExcitePlan.create(
+            self.channels, extent=self.extent, extra_params=self.extra_params,
+            feat_size=self.feat_size, use_mlp=self.use_mlp, rd_ratio=self.rd_ratio,
+            rd_channels=self.rd_channels, rd_divisor=self.rd_divisor, act=self.act,
+            gate=self.gate)
+        c, common = p.channels, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        for i, g in enumerate(p.gather_convs, start=1):
+            setattr(self, f"conv{i}", conv(c, g.kernel_size, strides=g.stride,
+                                           padding=g.padding, feature_group_count=c,
+                                           use_bias=False, precision=self.precision, **common))
+            setattr(self, f"norm{i}", batch_norm(**common))
+        if p.use_mlp:
+            conv1x1 = partial(conv, kernel_size=1, precision=self.precision, **common)
+            self.fc1 = conv1x1(p.rd_channels)
             self.fc2 = conv1x1(c)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode of the gather. Returns (N, H, W, C)."""
-        check_nhwc("GatherExcite", "x", x, self.channels)
-        n = len(_ge_gather_convs("GatherExcite", self.extent, self.extra_params, self.feat_size))
-        gather = None
-        if n:
-            convs = [getattr(self, f"conv{i}") for i in range(1, n + 1)]
-            norms = [partial(getattr(self, f"norm{i}"), use_running_average=not train)
-                     for i in range(1, n + 1)]
-            gather = partial(F.ge_gather, convs=convs, norms=norms, act=self.act)
+        p = self.plan
+        check_nhwc("GatherExcite", "x", x, p.channels)
+        idx = range(1, len(p.gather_convs) + 1)
+        gather = partial(
+            F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
+            norms=[partial(getattr(self, f"norm{i}"), use_running_average=not train)
+                   for i in idx], act=p.act) if p.gather_convs else None
         return F.gather_excite(
-            x, extent=self.extent, gather=gather,
-            reduce=self.fc1 if self.use_mlp else None,
-            expand=self.fc2 if self.use_mlp else None, act=self.act, gate=self.gate,
+            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
+            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
         )
 
 
@@ -175,30 +177,31 @@ class GlobalContext(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        fn = "GlobalContext"
-        if not (self.fuse_add or self.fuse_scale):
-            raise fail(fn, "fuse_add / fuse_scale", "at least one True", "both False")
-        rd = F.reduced_channels(fn, self.channels, rd_ratio=self.rd_ratio,
-                                rd_channels=self.rd_channels, rd_divisor=self.rd_divisor)
-        conv = partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
+        p = self.plan = GlobalContextPlan.create(
+            self.channels, fuse_add=self.fuse_add, fuse_scale=self.fuse_scale,
+            rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
+            act=self.act, gate=self.gate)
+        conv1x1 = partial(conv, kernel_size=1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
         norm = partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
                        param_dtype=self.param_dtype)
         # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv(1, use_bias=False)
-        if self.fuse_add:
-            self.add_fc1, self.add_norm, self.add_fc2 = conv(rd), norm(), conv(self.channels)
-        if self.fuse_scale:
-            self.scale_fc1, self.scale_norm, self.scale_fc2 = (conv(rd), norm(),
-                                                               conv(self.channels))
+        self.conv_attn = conv1x1(1, use_bias=False)
+        if p.fuse_add:
+            self.add_fc1, self.add_norm = conv1x1(p.rd_channels), norm()
+            self.add_fc2 = conv1x1(p.channels)
+        if p.fuse_scale:
+            self.scale_fc1, self.scale_norm = conv1x1(p.rd_channels), norm()
+            self.scale_fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("GlobalContext", "x", x, self.channels)
-        add = (self.add_fc1, self.add_norm, self.add_fc2) if self.fuse_add else None
-        scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if self.fuse_scale else None
+        p = self.plan
+        check_nhwc("GlobalContext", "x", x, p.channels)
+        add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
+        scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=self.act, gate=self.gate)
+                                scale_transform=scale, act=p.act, gate=p.gate)
 
 
 class SecondOrderChannel(nn.Module):
@@ -221,17 +224,18 @@ class SecondOrderChannel(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        fn = "SecondOrderChannel"
-        check_positive_int(fn, "iterations", self.iterations)
-        rd = F.reduced_channels(fn, self.channels, rd_ratio=self.rd_ratio,
-                                rd_channels=self.rd_channels, rd_divisor=self.rd_divisor)
-        conv = partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
-        self.fc1 = conv(rd)
-        self.fc2 = conv(self.channels)
+        p = self.plan = SecondOrderChannelPlan.create(
+            self.channels, iterations=self.iterations, rd_ratio=self.rd_ratio,
+            rd_channels=self.rd_channels, rd_divisor=self.rd_divisor, act=self.act,
+            gate=self.gate)
+        conv1x1 = partial(conv, kernel_size=1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
+        self.fc1 = conv1x1(p.rd_channels)
+        self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("SecondOrderChannel", "x", x, self.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                      gate=self.gate, iterations=self.iterations)
+        p = self.plan
+        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
+                                      gate=p.gate, iterations=p.iterations)

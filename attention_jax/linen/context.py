@@ -10,40 +10,42 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import functional as F
-from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc, check_positive_int, fail
+from attention_jax._types import Activation, Dtype, PrecisionLike
+from attention_jax._validation import check_nhwc
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import ASPPPlan, same_padding
 
 __all__ = ["ASPP"]
 
 
 class ConvBNAct(nn.Module):
-    """Conv (no bias) -> BatchNorm -> ReLU: (N, H, W, Cin) -> (N, H, W, features).
+    """Conv (no bias) -> BatchNorm -> act: (N, H, W, Cin) -> (N, H, W, features).
 
-    Parameters ``conv`` and ``bn`` (PyTorch: ``conv.weight``, ``bn.weight``/``bias``/running
-    statistics). BatchNorm as PyTorch's defaults (eps 1e-5, momentum 0.1 = flax 0.9).
+    Parameters ``conv`` (k x k, dilation d, padding d (k - 1) / 2) and ``bn`` (PyTorch:
+    ``conv.weight``, ``bn.weight``/``bias``/running statistics), BatchNorm as
+    ``attention_jax.linen.layers.batch_norm``; ``act`` ReLU by default.
     """
 
     features: int
     kernel_size: int = 1
     dilation: int = 1
-    act: bool = True
+    act: Activation = "relu"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: PrecisionLike = None
 
     def setup(self) -> None:
         k, d = self.kernel_size, self.dilation
-        pad = d * (k - 1) // 2
-        self.conv = nn.Conv(self.features, (k, k), kernel_dilation=(d, d),
-                            padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
-                            param_dtype=self.param_dtype, precision=self.precision)
-        self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+        self.conv = conv(self.features, k, padding=same_padding(k, d), kernel_dilation=d,
+                         use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                         precision=self.precision)
+        self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, Cin); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
-        y = self.bn(self.conv(x), use_running_average=not train)
-        return nn.relu(y) if self.act else y
+        return F.conv_norm_act(x, conv=self.conv,
+                               norm=partial(self.bn, use_running_average=not train),
+                               act=self.act)
 
 
 class ASPP(nn.Module):
@@ -64,30 +66,21 @@ class ASPP(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        co = _aspp_check("ASPP", self.channels, self.out_channels, self.atrous_rates)
-        cba = partial(ConvBNAct, co, dtype=self.dtype, param_dtype=self.param_dtype,
+        p = self.plan = ASPPPlan.create(self.channels, out_channels=self.out_channels,
+                                        atrous_rates=self.atrous_rates)
+        cba = partial(ConvBNAct, p.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision)
         self.b0 = cba(kernel_size=1)
-        for i, r in enumerate(self.atrous_rates):
-            setattr(self, f"b{i + 1}", cba(kernel_size=3, dilation=r))
+        for i, r in enumerate(p.atrous_rates, start=1):
+            setattr(self, f"b{i}", cba(kernel_size=3, dilation=r))
         self.pool = cba(kernel_size=1)
         self.project = cba(kernel_size=1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
-        check_nhwc("ASPP", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("ASPP", "x", x, p.channels)
         call = lambda m: partial(m, train=train)
-        branches = [call(getattr(self, f"b{i}")) for i in range(len(self.atrous_rates) + 1)]
-        return F.aspp(x, branches=branches,
-                      pool_branch=call(self.pool), project=call(self.project))
-
-
-def _aspp_check(fn: str, channels: int, out_channels: int | None, rates: Sequence[int]) -> int:
-    check_positive_int(fn, "channels", channels)
-    if out_channels is not None:
-        check_positive_int(fn, "out_channels", out_channels)
-    if not isinstance(rates, (tuple, list)) or not rates:
-        raise fail(fn, "atrous_rates", "a non-empty tuple of positive integers", repr(rates))
-    for r in rates:
-        check_positive_int(fn, "atrous_rates", r)
-    return out_channels or channels
+        branches = [call(getattr(self, f"b{i}")) for i in range(p.num_branches)]
+        return F.aspp(x, branches=branches, pool_branch=call(self.pool),
+                      project=call(self.project))

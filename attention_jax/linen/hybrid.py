@@ -10,14 +10,17 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_choice, check_nhwc, check_odd, check_positive_int
+from attention_jax._validation import check_nhwc
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import (
+    BAMPlan,
+    CBAMPlan,
+    ChannelGatePlan,
+    CoordinateAttentionPlan,
+    SpatialGatePlan,
+)
 
 __all__ = ["ChannelGate", "SpatialGate", "CBAM", "BAM", "CoordinateAttention"]
-
-# Flax's BatchNorm momentum is PyTorch's 1 - momentum. The official CBAM code uses torch
-# momentum 0.01 in its spatial gate; BAM and coordinate attention use torch's default 0.1.
-_CBAM_BN_MOMENTUM = 0.99
-_BN_MOMENTUM = 0.9
 
 
 class ChannelGate(nn.Module):
@@ -40,18 +43,19 @@ class ChannelGate(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        rd = F.reduced_channels("ChannelGate", self.channels, rd_ratio=self.rd_ratio,
-                                rd_channels=self.rd_channels, rd_divisor=self.rd_divisor)
-        conv = partial(nn.Conv, kernel_size=(1, 1), use_bias=self.bias, dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
-        self.fc1 = conv(rd)
-        self.fc2 = conv(self.channels)
+        p = self.plan = ChannelGatePlan.create(
+            self.channels, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, bias=self.bias, act=self.act, gate=self.gate)
+        conv1x1 = partial(conv, kernel_size=1, use_bias=p.bias, dtype=self.dtype,
+                          param_dtype=self.param_dtype, precision=self.precision)
+        self.fc1 = conv1x1(p.rd_channels)
+        self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("ChannelGate", "x", x, self.channels)
-        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                   gate=self.gate)
+        p = self.plan
+        check_nhwc("ChannelGate", "x", x, p.channels)
+        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
 
 
 class SpatialGate(nn.Module):
@@ -70,22 +74,20 @@ class SpatialGate(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        fn = "SpatialGate"
-        check_positive_int(fn, "channels", self.channels)
-        check_odd(fn, "kernel_size", self.kernel_size)
-        k, p = self.kernel_size, self.kernel_size // 2
-        self.conv = nn.Conv(1, kernel_size=(k, k), padding=((p, p), (p, p)), use_bias=False,
-                            dtype=self.dtype, param_dtype=self.param_dtype,
-                            precision=self.precision)
-        self.bn = nn.BatchNorm(use_running_average=None, momentum=_CBAM_BN_MOMENTUM,
-                               epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+        p = self.plan = SpatialGatePlan.create(self.channels, kernel_size=self.kernel_size,
+                                               gate=self.gate)
+        self.conv = conv(1, p.kernel_size, padding=p.padding, use_bias=False, dtype=self.dtype,
+                         param_dtype=self.param_dtype, precision=self.precision)
+        self.bn = batch_norm(momentum=p.norm_momentum, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
-        check_nhwc("SpatialGate", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SpatialGate", "x", x, p.channels)
         return F.cbam_spatial_gate(x, conv=self.conv,
                                    norm=partial(self.bn, use_running_average=not train),
-                                   gate=self.gate)
+                                   gate=p.gate)
 
 
 class CBAM(nn.Module):
@@ -108,6 +110,10 @@ class CBAM(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
+        self.plan = CBAMPlan.create(
+            self.channels, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, bias=self.bias, kernel_size=self.kernel_size,
+            act=self.act, gate=self.gate)
         common = dict(gate=self.gate, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision)
         self.channel = ChannelGate(self.channels, rd_ratio=self.rd_ratio,
@@ -117,11 +123,12 @@ class CBAM(nn.Module):
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
-        check_nhwc("CBAM", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CBAM", "x", x, p.channels)
         return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
                       conv=self.spatial.conv,
                       norm=partial(self.spatial.bn, use_running_average=not train),
-                      act=self.act, gate=self.gate)
+                      act=p.act, gate=p.gate)
 
 
 class BAM(nn.Module):
@@ -147,35 +154,33 @@ class BAM(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        fn = "BAM"
-        check_choice(fn, "combine", self.combine, F.BAM_COMBINES)
-        check_positive_int(fn, "dilation", self.dilation)
-        rd = F.reduced_channels(fn, self.channels, rd_ratio=self.rd_ratio,
-                                rd_channels=self.rd_channels, rd_divisor=self.rd_divisor)
+        p = self.plan = BAMPlan.create(
+            self.channels, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, dilation=self.dilation, combine=self.combine,
+            act=self.act, gate=self.gate)
+        c, rd, d = p.channels, p.rd_channels, p.dilation
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = partial(nn.Dense, precision=self.precision, **common)
-        conv = partial(nn.Conv, precision=self.precision, **common)
-        bn = partial(nn.BatchNorm, use_running_average=None, momentum=_BN_MOMENTUM,
-                     epsilon=1e-5, **common)
-        d = self.dilation
-        self.fc1, self.bn1, self.fc2 = dense(rd), bn(), dense(self.channels)
-        self.conv_reduce, self.bn_reduce = conv(rd, kernel_size=(1, 1)), bn()
-        di = partial(conv, rd, kernel_size=(3, 3), padding=((d, d), (d, d)),
-                     kernel_dilation=(d, d))
+        conv_ = partial(conv, precision=self.precision, **common)
+        bn = partial(batch_norm, **common)
+        self.fc1, self.bn1, self.fc2 = dense(rd), bn(), dense(c)
+        self.conv_reduce, self.bn_reduce = conv_(rd, 1), bn()
+        di = partial(conv_, rd, 3, padding=d, kernel_dilation=d)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
-        self.conv_final = conv(1, kernel_size=(1, 1))
+        self.conv_final = conv_(1, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
-        check_nhwc("BAM", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("BAM", "x", x, p.channels)
         mode = dict(use_running_average=not train)
         return F.bam(
             x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
             conv_reduce=self.conv_reduce, bn_reduce=partial(self.bn_reduce, **mode),
             convs_di=(self.conv_di_0, self.conv_di_1),
             bns_di=(partial(self.bn_di_0, **mode), partial(self.bn_di_1, **mode)),
-            conv_final=self.conv_final, act=self.act, gate=self.gate, combine=self.combine,
+            conv_final=self.conv_final, act=p.act, gate=p.gate, combine=p.combine,
         )
 
 
@@ -200,20 +205,21 @@ class CoordinateAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        rd = F.reduced_channels("CoordinateAttention", self.channels, rd_ratio=self.rd_ratio,
-                                rd_channels=self.rd_channels, rd_divisor=self.rd_divisor)
-        conv = partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
-        self.conv1 = conv(rd)
-        self.bn1 = nn.BatchNorm(use_running_average=None, momentum=_BN_MOMENTUM, epsilon=1e-5,
-                                dtype=self.dtype, param_dtype=self.param_dtype)
-        self.conv_h = conv(self.channels)
-        self.conv_w = conv(self.channels)
+        p = self.plan = CoordinateAttentionPlan.create(
+            self.channels, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, act=self.act, gate=self.gate)
+        conv1x1 = partial(conv, kernel_size=1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
+        self.conv1 = conv1x1(p.rd_channels)
+        self.bn1 = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.conv_h = conv1x1(p.channels)
+        self.conv_w = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
-        check_nhwc("CoordinateAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CoordinateAttention", "x", x, p.channels)
         return F.coordinate_attention(
             x, conv1=self.conv1, norm=partial(self.bn1, use_running_average=not train),
-            conv_h=self.conv_h, conv_w=self.conv_w, act=self.act, gate=self.gate,
+            conv_h=self.conv_h, conv_w=self.conv_w, act=p.act, gate=p.gate,
         )

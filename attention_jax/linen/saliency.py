@@ -12,13 +12,14 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
-from attention_jax.functional.saliency import _head_widths, _pyramid_widths, _spatial_widths
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import (
+    ContextAwarePyramidPlan,
+    PyramidFeatureAttentionPlan,
+    PyramidSpatialAttentionPlan,
+)
 
 __all__ = ["ContextAwarePyramid", "PyramidSpatialAttention", "PyramidFeatureAttention"]
-
-# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), so converted weights behave;
-# the two-pass variance (as PyTorch) stays accurate when the batch statistics are near-constant.
-_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
 
 
 class ContextAwarePyramid(nn.Module):
@@ -47,30 +48,32 @@ class ContextAwarePyramid(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        out, branch, rd = _pyramid_widths("ContextAwarePyramid", self.channels, self.out_channels,
-                                          self.dilations, self.rd_ratio, self.rd_channels,
-                                          self.rd_divisor)
-        conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        self.conv0 = conv(branch, (1, 1), use_bias=False)
-        for i, d in enumerate(self.dilations, start=1):
-            setattr(self, f"conv{i}", conv(branch, (3, 3), padding=((d, d), (d, d)),
-                                           kernel_dilation=d, use_bias=False))
-        self.bn = nn.BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
-        if self.channel_attention:
-            self.ca_fc1 = conv(rd, (1, 1))
-            self.ca_fc2 = conv(out, (1, 1))
+        p = self.plan = ContextAwarePyramidPlan.create(
+            self.channels, out_channels=self.out_channels, dilations=self.dilations,
+            channel_attention=self.channel_attention, rd_ratio=self.rd_ratio,
+            rd_channels=self.rd_channels, rd_divisor=self.rd_divisor, act=self.act,
+            gate=self.gate)
+        conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                        precision=self.precision)
+        self.conv0 = conv_(p.branch_channels, 1, use_bias=False)
+        for i, d in enumerate(p.dilations, start=1):
+            setattr(self, f"conv{i}", conv_(p.branch_channels, 3, padding=d, kernel_dilation=d,
+                                            use_bias=False))
+        self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
+        if p.channel_attention:
+            self.ca_fc1 = conv_(p.rd_channels, 1)
+            self.ca_fc2 = conv_(p.out_channels, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H, W, C')."""
-        check_nhwc("ContextAwarePyramid", "x", x, self.channels)
-        convs = [getattr(self, f"conv{i}") for i in range(len(self.dilations) + 1)]
-        y = F.context_aware_pyramid(x, convs=convs, act=self.act,
-                                    norm=partial(self.bn, use_running_average=not train))
-        if not self.channel_attention:
-            return y
-        return F.squeeze_excite(y, reduce=self.ca_fc1, expand=self.ca_fc2, act=self.act,
-                                gate=self.gate)
+        p = self.plan
+        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        ca = p.channel_attention
+        return F.context_aware_pyramid(
+            x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
+            norm=partial(self.bn, use_running_average=not train), act=p.act,
+            reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None,
+            gate=p.gate)
 
 
 class PyramidSpatialAttention(nn.Module):
@@ -94,21 +97,22 @@ class PyramidSpatialAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        k, mid = _spatial_widths("PyramidSpatialAttention", self.channels, self.kernel_size,
-                                 self.mid_channels)
-        p = k // 2
-        conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
-        row, col = ((1, k), ((0, 0), (p, p))), ((k, 1), ((p, p), (0, 0)))
-        self.b1_conv1, self.b1_bn1 = conv(mid, row[0], padding=row[1]), bn()
-        self.b1_conv2, self.b1_bn2 = conv(1, col[0], padding=col[1]), bn()
-        self.b2_conv1, self.b2_bn1 = conv(mid, col[0], padding=col[1]), bn()
-        self.b2_conv2, self.b2_bn2 = conv(1, row[0], padding=row[1]), bn()
+        p = self.plan = PyramidSpatialAttentionPlan.create(
+            self.channels, kernel_size=self.kernel_size, mid_channels=self.mid_channels,
+            act=self.act, gate=self.gate)
+        conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                        precision=self.precision)
+        bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
+        row, col = (p.row_kernel, p.row_padding), (p.col_kernel, p.col_padding)
+        self.b1_conv1, self.b1_bn1 = conv_(p.mid_channels, row[0], padding=row[1]), bn()
+        self.b1_conv2, self.b1_bn2 = conv_(1, col[0], padding=col[1]), bn()
+        self.b2_conv1, self.b2_bn1 = conv_(p.mid_channels, col[0], padding=col[1]), bn()
+        self.b2_conv2, self.b2_bn2 = conv_(1, row[0], padding=row[1]), bn()
 
     def attention_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns the (N, H, W, 1) map."""
-        check_nhwc("PyramidSpatialAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
         ura = not train
 
         def stage(conv, bn):
@@ -116,15 +120,12 @@ class PyramidSpatialAttention(nn.Module):
 
         branches = [[stage(self.b1_conv1, self.b1_bn1), stage(self.b1_conv2, self.b1_bn2)],
                     [stage(self.b2_conv1, self.b2_bn1), stage(self.b2_conv2, self.b2_bn2)]]
-        return F.pyramid_spatial_map(x, branches=branches, act=self.act, gate=self.gate)
+        return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
         """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        if guide is None:
-            check_nhwc("PyramidSpatialAttention", "x", x, self.channels)
-        else:
-            check_nhwc("PyramidSpatialAttention", "x", x)
+        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
         return F.rescale(x, self.attention_map(x if guide is None else guide, train=train))
 
 
@@ -157,36 +158,40 @@ class PyramidFeatureAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        pyramid = _head_widths("PyramidFeatureAttention", self.low_channels, self.high_channels,
-                               self.features, self.mid_channels, self.dilations)
-        mid = self.mid_channels
+        p = self.plan = PyramidFeatureAttentionPlan.create(
+            self.low_channels, self.high_channels, features=self.features,
+            mid_channels=self.mid_channels, dilations=self.dilations,
+            kernel_size=self.kernel_size, rd_ratio=self.rd_ratio, rd_channels=self.rd_channels,
+            rd_divisor=self.rd_divisor, act=self.act, gate=self.gate)
+        mid = p.mid_channels
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype,
                   "precision": self.precision}
-        conv = partial(nn.Conv, **common)
-        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
+        conv_ = partial(conv, **common)
+        bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         self.cpfe = ContextAwarePyramid(
-            self.high_channels, out_channels=pyramid, dilations=self.dilations,
+            p.high_channels, out_channels=p.pyramid_channels, dilations=self.dilations,
             rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             act=self.act, **common)
-        self.high_conv, self.high_bn = conv(mid, (1, 1)), bn()
-        self.low_conv, self.low_bn = conv(mid, (3, 3), padding=((1, 1), (1, 1))), bn()
+        self.high_conv, self.high_bn = conv_(mid, 1), bn()
+        self.low_conv, self.low_bn = conv_(mid, 3, padding=1), bn()
         self.sa = PyramidSpatialAttention(mid, kernel_size=self.kernel_size, act=self.act,
                                           **common)
-        self.head_conv = conv(1, (3, 3), padding=((1, 1), (1, 1)))
+        self.head_conv = conv_(1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: low (N, H, W, Cl); high (N, h, w, Ch); train: BN mode. Returns (N, H, W, 1)."""
-        fn = "PyramidFeatureAttention"
-        check_nhwc(fn, "low", low, self.low_channels)
-        check_nhwc(fn, "high", high, self.high_channels)
-        ura = not train
-        act = F.get_act(self.act)
+        p, fn, ura = self.plan, "PyramidFeatureAttention", not train
+        check_nhwc(fn, "low", low, p.low_channels)
+        check_nhwc(fn, "high", high, p.high_channels)
+        cna = partial(F.conv_norm_act, act=p.act)
         return F.pyramid_feature_attention(
             low, high,
             cpfe=partial(self.cpfe, train=train),
-            high_proj=lambda h: act(self.high_bn(self.high_conv(h), use_running_average=ura)),
-            low_proj=lambda t: act(self.low_bn(self.low_conv(t), use_running_average=ura)),
+            high_proj=partial(cna, conv=self.high_conv,
+                              norm=partial(self.high_bn, use_running_average=ura)),
+            low_proj=partial(cna, conv=self.low_conv,
+                             norm=partial(self.low_bn, use_running_average=ura)),
             spatial_map=partial(self.sa.attention_map, train=train),
             head=self.head_conv,
-            gate=self.gate,
+            gate=p.gate,
         )

@@ -11,13 +11,10 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
-from attention_jax.functional.selective import _sk_widths, _splat_widths
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
 __all__ = ["SelectiveKernel", "SplitAttention"]
-
-# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), so converted weights behave;
-# the two-pass variance (as PyTorch) stays accurate when the batch statistics are near-constant.
-_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
 
 
 class SelectiveKernel(nn.Module):
@@ -47,35 +44,36 @@ class SelectiveKernel(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        out, rd = _sk_widths("SelectiveKernel", self.channels, self.out_channels, self.num_paths,
-                            self.groups, self.stride, self.rd_ratio, self.rd_channels,
-                            self.rd_divisor, self.rd_min_channels)
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
-        for m in range(self.num_paths):
-            d = m + 1
-            setattr(self, f"conv{m}", conv(out, (3, 3), strides=self.stride,
-                                           padding=((d, d), (d, d)), kernel_dilation=d,
-                                           feature_group_count=self.groups))
+        p = self.plan = SelectiveKernelPlan.create(
+            self.channels, out_channels=self.out_channels, num_paths=self.num_paths,
+            groups=self.groups, stride=self.stride, rd_ratio=self.rd_ratio,
+            rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
+            rd_min_channels=self.rd_min_channels, act=self.act)
+        conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                        precision=self.precision)
+        bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
+        for m, d in enumerate(p.dilations):
+            setattr(self, f"conv{m}", conv_(p.out_channels, 3, strides=p.stride, padding=d,
+                                            kernel_dilation=d, feature_group_count=p.groups))
             setattr(self, f"bn{m}", bn())
-        self.fc_reduce = conv(rd, (1, 1))
+        self.fc_reduce = conv_(p.rd_channels, 1)
         self.fc_bn = bn()
-        self.fc_select = conv(out * self.num_paths, (1, 1))
+        self.fc_select = conv_(p.out_channels * p.num_paths, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
-        check_nhwc("SelectiveKernel", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SelectiveKernel", "x", x, p.channels)
         ura = not train
         return F.selective_kernel(
             x,
-            convs=[getattr(self, f"conv{m}") for m in range(self.num_paths)],
+            convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[partial(getattr(self, f"bn{m}"), use_running_average=ura)
-                   for m in range(self.num_paths)],
+                   for m in range(p.num_paths)],
             reduce=self.fc_reduce,
             reduce_norm=partial(self.fc_bn, use_running_average=ura),
             select=self.fc_select,
-            act=self.act,
+            act=p.act,
         )
 
 
@@ -109,29 +107,30 @@ class SplitAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        out, rd = _splat_widths("SplitAttention", self.channels, self.out_channels,
-                               self.kernel_size, self.stride, self.dilation, self.groups,
-                               self.radix, self.rd_ratio, self.rd_channels, self.rd_divisor,
-                               self.rd_min_channels)
-        conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
-        k, d = self.kernel_size, self.dilation
-        p = d * (k - 1) // 2
-        self.conv = conv(out * self.radix, (k, k), strides=self.stride,
-                         padding=((p, p), (p, p)), kernel_dilation=d,
-                         feature_group_count=self.groups * self.radix, use_bias=self.bias)
+        p = self.plan = SplitAttentionPlan.create(
+            self.channels, out_channels=self.out_channels, kernel_size=self.kernel_size,
+            stride=self.stride, dilation=self.dilation, groups=self.groups, radix=self.radix,
+            rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
+            rd_min_channels=self.rd_min_channels, bias=self.bias, act=self.act)
+        conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                        precision=self.precision)
+        bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
+        width = p.out_channels * p.radix
+        self.conv = conv_(width, p.kernel_size, strides=p.stride, padding=p.padding,
+                          kernel_dilation=p.dilation, feature_group_count=p.groups * p.radix,
+                          use_bias=p.bias)
         self.bn0 = bn()
-        self.fc1 = conv(rd, (1, 1), feature_group_count=self.groups)
+        self.fc1 = conv_(p.rd_channels, 1, feature_group_count=p.groups)
         self.bn1 = bn()
-        self.fc2 = conv(out * self.radix, (1, 1), feature_group_count=self.groups)
+        self.fc2 = conv_(width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
-        check_nhwc("SplitAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SplitAttention", "x", x, p.channels)
         ura = not train
         return F.split_attention(
             x, conv=self.conv, norm0=partial(self.bn0, use_running_average=ura),
             reduce=self.fc1, norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2,
-            radix=self.radix, cardinality=self.groups, act=self.act,
+            radix=p.radix, cardinality=p.groups, act=p.act,
         )

@@ -15,14 +15,17 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import (
-    check_choice,
-    check_divides,
-    check_nhwc,
-    check_positive_int,
-    fail,
-)
+from attention_jax._validation import check_nhwc
 from attention_jax.linen.context import ConvBNAct
+from attention_jax.linen.layers import batch_norm, conv
+from attention_jax.plans import (
+    ChannelSelfAttentionPlan,
+    CrissCrossAttentionPlan,
+    DualAttentionHeadPlan,
+    MultiHeadSelfAttention2dPlan,
+    NonLocalPlan,
+    PositionAttentionPlan,
+)
 
 __all__ = [
     "NonLocal",
@@ -33,40 +36,11 @@ __all__ = [
     "MultiHeadSelfAttention2d",
 ]
 
-POSITIONS = ("none", "absolute", "relative")
-
-
-def _width(fn: str, channels: int, given: int | None, divisor: int) -> int:
-    check_positive_int(fn, "channels", channels)
-    if given is not None:
-        check_positive_int(fn, "inter_channels" if divisor == 2 else "qk_channels", given)
-        return int(given)
-    return max(1, channels // divisor)
-
 
 def _conv1x1(features, *, use_bias=True, zero=False, dtype, param_dtype, precision):
     kw = {"kernel_init": nn.initializers.zeros, "bias_init": nn.initializers.zeros} if zero else {}
-    return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                   precision=precision, **kw)
-
-
-def _check_mhsa(fn, channels, num_heads, position, input_size):
-    check_positive_int(fn, "channels", channels)
-    check_positive_int(fn, "num_heads", num_heads)
-    check_divides(fn, "channels", channels, "num_heads", num_heads)
-    check_choice(fn, "position", position, POSITIONS)
-    if position != "none":
-        ok = (isinstance(input_size, (tuple, list)) and len(input_size) == 2
-              and all(isinstance(s, int) and s >= 1 for s in input_size))
-        if not ok:
-            raise fail(fn, "input_size", f"(H, W) positive ints for position={position!r}",
-                       repr(input_size))
-
-
-def _check_size(fn, x, position, input_size):
-    if position != "none" and tuple(x.shape[1:3]) != tuple(input_size):
-        raise fail(fn, "x", f"spatial size {tuple(input_size)} (input_size, for "
-                   f"position={position!r})", f"shape {tuple(x.shape)}")
+    return conv(features, 1, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                precision=precision, **kw)
 
 
 class NonLocal(nn.Module):
@@ -94,31 +68,32 @@ class NonLocal(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        ci = _width("NonLocal", self.channels, self.inter_channels, 2)
-        check_choice("NonLocal", "mode", self.mode, F.NON_LOCAL_MODES)
-        conv = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        self.theta, self.phi, self.g = conv(ci), conv(ci), conv(ci)
-        if self.mode == "concatenation":
-            self.concat_project = conv(1, use_bias=False)
-        self.out_proj = conv(self.channels, zero=not self.use_bn)
-        if self.use_bn:
-            self.out_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                                       param_dtype=self.param_dtype,
-                                       scale_init=nn.initializers.zeros)
+        p = self.plan = NonLocalPlan.create(
+            self.channels, inter_channels=self.inter_channels, mode=self.mode,
+            use_scale=self.use_scale, sub_sample=self.sub_sample, use_bn=self.use_bn,
+            implementation=self.implementation)
+        conv1x1 = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
+        ci = p.inter_channels
+        self.theta, self.phi, self.g = conv1x1(ci), conv1x1(ci), conv1x1(ci)
+        if p.has_concat_project:
+            self.concat_project = conv1x1(1, use_bias=False)
+        self.out_proj = conv1x1(p.channels, zero=not p.use_bn)
+        if p.use_bn:
+            self.out_bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                     scale_init=nn.initializers.zeros)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
-        check_nhwc("NonLocal", "x", x, self.channels)
-        if self.use_bn:
-            out = lambda y: self.out_bn(self.out_proj(y), use_running_average=not train)
-        else:
-            out = self.out_proj
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g, out=out,
-                           concat_project=getattr(self, "concat_project", None),
-                           mode=self.mode, use_scale=self.use_scale,
-                           sub_sample=self.sub_sample, implementation=self.implementation,
-                           precision=self.precision)
+        p = self.plan
+        check_nhwc("NonLocal", "x", x, p.channels)
+        norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
+        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
+                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,
+                                       act="identity"),
+                           concat_project=self.concat_project if p.has_concat_project else None,
+                           mode=p.mode, use_scale=p.use_scale, sub_sample=p.sub_sample,
+                           implementation=p.implementation, precision=self.precision)
 
 
 class PositionAttention(nn.Module):
@@ -137,17 +112,20 @@ class PositionAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        cq = _width("PositionAttention", self.channels, self.qk_channels, 8)
-        conv = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        self.query, self.key, self.value = conv(cq), conv(cq), conv(self.channels)
+        p = self.plan = PositionAttentionPlan.create(
+            self.channels, qk_channels=self.qk_channels, implementation=self.implementation)
+        conv1x1 = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
+        self.query, self.key = conv1x1(p.qk_channels), conv1x1(p.qk_channels)
+        self.value = conv1x1(p.channels)
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("PositionAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("PositionAttention", "x", x, p.channels)
         return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma, implementation=self.implementation,
+                                    gamma=self.gamma, implementation=p.implementation,
                                     precision=self.precision)
 
 
@@ -165,12 +143,12 @@ class ChannelSelfAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        check_positive_int("ChannelSelfAttention", "channels", self.channels)
+        self.plan = ChannelSelfAttentionPlan.create(self.channels)
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.channels)
+        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
         return F.channel_self_attention(x, gamma=self.gamma)
 
 
@@ -194,20 +172,19 @@ class DualAttentionHead(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        check_positive_int("DualAttentionHead", "channels", self.channels)
-        if self.out_channels is not None:
-            check_positive_int("DualAttentionHead", "out_channels", self.out_channels)
-        ci = max(1, self.channels // 4)
+        p = self.plan = DualAttentionHeadPlan.create(
+            self.channels, out_channels=self.out_channels, implementation=self.implementation)
+        ci = p.inter_channels
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype, "precision": self.precision}
         cba = partial(ConvBNAct, ci, kernel_size=3, **kw)
         self.conv5a, self.conv5c, self.conv51, self.conv52 = cba(), cba(), cba(), cba()
-        self.sa = PositionAttention(ci, implementation=self.implementation, **kw)
+        self.sa = PositionAttention(ci, implementation=p.implementation, **kw)
         self.sc = ChannelSelfAttention(ci, **kw)
-        self.conv8 = _conv1x1(self.out_channels or self.channels, **kw)
+        self.conv8 = _conv1x1(p.out_channels, **kw)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.channels)
+        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
         c = lambda m: partial(m, train=train)
         return F.dual_attention_head(x, conv5a=c(self.conv5a), conv5c=c(self.conv5c),
                                      pam=self.sa, cam=self.sc, conv51=c(self.conv51),
@@ -230,18 +207,20 @@ class CrissCrossAttention(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        cq = _width("CrissCrossAttention", self.channels, self.qk_channels, 8)
-        check_positive_int("CrissCrossAttention", "recurrence", self.recurrence)
-        conv = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
-        self.query, self.key, self.value = conv(cq), conv(cq), conv(self.channels)
+        p = self.plan = CrissCrossAttentionPlan.create(
+            self.channels, qk_channels=self.qk_channels, recurrence=self.recurrence)
+        conv1x1 = partial(_conv1x1, dtype=self.dtype, param_dtype=self.param_dtype,
+                          precision=self.precision)
+        self.query, self.key = conv1x1(p.qk_channels), conv1x1(p.qk_channels)
+        self.value = conv1x1(p.channels)
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("CrissCrossAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CrissCrossAttention", "x", x, p.channels)
         return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma, recurrence=self.recurrence,
+                                       gamma=self.gamma, recurrence=p.recurrence,
                                        precision=self.precision)
 
 
@@ -266,31 +245,29 @@ class MultiHeadSelfAttention2d(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        _check_mhsa("MultiHeadSelfAttention2d", self.channels, self.num_heads, self.position,
-                    self.input_size)
+        p = self.plan = MultiHeadSelfAttention2dPlan.create(
+            self.channels, num_heads=self.num_heads, qkv_bias=self.qkv_bias,
+            position=self.position, input_size=self.input_size,
+            implementation=self.implementation)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
-        self.qkv = dense(3 * self.channels, use_bias=self.qkv_bias)
-        self.proj = dense(self.channels)
+        self.qkv = dense(3 * p.channels, use_bias=p.qkv_bias)
+        self.proj = dense(p.channels)
         init = nn.initializers.truncated_normal(0.02)
-        if self.position == "relative":
-            h, w = self.input_size
+        if p.position == "relative":
             self.relative_position_bias_table = self.param(
-                "relative_position_bias_table", init,
-                ((2 * h - 1) * (2 * w - 1), self.num_heads), self.param_dtype)
-        elif self.position == "absolute":
-            h, w = self.input_size
-            self.pos_embed = self.param("pos_embed", init, (1, h, w, self.channels),
-                                        self.param_dtype)
+                "relative_position_bias_table", init, p.rel_table_shape, self.param_dtype)
+        elif p.position == "absolute":
+            self.pos_embed = self.param("pos_embed", init, p.pos_embed_shape, self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        fn = "MultiHeadSelfAttention2d"
-        check_nhwc(fn, "x", x, self.channels)
-        _check_size(fn, x, self.position, self.input_size)
+        p = self.plan
+        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        p.check_input(x)
         return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=self.num_heads,
-            pos_embed=self.pos_embed if self.position == "absolute" else None,
-            rel_pos_table=(self.relative_position_bias_table if self.position == "relative"
+            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
+            pos_embed=self.pos_embed if p.position == "absolute" else None,
+            rel_pos_table=(self.relative_position_bias_table if p.position == "relative"
                            else None),
-            implementation=self.implementation, precision=self.precision)
+            implementation=p.implementation, precision=self.precision)

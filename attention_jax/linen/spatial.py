@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -13,17 +12,10 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen.layers import conv
+from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
 __all__ = ["LocalisationNet", "SpatialTransformer"]
-
-
-def _constant_init(values: Sequence[float] | None):
-    def init(key, shape, dtype=jnp.float32):
-        if values is None:
-            return jnp.zeros(shape, dtype)
-        return jnp.asarray(values, dtype).reshape(shape)
-
-    return init
 
 
 class LocalisationNet(nn.Module):
@@ -47,21 +39,25 @@ class LocalisationNet(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        conv = partial(nn.Conv, kernel_size=(3, 3), padding="SAME", dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
+        p = self.plan = LocalisationNetPlan.create(
+            self.channels, out_features=self.out_features, features=self.features,
+            hidden=self.hidden, pool_size=self.pool_size, final_bias=self.final_bias)
+        conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=self.dtype,
+                          param_dtype=self.param_dtype, precision=self.precision)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
-        self.conv1 = conv(self.features[0])
-        self.conv2 = conv(self.features[1])
-        self.fc1 = dense(self.hidden)
-        self.fc2 = dense(self.out_features, kernel_init=nn.initializers.zeros,
-                         bias_init=_constant_init(self.final_bias))
+        self.conv1 = conv3x3(p.features[0])
+        self.conv2 = conv3x3(p.features[1])
+        self.fc1 = dense(p.hidden)
+        self.fc2 = dense(p.out_features, kernel_init=nn.initializers.zeros,
+                         bias_init=p.fc2_bias_init())
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, out_features)."""
-        check_nhwc("LocalisationNet", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("LocalisationNet", "x", x, p.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
-                                  fc2=self.fc2, pool_size=self.pool_size)
+                                  fc2=self.fc2, pool_size=p.pool_size)
 
 
 class SpatialTransformer(nn.Module):
@@ -88,12 +84,14 @@ class SpatialTransformer(nn.Module):
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        kw = {"tps_grid_size": self.tps_grid_size}
+        p = self.plan = SpatialTransformerPlan.create(
+            self.channels, transform=self.transform, out_size=self.out_size, mode=self.mode,
+            padding_mode=self.padding_mode, align_corners=self.align_corners,
+            tps_grid_size=self.tps_grid_size, features=self.features, hidden=self.hidden,
+            pool_size=self.pool_size)
         self.loc = LocalisationNet(
-            self.channels,
-            out_features=F.transform_num_params(self.transform, **kw),
-            features=self.features, hidden=self.hidden, pool_size=self.pool_size,
-            final_bias=tuple(float(v) for v in F.identity_transform_params(self.transform, **kw)),
+            p.channels, out_features=p.loc.out_features, features=self.features,
+            hidden=self.hidden, pool_size=self.pool_size, final_bias=p.loc.final_bias,
             dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
         )
 
@@ -101,9 +99,10 @@ class SpatialTransformer(nn.Module):
         self, x: jax.Array, *, train: bool = False, return_transform: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
         """Args: x (N, H, W, C); train: unused. Returns (N, Ho, Wo, C) (and the transform)."""
-        check_nhwc("SpatialTransformer", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SpatialTransformer", "x", x, p.channels)
         return F.spatial_transformer(
-            x, localisation=self.loc, transform=self.transform, out_size=self.out_size,
-            mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners,
-            tps_grid_size=self.tps_grid_size, return_transform=return_transform,
+            x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
+            mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
+            tps_grid_size=p.tps_grid_size, return_transform=return_transform,
         )

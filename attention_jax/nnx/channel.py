@@ -10,8 +10,15 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc, check_positive_int, fail
-from attention_jax.functional.channel import _eca_kernel, _ge_gather_convs
+from attention_jax._validation import check_nhwc
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import (
+    EfficientChannelAttentionPlan,
+    GatherExcitePlan,
+    GlobalContextPlan,
+    SecondOrderChannelPlan,
+    SqueezeExcitePlan,
+)
 
 __all__ = [
     "SqueezeExcite",
@@ -20,10 +27,6 @@ __all__ = [
     "GlobalContext",
     "SecondOrderChannel",
 ]
-
-# Flax's BatchNorm momentum is PyTorch's 1 - momentum: 0.9 here is torch's default 0.1.
-_BN_MOMENTUM = 0.9
-
 
 class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation block (Hu et al., CVPR 2018), nnx.
@@ -48,20 +51,20 @@ class SqueezeExcite(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        rd = F.reduced_channels("SqueezeExcite", channels, rd_ratio=rd_ratio,
-                                rd_channels=rd_channels, rd_divisor=rd_divisor)
-        conv = partial(nnx.Conv, kernel_size=(1, 1), use_bias=bias, dtype=dtype,
-                       param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.channels = channels
-        self.add_maxpool, self.act, self.gate = add_maxpool, act, gate
-        self.fc1 = conv(channels, rd)
-        self.fc2 = conv(rd, channels)
+        p = self.plan = SqueezeExcitePlan.create(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            add_maxpool=add_maxpool, bias=bias, act=act, gate=gate)
+        conv1x1 = partial(conv, kernel_size=1, use_bias=p.bias, dtype=dtype,
+                          param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.fc1 = conv1x1(p.channels, p.rd_channels)
+        self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("SqueezeExcite", "x", x, self.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                gate=self.gate, add_maxpool=self.add_maxpool)
+        p = self.plan
+        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+                                add_maxpool=p.add_maxpool)
 
 
 class EfficientChannelAttention(nnx.Module):
@@ -84,16 +87,16 @@ class EfficientChannelAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        k = _eca_kernel("EfficientChannelAttention", channels, kernel_size, gamma, beta)
-        self.channels, self.gate = channels, gate
-        self.conv = nnx.Conv(1, 1, kernel_size=(k,), padding=[((k - 1) // 2, (k - 1) // 2)],
-                             use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                             precision=precision, rngs=rngs)
+        p = self.plan = EfficientChannelAttentionPlan.create(
+            channels, kernel_size=kernel_size, gamma=gamma, beta=beta, gate=gate)
+        self.conv = conv(1, 1, (p.kernel_size,), padding=p.padding, use_bias=False,
+                         dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("EfficientChannelAttention", "x", x, self.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=self.gate)
+        p = self.plan
+        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nnx.Module):
@@ -121,37 +124,32 @@ class GatherExcite(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "GatherExcite"
-        check_positive_int(fn, "channels", channels)
-        specs = _ge_gather_convs(fn, extent, extra_params, feat_size)
-        c = channels
-        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.channels, self.extent, self.act, self.gate = channels, extent, act, gate
-        self.n_gather, self.use_mlp = len(specs), use_mlp
-        for i, (kernel, stride, pad) in enumerate(specs, start=1):
-            setattr(self, f"conv{i}", nnx.Conv(c, c, kernel_size=kernel, strides=stride,
-                                               padding=pad, feature_group_count=c,
-                                               use_bias=False, precision=precision, **common))
-            setattr(self, f"norm{i}", nnx.BatchNorm(c, momentum=_BN_MOMENTUM, epsilon=1e-5,
-                                                    **common))
-        if use_mlp:
-            rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                                    rd_divisor=rd_divisor)
-            self.fc1 = nnx.Conv(c, rd, kernel_size=(1, 1), precision=precision, **common)
-            self.fc2 = nnx.Conv(rd, c, kernel_size=(1, 1), precision=precision, **common)
+        p = self.plan = GatherExcitePlan.create(
+            channels, extent=extent, extra_params=extra_params, feat_size=feat_size,
+            use_mlp=use_mlp, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            act=act, gate=gate)
+        c, common = p.channels, dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for i, g in enumerate(p.gather_convs, start=1):
+            setattr(self, f"conv{i}", conv(c, c, g.kernel_size, strides=g.stride,
+                                           padding=g.padding, feature_group_count=c,
+                                           use_bias=False, precision=precision, **common))
+            setattr(self, f"norm{i}", batch_norm(c, **common))
+        if p.use_mlp:
+            self.fc1 = conv(c, p.rd_channels, 1, precision=precision, **common)
+            self.fc2 = conv(p.rd_channels, c, 1, precision=precision, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("GatherExcite", "x", x, self.channels)
-        gather = None
-        if self.n_gather:
-            idx = range(1, self.n_gather + 1)
-            gather = partial(F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
-                             norms=[getattr(self, f"norm{i}") for i in idx], act=self.act)
+        p = self.plan
+        check_nhwc("GatherExcite", "x", x, p.channels)
+        idx = range(1, len(p.gather_convs) + 1)
+        gather = partial(
+            F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
+            norms=[getattr(self, f"norm{i}") for i in idx], act=p.act,
+        ) if p.gather_convs else None
         return F.gather_excite(
-            x, extent=self.extent, gather=gather,
-            reduce=self.fc1 if self.use_mlp else None,
-            expand=self.fc2 if self.use_mlp else None, act=self.act, gate=self.gate,
+            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
+            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
         )
 
 
@@ -179,33 +177,30 @@ class GlobalContext(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "GlobalContext"
-        if not (fuse_add or fuse_scale):
-            raise fail(fn, "fuse_add / fuse_scale", "at least one True", "both False")
-        rd = F.reduced_channels(fn, channels, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                                rd_divisor=rd_divisor)
-        conv = partial(nnx.Conv, kernel_size=(1, 1), dtype=dtype, param_dtype=param_dtype,
-                       precision=precision, rngs=rngs)
+        p = self.plan = GlobalContextPlan.create(
+            channels, fuse_add=fuse_add, fuse_scale=fuse_scale, rd_ratio=rd_ratio,
+            rd_channels=rd_channels, rd_divisor=rd_divisor, act=act, gate=gate)
+        c, rd = p.channels, p.rd_channels
+        conv1x1 = partial(conv, kernel_size=1, dtype=dtype, param_dtype=param_dtype,
+                          precision=precision, rngs=rngs)
         norm = partial(nnx.LayerNorm, rd, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
                        param_dtype=param_dtype, rngs=rngs)
-        self.channels, self.fuse_add, self.fuse_scale = channels, fuse_add, fuse_scale
-        self.act, self.gate = act, gate
         # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv(channels, 1, use_bias=False)
-        if fuse_add:
-            self.add_fc1, self.add_norm, self.add_fc2 = conv(channels, rd), norm(), conv(rd,
-                                                                                         channels)
-        if fuse_scale:
-            self.scale_fc1, self.scale_norm, self.scale_fc2 = (conv(channels, rd), norm(),
-                                                               conv(rd, channels))
+        self.conv_attn = conv1x1(c, 1, use_bias=False)
+        if p.fuse_add:
+            self.add_fc1, self.add_norm, self.add_fc2 = conv1x1(c, rd), norm(), conv1x1(rd, c)
+        if p.fuse_scale:
+            self.scale_fc1, self.scale_norm = conv1x1(c, rd), norm()
+            self.scale_fc2 = conv1x1(rd, c)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("GlobalContext", "x", x, self.channels)
-        add = (self.add_fc1, self.add_norm, self.add_fc2) if self.fuse_add else None
-        scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if self.fuse_scale else None
+        p = self.plan
+        check_nhwc("GlobalContext", "x", x, p.channels)
+        add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
+        scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=self.act, gate=self.gate)
+                                scale_transform=scale, act=p.act, gate=p.gate)
 
 
 class SecondOrderChannel(nnx.Module):
@@ -230,18 +225,17 @@ class SecondOrderChannel(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "SecondOrderChannel"
-        check_positive_int(fn, "iterations", iterations)
-        rd = F.reduced_channels(fn, channels, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                                rd_divisor=rd_divisor)
-        conv = partial(nnx.Conv, kernel_size=(1, 1), dtype=dtype, param_dtype=param_dtype,
-                       precision=precision, rngs=rngs)
-        self.channels, self.iterations, self.act, self.gate = channels, iterations, act, gate
-        self.fc1 = conv(channels, rd)
-        self.fc2 = conv(rd, channels)
+        p = self.plan = SecondOrderChannelPlan.create(
+            channels, iterations=iterations, rd_ratio=rd_ratio, rd_channels=rd_channels,
+            rd_divisor=rd_divisor, act=act, gate=gate)
+        conv1x1 = partial(conv, kernel_size=1, dtype=dtype, param_dtype=param_dtype,
+                          precision=precision, rngs=rngs)
+        self.fc1 = conv1x1(p.channels, p.rd_channels)
+        self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("SecondOrderChannel", "x", x, self.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                      gate=self.gate, iterations=self.iterations)
+        p = self.plan
+        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
+                                      gate=p.gate, iterations=p.iterations)

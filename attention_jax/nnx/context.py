@@ -10,36 +10,34 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention_jax import functional as F
-from attention_jax._types import Dtype, PrecisionLike
+from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
-from attention_jax.linen.context import _aspp_check
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import ASPPPlan, same_padding
 
 __all__ = ["ASPP"]
 
 
 class ConvBNAct(nnx.Module):
-    """Conv (no bias) -> BatchNorm -> ReLU: (N, H, W, Cin) -> (N, H, W, features), nnx.
+    """Conv (no bias) -> BatchNorm -> act: (N, H, W, Cin) -> (N, H, W, features), nnx.
 
     Same parameters as the linen ``ConvBNAct``: ``conv`` and ``bn``.
     """
 
     def __init__(self, in_features: int, features: int, *, kernel_size: int = 1,
-                 dilation: int = 1, act: bool = True, dtype: Dtype | None = None,
+                 dilation: int = 1, act: Activation = "relu", dtype: Dtype | None = None,
                  param_dtype: Dtype = jnp.float32, precision: PrecisionLike = None,
                  rngs: nnx.Rngs) -> None:
-        k, d = kernel_size, dilation
-        pad = d * (k - 1) // 2
         self.act = act
-        self.conv = nnx.Conv(in_features, features, (k, k), kernel_dilation=(d, d),
-                             padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                             param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)
+        self.conv = conv(in_features, features, kernel_size,
+                         padding=same_padding(kernel_size, dilation), kernel_dilation=dilation,
+                         use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                         precision=precision, rngs=rngs)
+        self.bn = batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, Cin). Returns (N, H, W, features)."""
-        y = self.bn(self.conv(x))
-        return jax.nn.relu(y) if self.act else y
+        return F.conv_norm_act(x, conv=self.conv, norm=self.bn, act=self.act)
 
 
 class ASPP(nnx.Module):
@@ -61,18 +59,19 @@ class ASPP(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        co = _aspp_check("ASPP", channels, out_channels, atrous_rates)
-        cba = partial(ConvBNAct, features=co, dtype=dtype, param_dtype=param_dtype,
+        p = self.plan = ASPPPlan.create(channels, out_channels=out_channels,
+                                        atrous_rates=atrous_rates)
+        cba = partial(ConvBNAct, features=p.out_channels, dtype=dtype, param_dtype=param_dtype,
                       precision=precision, rngs=rngs)
-        self.channels, self.n_branches = channels, len(atrous_rates) + 1
-        self.b0 = cba(channels, kernel_size=1)
-        for i, r in enumerate(atrous_rates):
-            setattr(self, f"b{i + 1}", cba(channels, kernel_size=3, dilation=r))
-        self.pool = cba(channels, kernel_size=1)
-        self.project = cba(co * self.n_branches + co, kernel_size=1)
+        self.b0 = cba(p.channels, kernel_size=1)
+        for i, r in enumerate(p.atrous_rates, start=1):
+            setattr(self, f"b{i}", cba(p.channels, kernel_size=3, dilation=r))
+        self.pool = cba(p.channels, kernel_size=1)
+        self.project = cba(p.concat_channels, kernel_size=1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
-        check_nhwc("ASPP", "x", x, self.channels)
-        branches = [getattr(self, f"b{i}") for i in range(self.n_branches)]
+        p = self.plan
+        check_nhwc("ASPP", "x", x, p.channels)
+        branches = [getattr(self, f"b{i}") for i in range(p.num_branches)]
         return F.aspp(x, branches=branches, pool_branch=self.pool, project=self.project)

@@ -10,14 +10,17 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_choice, check_nhwc, check_odd, check_positive_int
+from attention_jax._validation import check_nhwc
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import (
+    BAMPlan,
+    CBAMPlan,
+    ChannelGatePlan,
+    CoordinateAttentionPlan,
+    SpatialGatePlan,
+)
 
 __all__ = ["ChannelGate", "SpatialGate", "CBAM", "BAM", "CoordinateAttention"]
-
-# Flax's BatchNorm momentum is PyTorch's 1 - momentum. The official CBAM code uses torch
-# momentum 0.01 in its spatial gate; BAM and coordinate attention use torch's default 0.1.
-_CBAM_BN_MOMENTUM = 0.99
-_BN_MOMENTUM = 0.9
 
 
 class ChannelGate(nnx.Module):
@@ -42,19 +45,19 @@ class ChannelGate(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        rd = F.reduced_channels("ChannelGate", channels, rd_ratio=rd_ratio,
-                                rd_channels=rd_channels, rd_divisor=rd_divisor)
-        conv = partial(nnx.Conv, kernel_size=(1, 1), use_bias=bias, dtype=dtype,
-                       param_dtype=param_dtype, precision=precision, rngs=rngs)
-        self.channels, self.act, self.gate = channels, act, gate
-        self.fc1 = conv(channels, rd)
-        self.fc2 = conv(rd, channels)
+        p = self.plan = ChannelGatePlan.create(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            bias=bias, act=act, gate=gate)
+        conv1x1 = partial(conv, kernel_size=1, use_bias=p.bias, dtype=dtype,
+                          param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.fc1 = conv1x1(p.channels, p.rd_channels)
+        self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("ChannelGate", "x", x, self.channels)
-        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=self.act,
-                                   gate=self.gate)
+        p = self.plan
+        check_nhwc("ChannelGate", "x", x, p.channels)
+        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
 
 
 class SpatialGate(nnx.Module):
@@ -75,21 +78,17 @@ class SpatialGate(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "SpatialGate"
-        check_positive_int(fn, "channels", channels)
-        check_odd(fn, "kernel_size", kernel_size)
-        k, p = kernel_size, kernel_size // 2
-        self.channels, self.gate = channels, gate
-        self.conv = nnx.Conv(2, 1, kernel_size=(k, k), padding=((p, p), (p, p)), use_bias=False,
-                             dtype=dtype, param_dtype=param_dtype, precision=precision,
+        p = self.plan = SpatialGatePlan.create(channels, kernel_size=kernel_size, gate=gate)
+        self.conv = conv(2, 1, p.kernel_size, padding=p.padding, use_bias=False, dtype=dtype,
+                         param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.bn = batch_norm(1, momentum=p.norm_momentum, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
-        self.bn = nnx.BatchNorm(1, momentum=_CBAM_BN_MOMENTUM, epsilon=1e-5, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("SpatialGate", "x", x, self.channels)
-        return F.cbam_spatial_gate(x, conv=self.conv, norm=self.bn, gate=self.gate)
+        p = self.plan
+        check_nhwc("SpatialGate", "x", x, p.channels)
+        return F.cbam_spatial_gate(x, conv=self.conv, norm=self.bn, gate=p.gate)
 
 
 class CBAM(nnx.Module):
@@ -115,19 +114,21 @@ class CBAM(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
+        self.plan = CBAMPlan.create(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            bias=bias, kernel_size=kernel_size, act=act, gate=gate)
         common = dict(gate=gate, dtype=dtype, param_dtype=param_dtype, precision=precision,
                       rngs=rngs)
-        self.channels, self.act, self.gate = channels, act, gate
         self.channel = ChannelGate(channels, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                    rd_divisor=rd_divisor, bias=bias, act=act, **common)
         self.spatial = SpatialGate(channels, kernel_size=kernel_size, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("CBAM", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CBAM", "x", x, p.channels)
         return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
-                      conv=self.spatial.conv, norm=self.spatial.bn, act=self.act,
-                      gate=self.gate)
+                      conv=self.spatial.conv, norm=self.spatial.bn, act=p.act, gate=p.gate)
 
 
 class BAM(nnx.Module):
@@ -154,33 +155,30 @@ class BAM(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "BAM"
-        check_choice(fn, "combine", combine, F.BAM_COMBINES)
-        check_positive_int(fn, "dilation", dilation)
-        rd = F.reduced_channels(fn, channels, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                                rd_divisor=rd_divisor)
+        p = self.plan = BAMPlan.create(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            dilation=dilation, combine=combine, act=act, gate=gate)
+        c, rd, d = p.channels, p.rd_channels, p.dilation
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         dense = partial(nnx.Linear, precision=precision, **common)
-        conv = partial(nnx.Conv, precision=precision, **common)
-        bn = partial(nnx.BatchNorm, rd, momentum=_BN_MOMENTUM, epsilon=1e-5, **common)
-        d = dilation
-        self.channels, self.combine, self.act, self.gate = channels, combine, act, gate
-        self.fc1, self.bn1, self.fc2 = dense(channels, rd), bn(), dense(rd, channels)
-        self.conv_reduce, self.bn_reduce = conv(channels, rd, kernel_size=(1, 1)), bn()
-        di = partial(conv, rd, rd, kernel_size=(3, 3), padding=((d, d), (d, d)),
-                     kernel_dilation=(d, d))
+        conv_ = partial(conv, precision=precision, **common)
+        bn = partial(batch_norm, rd, **common)
+        self.fc1, self.bn1, self.fc2 = dense(c, rd), bn(), dense(rd, c)
+        self.conv_reduce, self.bn_reduce = conv_(c, rd, 1), bn()
+        di = partial(conv_, rd, rd, 3, padding=d, kernel_dilation=d)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
-        self.conv_final = conv(rd, 1, kernel_size=(1, 1))
+        self.conv_final = conv_(rd, 1, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("BAM", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("BAM", "x", x, p.channels)
         return F.bam(
             x, fc1=self.fc1, bn1=self.bn1, fc2=self.fc2, conv_reduce=self.conv_reduce,
             bn_reduce=self.bn_reduce, convs_di=(self.conv_di_0, self.conv_di_1),
-            bns_di=(self.bn_di_0, self.bn_di_1), conv_final=self.conv_final, act=self.act,
-            gate=self.gate, combine=self.combine,
+            bns_di=(self.bn_di_0, self.bn_di_1), conv_final=self.conv_final, act=p.act,
+            gate=p.gate, combine=p.combine,
         )
 
 
@@ -206,19 +204,19 @@ class CoordinateAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        rd = F.reduced_channels("CoordinateAttention", channels, rd_ratio=rd_ratio,
-                                rd_channels=rd_channels, rd_divisor=rd_divisor)
-        conv = partial(nnx.Conv, kernel_size=(1, 1), dtype=dtype, param_dtype=param_dtype,
-                       precision=precision, rngs=rngs)
-        self.channels, self.act, self.gate = channels, act, gate
-        self.conv1 = conv(channels, rd)
-        self.bn1 = nnx.BatchNorm(rd, momentum=_BN_MOMENTUM, epsilon=1e-5, dtype=dtype,
-                                 param_dtype=param_dtype, rngs=rngs)
-        self.conv_h = conv(rd, channels)
-        self.conv_w = conv(rd, channels)
+        p = self.plan = CoordinateAttentionPlan.create(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            act=act, gate=gate)
+        conv1x1 = partial(conv, kernel_size=1, dtype=dtype, param_dtype=param_dtype,
+                          precision=precision, rngs=rngs)
+        self.conv1 = conv1x1(p.channels, p.rd_channels)
+        self.bn1 = batch_norm(p.rd_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv_h = conv1x1(p.rd_channels, p.channels)
+        self.conv_w = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("CoordinateAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CoordinateAttention", "x", x, p.channels)
         return F.coordinate_attention(x, conv1=self.conv1, norm=self.bn1, conv_h=self.conv_h,
-                                      conv_w=self.conv_w, act=self.act, gate=self.gate)
+                                      conv_w=self.conv_w, act=p.act, gate=p.gate)

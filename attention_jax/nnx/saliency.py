@@ -12,13 +12,14 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
-from attention_jax.functional.saliency import _head_widths, _pyramid_widths, _spatial_widths
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import (
+    ContextAwarePyramidPlan,
+    PyramidFeatureAttentionPlan,
+    PyramidSpatialAttentionPlan,
+)
 
 __all__ = ["ContextAwarePyramid", "PyramidSpatialAttention", "PyramidFeatureAttention"]
-
-# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), so converted weights behave;
-# the two-pass variance (as PyTorch) stays accurate when the batch statistics are near-constant.
-_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
 
 
 class ContextAwarePyramid(nnx.Module):
@@ -47,30 +48,31 @@ class ContextAwarePyramid(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        out, branch, rd = _pyramid_widths("ContextAwarePyramid", channels, out_channels,
-                                          dilations, rd_ratio, rd_channels, rd_divisor)
-        conv = partial(nnx.Conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        self.channels, self.num_branches = channels, 1 + len(dilations)
-        self.channel_attention, self.act, self.gate = channel_attention, act, gate
-        self.conv0 = conv(channels, branch, (1, 1), use_bias=False)
-        for i, d in enumerate(dilations, start=1):
-            setattr(self, f"conv{i}", conv(channels, branch, (3, 3), padding=((d, d), (d, d)),
-                                           kernel_dilation=d, use_bias=False))
-        self.bn = nnx.BatchNorm(out, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
-        if channel_attention:
-            self.ca_fc1 = conv(out, rd, (1, 1))
-            self.ca_fc2 = conv(rd, out, (1, 1))
+        p = self.plan = ContextAwarePyramidPlan.create(
+            channels, out_channels=out_channels, dilations=dilations,
+            channel_attention=channel_attention, rd_ratio=rd_ratio, rd_channels=rd_channels,
+            rd_divisor=rd_divisor, act=act, gate=gate)
+        c, branch, out = p.channels, p.branch_channels, p.out_channels
+        conv_ = partial(conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                        rngs=rngs)
+        self.conv0 = conv_(c, branch, 1, use_bias=False)
+        for i, d in enumerate(p.dilations, start=1):
+            setattr(self, f"conv{i}", conv_(c, branch, 3, padding=d, kernel_dilation=d,
+                                            use_bias=False))
+        self.bn = batch_norm(out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if p.channel_attention:
+            self.ca_fc1 = conv_(out, p.rd_channels, 1)
+            self.ca_fc2 = conv_(p.rd_channels, out, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C')."""
-        check_nhwc("ContextAwarePyramid", "x", x, self.channels)
-        convs = [getattr(self, f"conv{i}") for i in range(self.num_branches)]
-        y = F.context_aware_pyramid(x, convs=convs, norm=self.bn, act=self.act)
-        if not self.channel_attention:
-            return y
-        return F.squeeze_excite(y, reduce=self.ca_fc1, expand=self.ca_fc2, act=self.act,
-                                gate=self.gate)
+        p = self.plan
+        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        ca = p.channel_attention
+        return F.context_aware_pyramid(
+            x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
+            norm=self.bn, act=p.act, reduce=self.ca_fc1 if ca else None,
+            expand=self.ca_fc2 if ca else None, gate=p.gate)
 
 
 class PyramidSpatialAttention(nnx.Module):
@@ -94,31 +96,29 @@ class PyramidSpatialAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        k, mid = _spatial_widths("PyramidSpatialAttention", channels, kernel_size, mid_channels)
-        p = k // 2
-        conv = partial(nnx.Conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
-        self.channels, self.act, self.gate = channels, act, gate
-        row, col = ((1, k), ((0, 0), (p, p))), ((k, 1), ((p, p), (0, 0)))
-        self.b1_conv1, self.b1_bn1 = conv(channels, mid, row[0], padding=row[1]), bn(mid)
-        self.b1_conv2, self.b1_bn2 = conv(mid, 1, col[0], padding=col[1]), bn(1)
-        self.b2_conv1, self.b2_bn1 = conv(channels, mid, col[0], padding=col[1]), bn(mid)
-        self.b2_conv2, self.b2_bn2 = conv(mid, 1, row[0], padding=row[1]), bn(1)
+        p = self.plan = PyramidSpatialAttentionPlan.create(
+            channels, kernel_size=kernel_size, mid_channels=mid_channels, act=act, gate=gate)
+        c, mid = p.channels, p.mid_channels
+        conv_ = partial(conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                        rngs=rngs)
+        bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        row, col = (p.row_kernel, p.row_padding), (p.col_kernel, p.col_padding)
+        self.b1_conv1, self.b1_bn1 = conv_(c, mid, row[0], padding=row[1]), bn(mid)
+        self.b1_conv2, self.b1_bn2 = conv_(mid, 1, col[0], padding=col[1]), bn(1)
+        self.b2_conv1, self.b2_bn1 = conv_(c, mid, col[0], padding=col[1]), bn(mid)
+        self.b2_conv2, self.b2_bn2 = conv_(mid, 1, row[0], padding=row[1]), bn(1)
 
     def attention_map(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns the (N, H, W, 1) map."""
-        check_nhwc("PyramidSpatialAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
         branches = [[(self.b1_conv1, self.b1_bn1), (self.b1_conv2, self.b1_bn2)],
                     [(self.b2_conv1, self.b2_bn1), (self.b2_conv2, self.b2_bn2)]]
-        return F.pyramid_spatial_map(x, branches=branches, act=self.act, gate=self.gate)
+        return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None) -> jax.Array:
         """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        if guide is None:
-            check_nhwc("PyramidSpatialAttention", "x", x, self.channels)
-        else:
-            check_nhwc("PyramidSpatialAttention", "x", x)
+        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
         return F.rescale(x, self.attention_map(x if guide is None else guide))
 
 
@@ -149,37 +149,36 @@ class PyramidFeatureAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        fn = "PyramidFeatureAttention"
-        pyramid = _head_widths(fn, low_channels, high_channels, features, mid_channels,
-                               dilations)
-        mid = mid_channels
+        p = self.plan = PyramidFeatureAttentionPlan.create(
+            low_channels, high_channels, features=features, mid_channels=mid_channels,
+            dilations=dilations, kernel_size=kernel_size, rd_ratio=rd_ratio,
+            rd_channels=rd_channels, rd_divisor=rd_divisor, act=act, gate=gate)
+        mid = p.mid_channels
         common = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision}
-        conv = partial(nnx.Conv, rngs=rngs, **common)
-        bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
-        self.low_channels, self.high_channels, self.act, self.gate = (
-            low_channels, high_channels, act, gate)
+        conv_ = partial(conv, rngs=rngs, **common)
+        bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cpfe = ContextAwarePyramid(
-            high_channels, out_channels=pyramid, dilations=dilations, rd_ratio=rd_ratio,
-            rd_channels=rd_channels, rd_divisor=rd_divisor, act=act, rngs=rngs, **common)
-        self.high_conv, self.high_bn = conv(pyramid, mid, (1, 1)), bn(mid)
-        self.low_conv = conv(low_channels, mid, (3, 3), padding=((1, 1), (1, 1)))
-        self.low_bn = bn(mid)
+            p.high_channels, out_channels=p.pyramid_channels, dilations=dilations,
+            rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act=act,
+            rngs=rngs, **common)
+        self.high_conv, self.high_bn = conv_(p.pyramid_channels, mid, 1), bn(mid)
+        self.low_conv, self.low_bn = conv_(p.low_channels, mid, 3, padding=1), bn(mid)
         self.sa = PyramidSpatialAttention(mid, kernel_size=kernel_size, act=act, rngs=rngs,
                                           **common)
-        self.head_conv = conv(2 * mid, 1, (3, 3), padding=((1, 1), (1, 1)))
+        self.head_conv = conv_(2 * mid, 1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array) -> jax.Array:
         """Args: low (N, H, W, Cl); high (N, h, w, Ch). Returns (N, H, W, 1)."""
-        fn = "PyramidFeatureAttention"
-        check_nhwc(fn, "low", low, self.low_channels)
-        check_nhwc(fn, "high", high, self.high_channels)
-        act = F.get_act(self.act)
+        p, fn = self.plan, "PyramidFeatureAttention"
+        check_nhwc(fn, "low", low, p.low_channels)
+        check_nhwc(fn, "high", high, p.high_channels)
+        cna = partial(F.conv_norm_act, act=p.act)
         return F.pyramid_feature_attention(
             low, high,
             cpfe=self.cpfe,
-            high_proj=lambda h: act(self.high_bn(self.high_conv(h))),
-            low_proj=lambda t: act(self.low_bn(self.low_conv(t))),
+            high_proj=partial(cna, conv=self.high_conv, norm=self.high_bn),
+            low_proj=partial(cna, conv=self.low_conv, norm=self.low_bn),
             spatial_map=self.sa.attention_map,
             head=self.head_conv,
-            gate=self.gate,
+            gate=p.gate,
         )

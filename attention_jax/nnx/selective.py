@@ -11,13 +11,10 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
-from attention_jax.functional.selective import _sk_widths, _splat_widths
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
 __all__ = ["SelectiveKernel", "SplitAttention"]
-
-# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), so converted weights behave;
-# the two-pass variance (as PyTorch) stays accurate when the batch statistics are near-constant.
-_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
 
 
 class SelectiveKernel(nnx.Module):
@@ -47,30 +44,31 @@ class SelectiveKernel(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        out, rd = _sk_widths("SelectiveKernel", channels, out_channels, num_paths, groups,
-                             stride, rd_ratio, rd_channels, rd_divisor, rd_min_channels)
-        conv = partial(nnx.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                       precision=precision, rngs=rngs)
-        bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
-        self.channels, self.num_paths, self.act = channels, num_paths, act
-        for m in range(num_paths):
-            d = m + 1
-            setattr(self, f"conv{m}", conv(channels, out, (3, 3), strides=stride,
-                                           padding=((d, d), (d, d)), kernel_dilation=d,
-                                           feature_group_count=groups))
+        p = self.plan = SelectiveKernelPlan.create(
+            channels, out_channels=out_channels, num_paths=num_paths, groups=groups,
+            stride=stride, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            rd_min_channels=rd_min_channels, act=act)
+        c, out, rd = p.channels, p.out_channels, p.rd_channels
+        conv_ = partial(conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                        precision=precision, rngs=rngs)
+        bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for m, d in enumerate(p.dilations):
+            setattr(self, f"conv{m}", conv_(c, out, 3, strides=p.stride, padding=d,
+                                            kernel_dilation=d, feature_group_count=p.groups))
             setattr(self, f"bn{m}", bn(out))
-        self.fc_reduce = conv(out, rd, (1, 1))
+        self.fc_reduce = conv_(out, rd, 1)
         self.fc_bn = bn(rd)
-        self.fc_select = conv(rd, out * num_paths, (1, 1))
+        self.fc_select = conv_(rd, out * p.num_paths, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
-        check_nhwc("SelectiveKernel", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SelectiveKernel", "x", x, p.channels)
         return F.selective_kernel(
             x,
-            convs=[getattr(self, f"conv{m}") for m in range(self.num_paths)],
-            norms=[getattr(self, f"bn{m}") for m in range(self.num_paths)],
-            reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=self.act,
+            convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
+            norms=[getattr(self, f"bn{m}") for m in range(p.num_paths)],
+            reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=p.act,
         )
 
 
@@ -104,26 +102,28 @@ class SplitAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        out, rd = _splat_widths("SplitAttention", channels, out_channels, kernel_size, stride,
-                                dilation, groups, radix, rd_ratio, rd_channels, rd_divisor,
-                                rd_min_channels)
-        conv = partial(nnx.Conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
-        self.channels, self.radix, self.groups, self.act = channels, radix, groups, act
-        k, d = kernel_size, dilation
-        p = d * (k - 1) // 2
-        self.conv = conv(channels, out * radix, (k, k), strides=stride, padding=((p, p), (p, p)),
-                         kernel_dilation=d, feature_group_count=groups * radix, use_bias=bias)
-        self.bn0 = bn(out * radix)
-        self.fc1 = conv(out, rd, (1, 1), feature_group_count=groups)
+        p = self.plan = SplitAttentionPlan.create(
+            channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
+            dilation=dilation, groups=groups, radix=radix, rd_ratio=rd_ratio,
+            rd_channels=rd_channels, rd_divisor=rd_divisor, rd_min_channels=rd_min_channels,
+            bias=bias, act=act)
+        conv_ = partial(conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                        rngs=rngs)
+        bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        out, width, rd = p.out_channels, p.out_channels * p.radix, p.rd_channels
+        self.conv = conv_(p.channels, width, p.kernel_size, strides=p.stride,
+                          padding=p.padding, kernel_dilation=p.dilation,
+                          feature_group_count=p.groups * p.radix, use_bias=p.bias)
+        self.bn0 = bn(width)
+        self.fc1 = conv_(out, rd, 1, feature_group_count=p.groups)
         self.bn1 = bn(rd)
-        self.fc2 = conv(rd, out * radix, (1, 1), feature_group_count=groups)
+        self.fc2 = conv_(rd, width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
-        check_nhwc("SplitAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SplitAttention", "x", x, p.channels)
         return F.split_attention(
             x, conv=self.conv, norm0=self.bn0, reduce=self.fc1, norm1=self.bn1,
-            expand=self.fc2, radix=self.radix, cardinality=self.groups, act=self.act,
+            expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,
         )

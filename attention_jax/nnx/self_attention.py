@@ -13,9 +13,17 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_choice, check_nhwc, check_positive_int
-from attention_jax.linen.self_attention import _check_mhsa, _check_size, _width
+from attention_jax._validation import check_nhwc
 from attention_jax.nnx.context import ConvBNAct
+from attention_jax.nnx.layers import batch_norm, conv
+from attention_jax.plans import (
+    ChannelSelfAttentionPlan,
+    CrissCrossAttentionPlan,
+    DualAttentionHeadPlan,
+    MultiHeadSelfAttention2dPlan,
+    NonLocalPlan,
+    PositionAttentionPlan,
+)
 
 __all__ = [
     "NonLocal",
@@ -30,8 +38,8 @@ __all__ = [
 def _conv1x1(cin, cout, *, use_bias=True, zero=False, dtype, param_dtype, precision, rngs):
     kw = ({"kernel_init": nnx.initializers.zeros, "bias_init": nnx.initializers.zeros}
           if zero else {})
-    return nnx.Conv(cin, cout, (1, 1), use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                    precision=precision, rngs=rngs, **kw)
+    return conv(cin, cout, 1, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                precision=precision, rngs=rngs, **kw)
 
 
 class NonLocal(nnx.Module):
@@ -57,28 +65,30 @@ class NonLocal(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        ci = _width("NonLocal", channels, inter_channels, 2)
-        check_choice("NonLocal", "mode", mode, F.NON_LOCAL_MODES)
-        conv = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        self.channels, self.mode, self.use_scale = channels, mode, use_scale
-        self.sub_sample, self.use_bn, self.implementation = sub_sample, use_bn, implementation
+        p = self.plan = NonLocalPlan.create(
+            channels, inter_channels=inter_channels, mode=mode, use_scale=use_scale,
+            sub_sample=sub_sample, use_bn=use_bn, implementation=implementation)
+        conv1x1 = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                          rngs=rngs)
+        c, ci = p.channels, p.inter_channels
         self.precision = precision
-        self.theta, self.phi, self.g = conv(channels, ci), conv(channels, ci), conv(channels, ci)
-        self.concat_project = conv(2 * ci, 1, use_bias=False) if mode == "concatenation" else None
-        self.out_proj = conv(ci, channels, zero=not use_bn)
-        self.out_bn = (nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                                     param_dtype=param_dtype, scale_init=nnx.initializers.zeros,
-                                     rngs=rngs) if use_bn else None)
+        self.theta, self.phi, self.g = conv1x1(c, ci), conv1x1(c, ci), conv1x1(c, ci)
+        self.concat_project = conv1x1(2 * ci, 1, use_bias=False) if p.has_concat_project else None
+        self.out_proj = conv1x1(ci, c, zero=not p.use_bn)
+        self.out_bn = (batch_norm(c, dtype=dtype, param_dtype=param_dtype,
+                                  scale_init=nnx.initializers.zeros, rngs=rngs)
+                       if p.use_bn else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("NonLocal", "x", x, self.channels)
-        out = (lambda y: self.out_bn(self.out_proj(y))) if self.use_bn else self.out_proj
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g, out=out,
-                           concat_project=self.concat_project, mode=self.mode,
-                           use_scale=self.use_scale, sub_sample=self.sub_sample,
-                           implementation=self.implementation, precision=self.precision)
+        p = self.plan
+        check_nhwc("NonLocal", "x", x, p.channels)
+        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
+                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn,
+                                       act="identity"),
+                           concat_project=self.concat_project, mode=p.mode,
+                           use_scale=p.use_scale, sub_sample=p.sub_sample,
+                           implementation=p.implementation, precision=self.precision)
 
 
 class PositionAttention(nnx.Module):
@@ -99,19 +109,21 @@ class PositionAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        cq = _width("PositionAttention", channels, qk_channels, 8)
-        conv = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        self.channels, self.implementation, self.precision = channels, implementation, precision
-        self.query, self.key = conv(channels, cq), conv(channels, cq)
-        self.value = conv(channels, channels)
+        p = self.plan = PositionAttentionPlan.create(channels, qk_channels=qk_channels,
+                                                     implementation=implementation)
+        conv1x1 = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                          rngs=rngs)
+        c, cq = p.channels, p.qk_channels
+        self.precision = precision
+        self.query, self.key, self.value = conv1x1(c, cq), conv1x1(c, cq), conv1x1(c, c)
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("PositionAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("PositionAttention", "x", x, p.channels)
         return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma[...], implementation=self.implementation,
+                                    gamma=self.gamma[...], implementation=p.implementation,
                                     precision=self.precision)
 
 
@@ -131,13 +143,12 @@ class ChannelSelfAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        check_positive_int("ChannelSelfAttention", "channels", channels)
-        self.channels = channels
+        self.plan = ChannelSelfAttentionPlan.create(channels)
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.channels)
+        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
         return F.channel_self_attention(x, gamma=self.gamma[...])
 
 
@@ -159,23 +170,21 @@ class DualAttentionHead(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        check_positive_int("DualAttentionHead", "channels", channels)
-        if out_channels is not None:
-            check_positive_int("DualAttentionHead", "out_channels", out_channels)
-        ci = max(1, channels // 4)
+        p = self.plan = DualAttentionHeadPlan.create(channels, out_channels=out_channels,
+                                                     implementation=implementation)
+        c, ci = p.channels, p.inter_channels
         kw = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision, "rngs": rngs}
-        self.channels = channels
-        self.conv5a = ConvBNAct(channels, ci, kernel_size=3, **kw)
-        self.conv5c = ConvBNAct(channels, ci, kernel_size=3, **kw)
-        self.sa = PositionAttention(ci, implementation=implementation, **kw)
+        self.conv5a = ConvBNAct(c, ci, kernel_size=3, **kw)
+        self.conv5c = ConvBNAct(c, ci, kernel_size=3, **kw)
+        self.sa = PositionAttention(ci, implementation=p.implementation, **kw)
         self.sc = ChannelSelfAttention(ci, **kw)
         self.conv51 = ConvBNAct(ci, ci, kernel_size=3, **kw)
         self.conv52 = ConvBNAct(ci, ci, kernel_size=3, **kw)
-        self.conv8 = _conv1x1(ci, out_channels or channels, **kw)
+        self.conv8 = _conv1x1(ci, p.out_channels, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.channels)
+        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
         return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c, pam=self.sa,
                                      cam=self.sc, conv51=self.conv51, conv52=self.conv52,
                                      conv8=self.conv8)
@@ -199,20 +208,21 @@ class CrissCrossAttention(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        cq = _width("CrissCrossAttention", channels, qk_channels, 8)
-        check_positive_int("CrissCrossAttention", "recurrence", recurrence)
-        conv = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
-        self.channels, self.recurrence, self.precision = channels, recurrence, precision
-        self.query, self.key = conv(channels, cq), conv(channels, cq)
-        self.value = conv(channels, channels)
+        p = self.plan = CrissCrossAttentionPlan.create(channels, qk_channels=qk_channels,
+                                                       recurrence=recurrence)
+        conv1x1 = partial(_conv1x1, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                          rngs=rngs)
+        c, cq = p.channels, p.qk_channels
+        self.precision = precision
+        self.query, self.key, self.value = conv1x1(c, cq), conv1x1(c, cq), conv1x1(c, c)
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("CrissCrossAttention", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("CrissCrossAttention", "x", x, p.channels)
         return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma[...], recurrence=self.recurrence,
+                                       gamma=self.gamma[...], recurrence=p.recurrence,
                                        precision=self.precision)
 
 
@@ -237,32 +247,30 @@ class MultiHeadSelfAttention2d(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        _check_mhsa("MultiHeadSelfAttention2d", channels, num_heads, position, input_size)
+        p = self.plan = MultiHeadSelfAttention2dPlan.create(
+            channels, num_heads=num_heads, qkv_bias=qkv_bias, position=position,
+            input_size=input_size, implementation=implementation)
         lin = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                       rngs=rngs)
-        self.channels, self.num_heads, self.position = channels, num_heads, position
-        self.input_size, self.implementation = input_size, implementation
         self.precision = precision
-        self.qkv = lin(channels, 3 * channels, use_bias=qkv_bias)
-        self.proj = lin(channels, channels)
+        self.qkv = lin(p.channels, 3 * p.channels, use_bias=p.qkv_bias)
+        self.proj = lin(p.channels, p.channels)
         init = nnx.initializers.truncated_normal(0.02)
-        if position == "relative":
-            h, w = input_size
+        if p.position == "relative":
             self.relative_position_bias_table = nnx.Param(
-                init(rngs.params(), ((2 * h - 1) * (2 * w - 1), num_heads), param_dtype))
-        elif position == "absolute":
-            h, w = input_size
-            self.pos_embed = nnx.Param(init(rngs.params(), (1, h, w, channels), param_dtype))
+                init(rngs.params(), p.rel_table_shape, param_dtype))
+        elif p.position == "absolute":
+            self.pos_embed = nnx.Param(init(rngs.params(), p.pos_embed_shape, param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        fn = "MultiHeadSelfAttention2d"
-        check_nhwc(fn, "x", x, self.channels)
-        _check_size(fn, x, self.position, self.input_size)
+        p = self.plan
+        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        p.check_input(x)
         table = getattr(self, "relative_position_bias_table", None)
         pos = getattr(self, "pos_embed", None)
         return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=self.num_heads,
+            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
             pos_embed=None if pos is None else pos[...],
             rel_pos_table=None if table is None else table[...],
-            implementation=self.implementation, precision=self.precision)
+            implementation=p.implementation, precision=self.precision)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -13,17 +12,10 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx.layers import conv
+from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
 __all__ = ["LocalisationNet", "SpatialTransformer"]
-
-
-def _constant_init(values: Sequence[float] | None):
-    def init(key, shape, dtype=jnp.float32):
-        if values is None:
-            return jnp.zeros(shape, dtype)
-        return jnp.asarray(values, dtype).reshape(shape)
-
-    return init
 
 
 class LocalisationNet(nnx.Module):
@@ -48,24 +40,25 @@ class LocalisationNet(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        conv = partial(nnx.Conv, kernel_size=(3, 3), padding="SAME", dtype=dtype,
-                       param_dtype=param_dtype, precision=precision, rngs=rngs)
+        p = self.plan = LocalisationNetPlan.create(
+            channels, out_features=out_features, features=features, hidden=hidden,
+            pool_size=pool_size, final_bias=final_bias)
+        conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=dtype, param_dtype=param_dtype,
+                          precision=precision, rngs=rngs)
         dense = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                         rngs=rngs)
-        self.channels = channels
-        self.pool_size = pool_size
-        self.conv1 = conv(channels, features[0])
-        self.conv2 = conv(features[0], features[1])
-        cells = 1 if pool_size is None else pool_size[0] * pool_size[1]
-        self.fc1 = dense(features[1] * cells, hidden)
-        self.fc2 = dense(hidden, out_features, kernel_init=nnx.initializers.zeros,
-                         bias_init=_constant_init(final_bias))
+        self.conv1 = conv3x3(p.channels, p.features[0])
+        self.conv2 = conv3x3(p.features[0], p.features[1])
+        self.fc1 = dense(p.fc1_in, p.hidden)
+        self.fc2 = dense(p.hidden, p.out_features, kernel_init=nnx.initializers.zeros,
+                         bias_init=p.fc2_bias_init())
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, out_features)."""
-        check_nhwc("LocalisationNet", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("LocalisationNet", "x", x, p.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
-                                  fc2=self.fc2, pool_size=self.pool_size)
+                                  fc2=self.fc2, pool_size=p.pool_size)
 
 
 class SpatialTransformer(nnx.Module):
@@ -93,25 +86,24 @@ class SpatialTransformer(nnx.Module):
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        kw = {"tps_grid_size": tps_grid_size}
-        self.channels = channels
-        self.transform, self.out_size, self.mode = transform, out_size, mode
-        self.padding_mode, self.align_corners = padding_mode, align_corners
-        self.tps_grid_size = tps_grid_size
+        p = self.plan = SpatialTransformerPlan.create(
+            channels, transform=transform, out_size=out_size, mode=mode,
+            padding_mode=padding_mode, align_corners=align_corners, tps_grid_size=tps_grid_size,
+            features=features, hidden=hidden, pool_size=pool_size)
         self.loc = LocalisationNet(
-            channels, out_features=F.transform_num_params(transform, **kw),
-            features=features, hidden=hidden, pool_size=pool_size,
-            final_bias=tuple(float(v) for v in F.identity_transform_params(transform, **kw)),
-            dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs,
+            p.channels, out_features=p.loc.out_features, features=features, hidden=hidden,
+            pool_size=pool_size, final_bias=p.loc.final_bias, dtype=dtype,
+            param_dtype=param_dtype, precision=precision, rngs=rngs,
         )
 
     def __call__(
         self, x: jax.Array, *, return_transform: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
         """Args: x (N, H, W, C). Returns (N, Ho, Wo, C) (and the transform)."""
-        check_nhwc("SpatialTransformer", "x", x, self.channels)
+        p = self.plan
+        check_nhwc("SpatialTransformer", "x", x, p.channels)
         return F.spatial_transformer(
-            x, localisation=self.loc, transform=self.transform, out_size=self.out_size,
-            mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners,
-            tps_grid_size=self.tps_grid_size, return_transform=return_transform,
+            x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
+            mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
+            tps_grid_size=p.tps_grid_size, return_transform=return_transform,
         )

@@ -66,16 +66,75 @@ def test_eca_kernel_size_formula(c):
     assert F.eca_kernel_size(256) == 5 and F.eca_kernel_size(64) == 3
 
 
+def _timm_make_divisible(v, divisor=8, min_value=None, round_limit=0.9):
+    """An independent copy of timm's ``make_divisible`` (timm/layers/helpers.py)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+# (value, divisor, round_limit) -> width, worked out by hand from timm's rule
+# max(divisor, floor((v + divisor / 2) / divisor) * divisor), plus one divisor when that lost
+# more than 1 - round_limit of v. Rounding down instead of to the nearest gives the second
+# number in some comments.
+MAKE_DIVISIBLE = [
+    ((200 / 16, 8, 0.0), 16),  # 12.5 -> 16 (down: 8): timm's SE width for C=200
+    ((208 / 16, 8, 0.0), 16),  # 13 -> 16 (down: 8)
+    ((320 / 16, 8, 0.0), 24),  # 20 -> 24 (down: 16)
+    ((256 / 16, 8, 0.0), 16),  # exact
+    ((64 / 16, 8, 0.0), 8),  # 4 -> 8: the floor min_value = divisor
+    ((1.0, 8, 0.0), 8),
+    ((37, 8, 0.9), 40),  # 37 -> 40 (down: 32)
+    ((11.9, 8, 0.0), 8),  # 11.9 + 4 = 15.9 -> 8, just below the midpoint
+    ((12.0, 8, 0.0), 16),  # the midpoint 12 + 4 = 16 rounds up
+    ((27, 4, 0.9), 28),  # (27 + 2) // 4 * 4 = 28
+    # The 0.9 guard: 11 rounds to 8 (nearest), which loses 27% > 10%, so one divisor more.
+    ((11, 8, 0.9), 16),
+    ((11, 8, 0.0), 8),  # without the guard (round_limit=0, as the reduced widths use)
+    ((19, 16, 0.9), 32),  # nearest is 16 < 0.9 * 19 = 17.1 -> 32
+    ((18, 16, 0.9), 32),  # nearest is 16 < 0.9 * 18 = 16.2 -> 32
+    ((17, 16, 0.9), 16),  # nearest is 16 >= 0.9 * 17 = 15.3: kept
+]
+
+
+@pytest.mark.parametrize("args,width", MAKE_DIVISIBLE, ids=[str(a) for a, _ in MAKE_DIVISIBLE])
+def test_make_divisible_table(args, width):
+    value, divisor, limit = args
+    assert _timm_make_divisible(value, divisor, round_limit=limit) == width  # the table is timm's
+    assert F.make_divisible(value, divisor=divisor, round_limit=limit) == width
+
+
+# C -> width of reduced_channels(C, rd_ratio=1/16, rd_divisor=8), timm's SE width
+# make_divisible(C / 16, 8, round_limit=0.).
+REDUCED = {16: 8, 64: 8, 128: 8, 192: 16, 200: 16, 208: 16, 256: 16, 320: 24, 512: 32,
+           1000: 64, 2048: 128}
+
+
+@pytest.mark.parametrize("c", REDUCED)
+def test_reduced_channels_table(c):
+    assert F.reduced_channels("f", c, rd_ratio=1 / 16, rd_channels=None, rd_divisor=8) == REDUCED[c]
+    assert _timm_make_divisible(c / 16, 8, round_limit=0.0) == REDUCED[c]
+
+
 def test_make_divisible_and_reduced_channels():
-    assert F.make_divisible(64 / 16, divisor=8) == 8
-    assert F.make_divisible(37, divisor=8) == 40
-    assert F.reduced_channels("f", 256, rd_ratio=1 / 16, rd_channels=None, rd_divisor=8) == 16
     assert F.reduced_channels("f", 256, rd_ratio=1 / 16, rd_channels=7, rd_divisor=8) == 7
     assert F.reduced_channels("f", 48, rd_ratio=1 / 16, rd_channels=None, rd_divisor=1) == 3
+    assert F.reduced_channels("f", 200, rd_ratio=0.25, rd_channels=None, rd_divisor=1) == 50
+    assert F.reduced_channels("f", 64, rd_ratio=np.float32(0.25), rd_channels=None,
+                              rd_divisor=8) == 16
     with pytest.raises(ValueError, match=r"f: rd_ratio must be large enough"):
         F.reduced_channels("f", 8, rd_ratio=1 / 16, rd_channels=None, rd_divisor=1)
     with pytest.raises(ValueError, match=r"f: rd_channels must be an integer >= 1, got 0"):
         F.reduced_channels("f", 8, rd_ratio=1 / 16, rd_channels=0, rd_divisor=8)
+
+
+@pytest.mark.parametrize("ratio", [math.inf, -math.inf, math.nan, -0.25, 0.0, True, "1/16"])
+def test_reduced_channels_bad_ratio(ratio):
+    """A ValueError naming the caller, not int(inf)'s OverflowError."""
+    with pytest.raises(ValueError, match=r"f: rd_ratio must be a positive finite number"):
+        F.reduced_channels("f", 64, rd_ratio=ratio, rd_channels=None, rd_divisor=8)
 
 
 def test_gate_grads_under_jit(x64):

@@ -301,17 +301,49 @@ def test_cosine_zero_vectors_finite(impl):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in gs)
 
 
+def _large_logit_case():
+    """Logits ~1e4 that still spread over several keys (softmax not one-hot).
+
+    Every key shares 7 large coordinates (integers 30..45, queries 35 there: a common logit
+    ~9e3); the 8th (multiples of 0.25 times a query value ~N(0, 2)) spreads the logits by
+    O(10). All values are exact in bf16 and fp16.
+    """
+    rng = np.random.default_rng(7)
+    q = np.full((2, 7, 8), 35.0, np.float32)
+    q[..., -1] = rng.normal(size=(2, 7)) * 2
+    k0 = rng.integers(30, 46, size=(2, 1, 7)).astype(np.float32)
+    k = np.concatenate([np.broadcast_to(k0, (2, 11, 7)),
+                        rng.integers(-8, 9, size=(2, 11, 1)) * 0.25], -1).astype(np.float32)
+    v = (rng.normal(size=(2, 11, 5)) * 100).astype(np.float32)
+    return q, k, v
+
+
+def _softmax_attention_f64(q, k, v):
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    s = q @ np.swapaxes(k, -1, -2)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    w = e / e.sum(-1, keepdims=True)
+    return w @ v, s, w
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("impl", ["xla", "chunked"])
 def test_low_precision_large_logits_finite(dtype, impl):
-    """Logits ~1e4 (q, k ~ 35 with D=8) in bf16/fp16: finite, and close to float32."""
-    q, k, v = _n(2, 7, 8, scale=35.0), _n(2, 11, 8, scale=35.0), _n(2, 11, 5, scale=100.0)
+    """Logits ~1e4 in bf16/fp16: finite, and within the dtype's rounding of a float64 softmax.
+
+    The reference runs in float64 on the same (rounded) inputs. Rounding the weights and the
+    output to the dtype costs at most about eps * max|v| (eps = 2^-7 bf16, 2^-10 fp16).
+    """
+    q, k, v = _large_logit_case()
     kw = {"score": "dot", "implementation": impl, "q_chunk_size": 3, "k_chunk_size": 4}
     lo = [jnp.asarray(a, dtype) for a in (q, k, v)]
     y = F.attention(*lo, **kw)
     assert y.dtype == dtype and bool(jnp.all(jnp.isfinite(y)))
-    ref = F.attention(*(a.astype(jnp.float32) for a in lo), **kw)
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.02 * 300, rtol=0.05)
+    ref, s, w = _softmax_attention_f64(*lo)
+    assert np.abs(s).max() > 8e3 and (w.max(-1) < 0.9).mean() > 0.5  # large logits, mixed
+    scale = float(np.abs(np.asarray(v, np.float64)).max())
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0,
+                               atol=float(jnp.finfo(dtype).eps) * scale)
     grads = jax.grad(lambda *a: jnp.sum(F.attention(*a, **kw).astype(jnp.float32)),
                      argnums=(0, 1, 2))(*lo)
     assert all(g.dtype == dtype and bool(jnp.all(jnp.isfinite(g))) for g in grads)
@@ -387,3 +419,15 @@ def test_bad_rank_dtype_temperature():
         F.cosine_scores(Q, K, temperature=0.0)
     with pytest.raises(ValueError, match=r"attention: k must be leading \(batch/head\) dims"):
         F.attention(Q, _n(4, 3, 11, 8), V)
+
+
+@pytest.mark.parametrize("impl", ["xla", "chunked", "native", "auto"])
+@pytest.mark.parametrize("score", ["scaled_dot", "dot", "cosine"])
+def test_bad_zero_head_dim(impl, score):
+    """D = 0: a ValueError (was 1 / sqrt(0)'s ZeroDivisionError) on every implementation."""
+    q, k, v = jnp.ones((2, 4, 0)), jnp.ones((2, 5, 0)), jnp.ones((2, 5, 8))
+    with pytest.raises(ValueError, match=r"attention: q must be a feature size D >= 1 on its "
+                       r"last axis, got shape \(2, 4, 0\)"):
+        F.attention(q, k, v, score=score, implementation=impl)
+    with pytest.raises(ValueError, match=r"scaled_dot_scores: q must be a feature size D >= 1"):
+        F.scaled_dot_scores(q, k)

@@ -1,5 +1,4 @@
-"""Pure forwards of self-attention over pixels and ASPP: check_grads, brute-force formulas,
-bad input."""
+"""Pure forwards of self-attention over pixels: check_grads, brute-force formulas, bad input."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -49,17 +48,12 @@ def test_pam_cam_cca_check_grads(x64):
     check_grads(cca, (_x(), wq, wk, wv, gamma), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
-def test_mhsa2d_and_aspp_check_grads(x64):
+def test_mhsa2d_check_grads(x64):
     table, pos = _w(5 * 7, 2), _w(1, 3, 4, C)
     wqkv, wp = _w(C, 3 * C), _w(C, C)
     mhsa = lambda x, a, b, t, p: F.multi_head_self_attention_2d(
         x, qkv=_lin(a), proj=_lin(b), num_heads=2, rel_pos_table=t, pos_embed=p)
     check_grads(mhsa, (_x(), wqkv, wp, table, pos), order=1, modes=["rev"], atol=1e-5,
-                rtol=1e-5)
-    ws = [_w(C, 3) for _ in range(3)]
-    aspp = lambda x, a, b, p: F.aspp(x, branches=[_lin(a), _lin(b)], pool_branch=_lin(a),
-                                     project=_lin(p))
-    check_grads(aspp, (_x(), ws[0], ws[1], _w(9, C)), order=1, modes=["rev"], atol=1e-5,
                 rtol=1e-5)
 
 
@@ -112,5 +106,3 @@ def test_bad_input():
                        r"shape \(1, 3, 4, 4\)"):
         F.multi_head_self_attention_2d(x, qkv=ident, proj=ident, num_heads=2,
                                        pos_embed=jnp.ones((1, 4, 3, C)))
-    with pytest.raises(ValueError, match=r"aspp: branches must be a non-empty sequence"):
-        F.aspp(x, branches=[], pool_branch=ident, project=ident)

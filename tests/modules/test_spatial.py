@@ -148,5 +148,3 @@ def test_bad_input():
         L.SpatialTransformer(3, mode="area").init(jax.random.key(0), X)
     with pytest.raises(ValueError, match=r"transform_num_params: tps_grid_size must be"):
         N.SpatialTransformer(3, transform="tps", tps_grid_size=(1, 4), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"transform_grid: params must be shape \(N, 6\)"):
-        F.transform_grid(jnp.zeros((2, 4)), (2, 4, 4, 1), transform="affine")

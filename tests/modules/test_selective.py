@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from attention_jax import functional as F
 from attention_jax import linen as L
 from attention_jax import load_linen_variables
 from attention_jax import nnx as N
@@ -29,24 +28,26 @@ X = np.random.default_rng(0).normal(size=(2, 7, 6, 16)).astype(np.float32)
 def test_sk_parity_and_nnx(num_paths, groups, stride, out):
     kw = {"num_paths": num_paths, "groups": groups, "stride": stride, "out_channels": out}
     m = L.SelectiveKernel(16, **kw)
-    width = max(F.make_divisible((out or 16) / 16, divisor=8, round_limit=0.0), 32)
+    # d = max(make_divisible(out / 16, 8), L): out / 16 <= 1 rounds to 8 < L = 32.
     ref = R.SelectiveKernel(16, out, num_paths=num_paths, groups=groups, stride=stride,
-                            rd_channels=width)
+                            rd_channels=32)
     v = check_module_parity(m, ref, X)
     check_linen_equals_nnx(m, N.SelectiveKernel(16, **kw, rngs=nnx.Rngs(1)), X, v)
 
 
 def test_sk_paper_fields_width():
     """d = max(C / r, L): r = 1 / rd_ratio, L = rd_min_channels; rd_channels overrides both."""
-    def width(**kw):
-        v = jax.eval_shape(L.SelectiveKernel(256, **kw).init, jax.random.key(0),
-                           jnp.ones((1, 4, 4, 256)))
+    def width(c=256, **kw):
+        v = jax.eval_shape(L.SelectiveKernel(c, **kw).init, jax.random.key(0),
+                           jnp.ones((1, 4, 4, c)))
         return v["params"]["fc_reduce"]["kernel"].shape[-1]
 
     assert width() == 32  # 256 / 16 = 16 < L = 32
     assert width(rd_ratio=1 / 4) == 64
     assert width(rd_min_channels=8) == 16
     assert width(rd_channels=5) == 5
+    assert width(200, rd_min_channels=8) == 16  # 12.5 rounds to the nearest multiple of 8
+    assert width(320, rd_min_channels=8) == 24  # 20 -> 24
 
 
 def test_splat_radix_grouped_parity_and_nnx():
@@ -54,9 +55,9 @@ def test_splat_radix_grouped_parity_and_nnx():
                                        (2, 4, 1, 32)]:
         kw = {"radix": radix, "groups": groups, "stride": stride, "out_channels": out}
         m = L.SplitAttention(16, **kw)
-        width = max(F.make_divisible(16 * radix / 16, divisor=8, round_limit=0.0), 32)
+        # d = max(make_divisible(16 * radix / 16, 8), L): radix <= 4 rounds to 8 < L = 32.
         ref = R.SplitAttention(16, out, radix=radix, groups=groups, stride=stride,
-                               rd_channels=width)
+                               rd_channels=32)
         v = check_module_parity(m, ref, X)
         check_linen_equals_nnx(m, N.SplitAttention(16, **kw, rngs=nnx.Rngs(2)), X, v)
 
