@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -61,8 +62,10 @@ class SqueezeExcite(nn.Module):
         """Args: x (N, H, W, C); train: unused (no batch statistics). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SqueezeExcite", "x", x, p.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
-                                add_maxpool=p.add_maxpool)
+        return call_and_sow(
+            self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+            add_maxpool=p.add_maxpool,
+        )
 
 
 class EfficientChannelAttention(nn.Module):
@@ -94,7 +97,7 @@ class EfficientChannelAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("EfficientChannelAttention", "x", x, p.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
+        return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nn.Module):
@@ -148,9 +151,10 @@ class GatherExcite(nn.Module):
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
             norms=[partial(getattr(self, f"norm{i}"), use_running_average=not train)
                    for i in idx], act=p.act) if p.gather_convs else None
-        return F.gather_excite(
-            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
-            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.gather_excite, x, extent=p.extent, gather=gather,
+            reduce=self.fc1 if p.use_mlp else None, expand=self.fc2 if p.use_mlp else None,
+            act=p.act, gate=p.gate,
         )
 
 
@@ -200,8 +204,10 @@ class GlobalContext(nn.Module):
         check_nhwc("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
-        return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.global_context, x, attn=self.conv_attn, add_transform=add,
+            scale_transform=scale, act=p.act, gate=p.gate,
+        )
 
 
 class SecondOrderChannel(nn.Module):
@@ -237,5 +243,7 @@ class SecondOrderChannel(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SecondOrderChannel", "x", x, p.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
-                                      gate=p.gate, iterations=p.iterations)
+        return call_and_sow(
+            self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
+            gate=p.gate, iterations=p.iterations,
+        )

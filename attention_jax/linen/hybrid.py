@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -55,7 +56,9 @@ class ChannelGate(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("ChannelGate", "x", x, p.channels)
-        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam_channel_gate, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+        )
 
 
 class SpatialGate(nn.Module):
@@ -85,9 +88,10 @@ class SpatialGate(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SpatialGate", "x", x, p.channels)
-        return F.cbam_spatial_gate(x, conv=self.conv,
-                                   norm=partial(self.bn, use_running_average=not train),
-                                   gate=p.gate)
+        return call_and_sow(
+            self, F.cbam_spatial_gate, x, conv=self.conv,
+            norm=partial(self.bn, use_running_average=not train), gate=p.gate,
+        )
 
 
 class CBAM(nn.Module):
@@ -125,10 +129,11 @@ class CBAM(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CBAM", "x", x, p.channels)
-        return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
-                      conv=self.spatial.conv,
-                      norm=partial(self.spatial.bn, use_running_average=not train),
-                      act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam, x, reduce=self.channel.fc1, expand=self.channel.fc2,
+            conv=self.spatial.conv, norm=partial(self.spatial.bn, use_running_average=not train),
+            act=p.act, gate=p.gate,
+        )
 
 
 class BAM(nn.Module):
@@ -175,8 +180,8 @@ class BAM(nn.Module):
         p = self.plan
         check_nhwc("BAM", "x", x, p.channels)
         mode = dict(use_running_average=not train)
-        return F.bam(
-            x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
+        return call_and_sow(
+            self, F.bam, x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
             conv_reduce=self.conv_reduce, bn_reduce=partial(self.bn_reduce, **mode),
             convs_di=(self.conv_di_0, self.conv_di_1),
             bns_di=(partial(self.bn_di_0, **mode), partial(self.bn_di_1, **mode)),
@@ -219,7 +224,8 @@ class CoordinateAttention(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CoordinateAttention", "x", x, p.channels)
-        return F.coordinate_attention(
-            x, conv1=self.conv1, norm=partial(self.bn1, use_running_average=not train),
-            conv_h=self.conv_h, conv_w=self.conv_w, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.coordinate_attention, x, conv1=self.conv1,
+            norm=partial(self.bn1, use_running_average=not train), conv_h=self.conv_h,
+            conv_w=self.conv_w, act=p.act, gate=p.gate,
         )

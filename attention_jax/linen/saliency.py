@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -69,11 +70,12 @@ class ContextAwarePyramid(nn.Module):
         p = self.plan
         check_nhwc("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
-        return F.context_aware_pyramid(
-            x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
+        return call_and_sow(
+            self, F.context_aware_pyramid, x,
+            convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
             norm=partial(self.bn, use_running_average=not train), act=p.act,
-            reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None,
-            gate=p.gate)
+            reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None, gate=p.gate,
+        )
 
 
 class PyramidSpatialAttention(nn.Module):
@@ -120,7 +122,10 @@ class PyramidSpatialAttention(nn.Module):
 
         branches = [[stage(self.b1_conv1, self.b1_bn1), stage(self.b1_conv2, self.b1_bn2)],
                     [stage(self.b2_conv1, self.b2_bn1), stage(self.b2_conv2, self.b2_bn2)]]
-        return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        m = F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        if wants_maps(self):
+            sow_maps(self, {"spatial_map": m})
+        return m
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None,
                  train: bool = False) -> jax.Array:

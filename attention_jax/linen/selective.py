@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -65,8 +66,8 @@ class SelectiveKernel(nn.Module):
         p = self.plan
         check_nhwc("SelectiveKernel", "x", x, p.channels)
         ura = not train
-        return F.selective_kernel(
-            x,
+        return call_and_sow(
+            self, F.selective_kernel, x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[partial(getattr(self, f"bn{m}"), use_running_average=ura)
                    for m in range(p.num_paths)],
@@ -129,8 +130,9 @@ class SplitAttention(nn.Module):
         p = self.plan
         check_nhwc("SplitAttention", "x", x, p.channels)
         ura = not train
-        return F.split_attention(
-            x, conv=self.conv, norm0=partial(self.bn0, use_running_average=ura),
-            reduce=self.fc1, norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2,
-            radix=p.radix, cardinality=p.groups, act=p.act,
+        return call_and_sow(
+            self, F.split_attention, x, conv=self.conv,
+            norm0=partial(self.bn0, use_running_average=ura), reduce=self.fc1,
+            norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2, radix=p.radix,
+            cardinality=p.groups, act=p.act,
         )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -88,12 +89,13 @@ class NonLocal(nn.Module):
         p = self.plan
         check_nhwc("NonLocal", "x", x, p.channels)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
-                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,
-                                       act="identity"),
-                           concat_project=self.concat_project if p.has_concat_project else None,
-                           mode=p.mode, use_scale=p.use_scale, sub_sample=p.sub_sample,
-                           implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
+            out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm, act="identity"),
+            concat_project=self.concat_project if p.has_concat_project else None, mode=p.mode,
+            use_scale=p.use_scale, sub_sample=p.sub_sample, implementation=p.implementation,
+            precision=self.precision,
+        )
 
 
 class PositionAttention(nn.Module):
@@ -124,9 +126,10 @@ class PositionAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("PositionAttention", "x", x, p.channels)
-        return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma, implementation=p.implementation,
-                                    precision=self.precision)
+        return call_and_sow(
+            self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, implementation=p.implementation, precision=self.precision,
+        )
 
 
 class ChannelSelfAttention(nn.Module):
@@ -149,7 +152,7 @@ class ChannelSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
-        return F.channel_self_attention(x, gamma=self.gamma)
+        return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma)
 
 
 class DualAttentionHead(nn.Module):
@@ -219,9 +222,10 @@ class CrissCrossAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CrissCrossAttention", "x", x, p.channels)
-        return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma, recurrence=p.recurrence,
-                                       precision=self.precision)
+        return call_and_sow(
+            self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, recurrence=p.recurrence, precision=self.precision,
+        )
 
 
 class MultiHeadSelfAttention2d(nn.Module):
@@ -265,9 +269,9 @@ class MultiHeadSelfAttention2d(nn.Module):
         p = self.plan
         check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
-        return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
-            pos_embed=self.pos_embed if p.position == "absolute" else None,
-            rel_pos_table=(self.relative_position_bias_table if p.position == "relative"
-                           else None),
-            implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,
+            num_heads=p.num_heads, pos_embed=self.pos_embed if p.position == "absolute" else None,
+            rel_pos_table=(self.relative_position_bias_table if p.position == "relative" else None),
+            implementation=p.implementation, precision=self.precision,
+        )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import sow_maps, wants_maps
 from attention_jax.linen.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -101,8 +102,14 @@ class SpatialTransformer(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, Ho, Wo, C) (and the transform)."""
         p = self.plan
         check_nhwc("SpatialTransformer", "x", x, p.channels)
-        return F.spatial_transformer(
+        sow = wants_maps(self)
+        out = F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
             mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
-            tps_grid_size=p.tps_grid_size, return_transform=return_transform,
+            tps_grid_size=p.tps_grid_size, return_transform=return_transform, return_maps=sow,
         )
+        if not sow:
+            return out
+        y, maps = out
+        sow_maps(self, maps)
+        return (y, {k: v for k, v in maps.items() if k != "sampled"}) if return_transform else y

@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -57,7 +58,9 @@ class ChannelGate(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("ChannelGate", "x", x, p.channels)
-        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam_channel_gate, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+        )
 
 
 class SpatialGate(nnx.Module):
@@ -88,7 +91,7 @@ class SpatialGate(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SpatialGate", "x", x, p.channels)
-        return F.cbam_spatial_gate(x, conv=self.conv, norm=self.bn, gate=p.gate)
+        return call_and_sow(self, F.cbam_spatial_gate, x, conv=self.conv, norm=self.bn, gate=p.gate)
 
 
 class CBAM(nnx.Module):
@@ -127,8 +130,10 @@ class CBAM(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CBAM", "x", x, p.channels)
-        return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
-                      conv=self.spatial.conv, norm=self.spatial.bn, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam, x, reduce=self.channel.fc1, expand=self.channel.fc2,
+            conv=self.spatial.conv, norm=self.spatial.bn, act=p.act, gate=p.gate,
+        )
 
 
 class BAM(nnx.Module):
@@ -174,8 +179,8 @@ class BAM(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("BAM", "x", x, p.channels)
-        return F.bam(
-            x, fc1=self.fc1, bn1=self.bn1, fc2=self.fc2, conv_reduce=self.conv_reduce,
+        return call_and_sow(
+            self, F.bam, x, fc1=self.fc1, bn1=self.bn1, fc2=self.fc2, conv_reduce=self.conv_reduce,
             bn_reduce=self.bn_reduce, convs_di=(self.conv_di_0, self.conv_di_1),
             bns_di=(self.bn_di_0, self.bn_di_1), conv_final=self.conv_final, act=p.act,
             gate=p.gate, combine=p.combine,
@@ -218,5 +223,7 @@ class CoordinateAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CoordinateAttention", "x", x, p.channels)
-        return F.coordinate_attention(x, conv1=self.conv1, norm=self.bn1, conv_h=self.conv_h,
-                                      conv_w=self.conv_w, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.coordinate_attention, x, conv1=self.conv1, norm=self.bn1, conv_h=self.conv_h,
+            conv_w=self.conv_w, act=p.act, gate=p.gate,
+        )

@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -64,8 +65,8 @@ class SelectiveKernel(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
         p = self.plan
         check_nhwc("SelectiveKernel", "x", x, p.channels)
-        return F.selective_kernel(
-            x,
+        return call_and_sow(
+            self, F.selective_kernel, x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[getattr(self, f"bn{m}") for m in range(p.num_paths)],
             reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=p.act,
@@ -123,7 +124,7 @@ class SplitAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
         p = self.plan
         check_nhwc("SplitAttention", "x", x, p.channels)
-        return F.split_attention(
-            x, conv=self.conv, norm0=self.bn0, reduce=self.fc1, norm1=self.bn1,
-            expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,
+        return call_and_sow(
+            self, F.split_attention, x, conv=self.conv, norm0=self.bn0, reduce=self.fc1,
+            norm1=self.bn1, expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,
         )

@@ -14,6 +14,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.context import ConvBNAct
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -83,12 +84,12 @@ class NonLocal(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("NonLocal", "x", x, p.channels)
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
-                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn,
-                                       act="identity"),
-                           concat_project=self.concat_project, mode=p.mode,
-                           use_scale=p.use_scale, sub_sample=p.sub_sample,
-                           implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
+            out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn, act="identity"),
+            concat_project=self.concat_project, mode=p.mode, use_scale=p.use_scale,
+            sub_sample=p.sub_sample, implementation=p.implementation, precision=self.precision,
+        )
 
 
 class PositionAttention(nnx.Module):
@@ -122,9 +123,10 @@ class PositionAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("PositionAttention", "x", x, p.channels)
-        return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma[...], implementation=p.implementation,
-                                    precision=self.precision)
+        return call_and_sow(
+            self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma[...], implementation=p.implementation, precision=self.precision,
+        )
 
 
 class ChannelSelfAttention(nnx.Module):
@@ -149,7 +151,7 @@ class ChannelSelfAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
-        return F.channel_self_attention(x, gamma=self.gamma[...])
+        return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma[...])
 
 
 class DualAttentionHead(nnx.Module):
@@ -221,9 +223,10 @@ class CrissCrossAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CrissCrossAttention", "x", x, p.channels)
-        return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma[...], recurrence=p.recurrence,
-                                       precision=self.precision)
+        return call_and_sow(
+            self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma[...], recurrence=p.recurrence, precision=self.precision,
+        )
 
 
 class MultiHeadSelfAttention2d(nnx.Module):
@@ -269,8 +272,9 @@ class MultiHeadSelfAttention2d(nnx.Module):
         p.check_input(x)
         table = getattr(self, "relative_position_bias_table", None)
         pos = getattr(self, "pos_embed", None)
-        return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
-            pos_embed=None if pos is None else pos[...],
-            rel_pos_table=None if table is None else table[...],
-            implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,
+            num_heads=p.num_heads, pos_embed=None if pos is None else pos[...],
+            rel_pos_table=None if table is None else table[...], implementation=p.implementation,
+            precision=self.precision,
+        )
