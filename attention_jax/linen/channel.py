@@ -34,6 +34,12 @@ class SqueezeExcite(nn.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), R from ``rd_ratio``/``rd_channels``/``rd_divisor``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -74,6 +80,12 @@ class EfficientChannelAttention(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameter: ``conv`` (1D conv over channels,
     kernel (k, 1, 1), no bias), k = ``kernel_size`` or the adaptive odd
     ``eca_kernel_size(C, gamma=gamma, beta=beta)``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -109,6 +121,17 @@ class GatherExcite(nn.Module):
     ``norm1..normK`` (BatchNorm, act between), or for ``extent=0`` one depthwise conv with a
     ``feat_size`` kernel (the input's (H, W)) and ``norm1``. ``use_mlp``: ``fc1``/``fc2`` (1x1
     convs with bias, C -> R -> C) on the gathered context.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, h, w, C), the gate at the gathered resolution ((1, 1) for
+    ``extent=0``, else (ceil(H / extent), ceil(W / extent))), which is nearest-resized to (H, W)
+    and multiplies ``x``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics; with
+    ``extra_params`` only). ``train=False`` (default) normalises with the running statistics;
+    ``train=True`` with the batch's, updating the running ones: ``apply(v, x, train=True,
+    mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -166,6 +189,14 @@ class GlobalContext(nn.Module):
     ``add_fc1`` (1x1 C -> R), ``add_norm`` (LayerNorm over R, eps 1e-5) and ``add_fc2`` (1x1
     R -> C); for ``fuse_scale`` the same as ``scale_*``. Defaults follow the paper and the
     official code (fusion by add, r = 16; timm defaults to scale fusion, r = 8).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``context_weights`` (N, H, W, 1), the attention-pooling softmax over the H * W positions
+    (sums to 1); with ``fuse_add`` ``channel_add`` (N, 1, 1, C), the term added to ``x``; with
+    ``fuse_scale`` ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -216,6 +247,12 @@ class SecondOrderChannel(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R, bias) and
     ``fc2`` (1x1 conv R -> C, bias) on the covariance-square-root descriptor; ``iterations``
     Newton-Schulz steps (5 as in the official SAN code).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int

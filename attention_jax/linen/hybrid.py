@@ -30,6 +30,12 @@ class ChannelGate(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), the MLP shared by the avg- and max-pooled descriptors; no bias by default
     (as timm; the official code's ``nn.Linear`` has one: ``bias=True``).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate Mc that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -67,6 +73,14 @@ class SpatialGate(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv`` (k x k conv 2 -> 1, no bias,
     "same" padding; k = ``kernel_size``, odd) and ``bn`` (BatchNorm on the one-channel map, as in
     the official code, torch momentum 0.01).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``spatial_map`` (N, H, W, 1), the gate Ms that multiplies ``x``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -99,6 +113,16 @@ class CBAM(nn.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C): ``channel`` (a ``ChannelGate``: ``fc1``, ``fc2``)
     then ``spatial`` (a ``SpatialGate``: ``conv``, ``bn``), in series.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the channel gate Mc, and ``spatial_map`` (N, H, W, 1), the
+    spatial gate Ms computed on ``x * Mc`` (both sown by CBAM itself, not under
+    ``channel``/``spatial``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -144,6 +168,16 @@ class BAM(nn.Module):
     ``conv_di_0``/``bn_di_0`` and ``conv_di_1``/``bn_di_1`` (3x3, dilation ``dilation``),
     ``conv_final`` (1x1 R -> 1); all with bias, as the official code. ``combine="paper"``:
     ``x * (1 + sigmoid(Mc + Ms))``; ``"official"``: ``x * (1 + sigmoid(Mc * Ms))``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_logits`` (N, 1, 1, C), Mc; ``spatial_logits`` (N, H, W, 1), Ms; ``attention_map``
+    (N, H, W, C), ``gate(Mc + Ms)`` (``combine="official"``: ``gate(Mc * Ms)``), so that the
+    output is ``x * (1 + attention_map)``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -197,6 +231,15 @@ class CoordinateAttention(nn.Module):
     official code uses ``act`` h-swish (``act="hard_swish"``) and width ``max(8, C // 32)``;
     the defaults here are the family's (``act="relu"``, ``rd_ratio=1/16``, ``rd_divisor=8``),
     and ``rd_ratio=1/32`` reproduces the official width whenever C <= 256 or C % 256 == 0.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``height_weights`` (N, H, 1, C), one gate per row, and ``width_weights`` (N, 1, W, C), one
+    gate per column; the output is ``x * height_weights * width_weights``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int

@@ -28,6 +28,15 @@ class SelectiveKernel(nn.Module):
     rd_divisor), L)`` unless ``rd_channels`` is given. SKNet-50 uses M=2, G=32, r=16, L=32.
     Parameters: ``conv{m}``/``bn{m}`` per branch, ``fc_reduce`` (1x1, C -> d), ``fc_bn``,
     ``fc_select`` (1x1, d -> M * C, branch-major).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``branch_weights`` (N, M, C), the softmax over the M = ``num_paths`` branches
+    (sums to 1 over axis 1) with which their outputs are summed (C = ``out_channels``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -88,6 +97,15 @@ class SplitAttention(nn.Module):
     R = 1). Width ``d = max(make_divisible(C * R * rd_ratio, rd_divisor), rd_min_channels)``
     unless ``rd_channels`` is given; ResNeSt uses ``rd_ratio=1/4`` (its reduction_factor 4) and
     ``rd_min_channels=32``; the family default ``rd_ratio`` is 1/16.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``branch_weights`` (N, R, C), the r-softmax over the R = ``radix`` splits (sums to 1 over
+    axis 1; a sigmoid for R = 1) with which they are summed (C = ``out_channels``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int

@@ -27,6 +27,12 @@ class LocalisationNet(nn.Module):
     ``pool_size`` (a grid, so position survives; None = global average), flattened, ``fc1``
     (-> hidden, ReLU) and ``fc2`` (-> out_features) whose kernel starts at zero and bias at
     ``final_bias`` (the identity transform's parameters), so training starts from the identity.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    (it regresses parameters; ``SpatialTransformer`` sows them).
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -68,6 +74,15 @@ class SpatialTransformer(nn.Module):
     ``LocalisationNet`` ``loc`` regresses the ``transform``'s parameters (initialised to the
     identity), which give a sampling grid for ``grid_sample``. With ``return_transform=True``
     the call returns ``(output, {"params", "grid", "matrix" | "control_points"})``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``params`` (N, P), the regressed transform parameters (the paper's theta: P = 6 affine, 8
+    perspective, 2K tps); ``grid`` (N, Ho, Wo, 2), the normalised (x, y) sampling grid;
+    ``matrix`` ((N, 2, 3) affine, (N, 3, 3) perspective) or, for tps, ``control_points``
+    (N, K, 2); ``sampled`` (N, Ho, Wo, C), the sampled image (the output).
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int

@@ -34,6 +34,12 @@ class SqueezeExcite(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -75,6 +81,12 @@ class EfficientChannelAttention(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameter as the linen module: ``conv``
     (1D conv over channels, kernel (k, 1, 1), no bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -107,6 +119,17 @@ class GatherExcite(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: gather
     ``conv1..convK``/``norm1..normK`` when ``extra_params``, MLP ``fc1``/``fc2`` when ``use_mlp``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, h, w, C), the gate at the gathered resolution ((1, 1) for ``extent=0``, else
+    (ceil(H / extent), ceil(W / extent))), which is nearest-resized to (H, W) and multiplies
+    ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics; with
+    ``extra_params`` only). A new module is in training mode (batch statistics, running ones
+    updated in place); ``module.eval()`` switches to the running statistics, ``module.train()``
+    back.
     """
 
     def __init__(
@@ -163,6 +186,14 @@ class GlobalContext(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module:
     ``conv_attn``; ``add_fc1``/``add_norm``/``add_fc2`` and/or ``scale_fc1``/``scale_norm``/
     ``scale_fc2``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``context_weights``
+    (N, H, W, 1), the attention-pooling softmax over the H * W positions (sums to 1); with
+    ``fuse_add`` ``channel_add`` (N, 1, 1, C), the term added to ``x``; with ``fuse_scale``
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -214,6 +245,12 @@ class SecondOrderChannel(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R, bias) and ``fc2`` (1x1 conv R -> C, bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(

@@ -29,6 +29,12 @@ class ChannelGate(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C), no bias by default.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate Mc that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -68,6 +74,14 @@ class SpatialGate(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``conv``
     (k x k, 2 -> 1, no bias) and ``bn`` (BatchNorm, torch momentum 0.01 as officially).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``spatial_map``
+    (N, H, W, 1), the gate Ms that multiplies ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -99,6 +113,15 @@ class CBAM(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``channel``
     (``ChannelGate``: ``fc1``, ``fc2``) then ``spatial`` (``SpatialGate``: ``conv``, ``bn``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the channel gate Mc, and ``spatial_map`` (N, H, W, 1), the spatial gate Ms
+    computed on ``x * Mc`` (both sown by CBAM itself, not under ``channel``/``spatial``).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -142,6 +165,16 @@ class BAM(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``,
     ``bn1``, ``fc2``; ``conv_reduce``, ``bn_reduce``, ``conv_di_0``, ``bn_di_0``, ``conv_di_1``,
     ``bn_di_1``, ``conv_final``. ``combine`` is ``"paper"`` (sum) or ``"official"`` (product).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_logits``
+    (N, 1, 1, C), Mc; ``spatial_logits`` (N, H, W, 1), Ms; ``attention_map`` (N, H, W, C),
+    ``gate(Mc + Ms)`` (``combine="official"``: ``gate(Mc * Ms)``), so that the output is
+    ``x * (1 + attention_map)``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -193,6 +226,15 @@ class CoordinateAttention(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``conv1``,
     ``bn1``, ``conv_h``, ``conv_w`` (official names). Official: ``act="hard_swish"``,
     ``rd_ratio=1/32``; defaults here are the family's (``"relu"``, 1/16).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``height_weights``
+    (N, H, 1, C), one gate per row, and ``width_weights`` (N, 1, W, C), one gate per column; the
+    output is ``x * height_weights * width_weights``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(

@@ -30,6 +30,15 @@ class ContextAwarePyramid(nnx.Module):
     ``pfa``). Same fields and parameters as the linen module: ``conv0`` (1x1), ``conv{i}``
     (3x3, dilation ``dilations[i-1]``), ``bn``, and with ``channel_attention`` ``ca_fc1``,
     ``ca_fc2``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): with
+    ``channel_attention`` (the default), ``channel_weights`` (N, 1, 1, out_channels), CA's gate
+    on the concatenated pyramid; none without it.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -84,6 +93,14 @@ class PyramidSpatialAttention(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C): ``x * map(guide)`` with the (N, H, W, 1) map
     computed from ``guide`` (default ``x``). Same fields and parameters as the linen module
     (``b1_conv1``, ``b1_bn1``, ``b1_conv2``, ``b1_bn2``, ``b2_*``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``spatial_map``
+    (N, H, W, 1), the gate computed from ``guide`` that multiplies ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -134,6 +151,15 @@ class PyramidFeatureAttention(nnx.Module):
     Inputs low (N, H, W, Cl) and high (N, h, w, Ch) -> output (N, H, W, 1). Same fields and
     parameters as the linen module (``cpfe``, ``high_conv``, ``high_bn``, ``low_conv``,
     ``low_bn``, ``sa``, ``head_conv``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none of its own; its
+    parts sow under their names: ``cpfe`` ``channel_weights`` (N, 1, 1, (1 + len(dilations)) *
+    features) and ``sa`` ``spatial_map`` (N, H, W, 1).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(

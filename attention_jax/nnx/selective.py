@@ -25,6 +25,15 @@ class SelectiveKernel(nnx.Module):
     parameters as the linen module (``conv{m}``/``bn{m}`` per branch, ``fc_reduce``, ``fc_bn``,
     ``fc_select``); the paper's M, G, r, L are ``num_paths``, ``groups``, ``1 / rd_ratio``,
     ``rd_min_channels``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``branch_weights``
+    (N, M, C), the softmax over the M = ``num_paths`` branches (sums to 1 over axis 1) with
+    which their outputs are summed (C = ``out_channels``).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -80,6 +89,15 @@ class SplitAttention(nnx.Module):
     parameters as the linen module (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``); ``groups`` is
     the cardinality, ``radix`` the number of splits. BatchNorm mode via ``module.train()`` /
     ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``branch_weights``
+    (N, R, C), the r-softmax over the R = ``radix`` splits (sums to 1 over axis 1; a sigmoid for
+    R = 1) with which they are summed (C = ``out_channels``).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(

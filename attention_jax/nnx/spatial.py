@@ -25,6 +25,12 @@ class LocalisationNet(nnx.Module):
     Input (N, H, W, C) -> (N, out_features). Same parameters as the linen module: ``conv1``,
     ``conv2`` (3x3), average pool to ``pool_size`` (None = global), ``fc1``, ``fc2`` (zero
     kernel, bias ``final_bias``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none (it regresses
+    parameters; ``SpatialTransformer`` sows them).
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -67,6 +73,15 @@ class SpatialTransformer(nnx.Module):
 
     Input (N, H, W, C) -> output (N, Ho, Wo, C). Same fields and parameters as the linen module
     (``loc``: a ``LocalisationNet`` initialised to the identity transform).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``params`` (N, P), the
+    regressed transform parameters (the paper's theta: P = 6 affine, 8 perspective, 2K tps);
+    ``grid`` (N, Ho, Wo, 2), the normalised (x, y) sampling grid; ``matrix`` ((N, 2, 3) affine,
+    (N, 3, 3) perspective) or, for tps, ``control_points`` (N, K, 2); ``sampled``
+    (N, Ho, Wo, C), the sampled image (the output).
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
