@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import attention_jax as aj
-from benchmarks.__main__ import build_parser, main
-from benchmarks.report import SCHEMA_VERSION, format_table
-from benchmarks.runner import rel_diff
-from benchmarks.specs import (
+from attention_jax.bench.cli import build_parser, main
+from attention_jax.bench.report import SCHEMA_VERSION, format_table
+from attention_jax.bench.runner import rel_diff
+from attention_jax.bench.specs import (
     FUNCTIONAL_SPECS,
     MEMORY_BOUND,
     QUICK_SHAPE,
@@ -29,8 +29,8 @@ from benchmarks.specs import (
     parse_shape,
     shapes_for,
 )
-from benchmarks.timing import roofline, summarize
-from tests.reference.registry import REFERENCES
+from attention_jax.bench.timing import roofline, summarize
+from attention_jax.torch_reference.registry import REFERENCES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--shape", "9x9x32", "--repeats", "1", "--warmup", "0", "--min-repeat-ms", "0",
@@ -124,7 +124,7 @@ def test_sharded_run_equals_single_device(tmp_path):
     parameter gradients).
     """
     names = [n for n in ("se", "cbam", "nl") if n in aj.list_attention()] + FUNCTIONS
-    code = ("import sys; from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from attention_jax.bench import main; sys.exit(main(sys.argv[1:]))")
     argv = [*TINY, "--devices", "4", "--torch", "off", "--no-plots", "--no-progress",
             "--only", ",".join(names), "--batch-sizes", "2,4", "--out", str(tmp_path)]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
@@ -216,7 +216,7 @@ def test_table_shows_skipped_and_error_rows():
 
 
 def test_time_limit_skips_rows_and_says_so():
-    from benchmarks.runner import Config, run_sweep
+    from attention_jax.bench.runner import Config, run_sweep
 
     specs, _ = build_specs(["se"])
     cfg = Config(batch_sizes=(1, 2), shape=(9, 9, 32), time_limit_s=1e-9, bandwidth_mb=0)
@@ -230,7 +230,7 @@ def test_time_limit_skips_rows_and_says_so():
 def test_rel_diff_bulk_ignores_a_few_elements_not_many():
     import numpy as np
 
-    from benchmarks.runner import rel_diff_bulk
+    from attention_jax.bench.runner import rel_diff_bulk
 
     b = np.random.default_rng(0).normal(size=(4, 50, 50))
     few, many = b.copy(), b.copy()
@@ -247,9 +247,9 @@ def test_float64_referee_flags_only_real_disagreement(damage):
     wrong in bulk is flagged, as is any wrong forward."""
     import numpy as np
 
-    from benchmarks.runner import _check_against_torch
-    from benchmarks.specs import make_case
-    from benchmarks.torch_side import load_torch_side
+    from attention_jax.bench.runner import _check_against_torch
+    from attention_jax.bench.specs import make_case
+    from attention_jax.bench.torch_side import load_torch_side
 
     torch_side, _ = load_torch_side("cpu", "cpu")
     (spec,), _ = build_specs(["se"])

@@ -13,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "format_table", "write_json", "write_plots", "SCHEMA_VERSION"]
+__all__ = ["environment", "cpu_info", "source_checkout", "format_table", "write_json",
+           "write_plots", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -23,6 +24,17 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def source_checkout() -> Path | None:
+    """The git checkout this ``attention_jax`` was imported from (an editable install or
+    ``PYTHONPATH``), or None for an installed wheel."""
+    import attention_jax
+
+    root = Path(attention_jax.__file__).resolve().parents[1]
+    if (root / ".git").exists() and (root / "pyproject.toml").is_file():
+        return root
+    return None
 
 
 def _git_commit(root: Path) -> str | None:
@@ -39,26 +51,79 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
+def _lscpu() -> dict[str, str]:
+    """``lscpu``'s "key: value" lines (empty when lscpu is missing, e.g. on macOS)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    fields = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _proc_cpuinfo() -> dict[str, str]:
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if not sep:
+                if fields:  # the first processor's block is enough
+                    break
+                continue
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
 
-def environment(root: Path, torch_side: Any = None) -> dict[str, Any]:
-    """Machine, device and library versions of this run."""
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+"""The instruction-set flags that matter for XLA:CPU, PyTorch and the native kernels."""
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU this ran on: ``lscpu``'s model line, vendor, family/model, logical CPUs, and which
+    of ``ISA_FLAGS`` the CPU has, with a one-word summary (``"AMX"``, ``"AVX-512"``, ``"AVX2"``
+    or ``"baseline"``)."""
+    ls = _lscpu()
+    proc = _proc_cpuinfo()
+    flags = set((ls.get("Flags") or proc.get("flags") or "").split())
+    isa = {f: f in flags for f in ISA_FLAGS}
+    summary = ("AMX" if isa["amx_tile"] else "AVX-512" if isa["avx512f"]
+               else "AVX2" if isa["avx2"] else "baseline" if flags else "unknown")
+    return {
+        "model_name": ls.get("Model name") or proc.get("model name")
+        or platform.processor() or platform.machine(),
+        "vendor": ls.get("Vendor ID") or proc.get("vendor_id"),
+        "family": ls.get("CPU family") or proc.get("cpu family"),
+        "model": ls.get("Model") or proc.get("model"),
+        "logical_cpus": os.cpu_count(),
+        "isa": isa,
+        "isa_summary": summary,
+    }
+
+
+def environment(root: Path | None, torch_side: Any = None) -> dict[str, Any]:
+    """Machine, CPU, device and library versions of this run.
+
+    Args:
+      root: a source checkout to read the git commit from (``None``: installed, no commit).
+      torch_side: the PyTorch side, for its device and thread count.
+    """
     import jax
 
     dev = jax.devices()[0]
+    cpu = cpu_info()
     env = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(root),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(),
+        "git_commit": _git_commit(root) if root is not None else None,
+        "machine": {"platform": platform.platform(), "cpu": cpu["model_name"],
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "cpu": cpu,
         "device": {"backend": jax.default_backend(), "kind": dev.device_kind,
                    "count": jax.device_count()},
         "versions": {name: _version(name) for name in

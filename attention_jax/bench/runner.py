@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from benchmarks.specs import Case, Shape, Spec, make_case, shape_label
-from benchmarks.timing import Timer, measure_bandwidth, roofline, summarize
+from attention_jax.bench.specs import Case, Shape, Spec, make_case, shape_label
+from attention_jax.bench.timing import Timer, measure_bandwidth, roofline, summarize
 
 __all__ = ["Config", "run_sweep", "place", "jax_steps", "sharding_check", "rel_diff",
            "rel_diff_bulk", "MODES"]
@@ -30,7 +30,7 @@ _SHARD_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
 
 @dataclasses.dataclass
 class Config:
-    """Settings of one sweep (see ``python -m benchmarks --help`` for each flag)."""
+    """Settings of one sweep (see ``attention-jax bench --help`` for each flag)."""
 
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     dtypes: tuple[str, ...] = ("float32",)
@@ -164,7 +164,7 @@ def _device_peak(device: jax.Device) -> int | None:
 
 def memory_probe(spec: Spec, shape: Shape, batch: int, dtype: str, framework: str, mode: str,
                  seed: int, timeout_s: float = 600) -> dict[str, Any]:
-    """Peak memory of one step, measured in a fresh subprocess (``benchmarks.memprobe``).
+    """Peak memory of one step, measured in a fresh subprocess (``attention_jax.bench.memprobe``).
 
     Returns the probe's JSON (``peak_rss_bytes``, ``rss_before_step_bytes``, ``device_peak_bytes``)
     or ``{"error": ...}``.
@@ -172,7 +172,8 @@ def memory_probe(spec: Spec, shape: Shape, batch: int, dtype: str, framework: st
     request = {"name": spec.name, "shape": list(shape), "batch": batch, "dtype": dtype,
                "framework": framework, "mode": mode, "seed": seed}
     try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", json.dumps(request)],
+        proc = subprocess.run([sys.executable, "-m", "attention_jax.bench.memprobe",
+                               json.dumps(request)],
                               capture_output=True, text=True, timeout=timeout_s,
                               env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -364,9 +365,9 @@ def run_sweep(specs: Sequence[Spec], cfg: Config, *, torch_side: Any = None,
     with the reason, never silently dropped.
 
     Args:
-      specs: what to time (``benchmarks.specs.build_specs``).
+      specs: what to time (``attention_jax.bench.specs.build_specs``).
       cfg: sweep settings.
-      torch_side: ``benchmarks.torch_side.TorchSide`` or None for JAX only.
+      torch_side: ``attention_jax.bench.torch_side.TorchSide`` or None for JAX only.
       progress: a tqdm-like object with ``update()``/``set_postfix_str()``, or None.
     """
     start = time.monotonic()
