@@ -239,10 +239,128 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
     path.write_text(json.dumps(clean(results), indent=1) + "\n")
 
 
+_PLOT_STYLE = {"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10,
+               "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 10,
+               "figure.titlesize": 12, "savefig.dpi": 100}
+_SERIES = {("jax", "fwd"): {"color": "#1f77b4", "ls": "-", "marker": "o",
+                            "label": "JAX forward"},
+           ("jax", "fwdbwd"): {"color": "#1f77b4", "ls": "--", "marker": "s",
+                               "label": "JAX forward+backward"},
+           ("torch", "fwd"): {"color": "#d62728", "ls": "-", "marker": "o",
+                              "label": "PyTorch forward"},
+           ("torch", "fwdbwd"): {"color": "#d62728", "ls": "--", "marker": "s",
+                                 "label": "PyTorch forward+backward"}}
+
+
+def _plain_number(value: float, _pos: Any = None) -> str:
+    """Tick label without exponents: 0.05, 0.2, 1, 20, 500."""
+    return f"{value:g}" if value > 0 else ""
+
+
+def _log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Log axis with plain labels at decades, or at 1-2-5 steps when the data span less than
+    1.5 decades (so every panel shows at least two labelled ticks); minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    span = math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
+    subs = (1.0,) if span >= 1.5 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(_plain_number))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _time_vs_batch(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any:
+    """One panel per (mechanism, shape, dtype): ms per step against batch size, log-log, the
+    four series in fixed colours and line styles; one legend above the panels."""
+    panels: dict[tuple, list[dict]] = defaultdict(list)
+    for r in ok:
+        panels[(r["name"], r["shape_label"], r["dtype"])].append(r)
+    dtypes = {k[2] for k in panels}
+    batches = sorted({r["batch"] for r in ok})
+    ncol = min(4, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.7 * ncol, 2.9 * nrow + 1.0), squeeze=False,
+                             layout="constrained")
+    for ax, ((name, shape, dtype), rows) in zip(axes.flat, panels.items(), strict=False):
+        ys = []
+        for (fw, mode), style in _SERIES.items():
+            pts = sorted((r["batch"], 1e3 * _get(r, fw, mode, "median_s")) for r in rows
+                         if _get(r, fw, mode, "median_s"))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ms=4, lw=1.5, **style)
+                ys += [p[1] for p in pts]
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        if ys:
+            _log_ticks(ax.yaxis, min(ys), max(ys))
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_title(f"{name}  {shape}" + (f"  {dtype}" if len(dtypes) > 1 else ""))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.axis("off")
+            continue
+        if i % ncol == 0:
+            ax.set_ylabel("ms per step")
+        if i + ncol >= len(panels):
+            ax.set_xlabel("batch size")
+    handles = [plt.Line2D([], [], ms=5, lw=1.5, **style) for style in _SERIES.values()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    fig.suptitle(f"Median time per step\n{_title(results)}")
+    return fig
+
+
+def _ratio_heatmap(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any | None:
+    """JAX/PyTorch for every row: one line per (mechanism, shape, dtype), one column per
+    (batch, forward | forward+backward), the ratio written in each cell; blue where JAX is
+    faster, red where slower, on a log colour scale centred at 1."""
+    from matplotlib.colors import LogNorm
+
+    lines = list(dict.fromkeys((r["name"], r["shape_label"], r["dtype"]) for r in ok
+                               if r.get("ratio")))
+    if not lines:
+        return None
+    dtypes = {k[2] for k in lines}
+    batches = sorted({r["batch"] for r in ok if r.get("ratio")})
+    cols = [(b, m) for b in batches for m in ("fwd", "fwdbwd")]
+    grid = [[math.nan] * len(cols) for _ in lines]
+    for r in ok:
+        key = (r["name"], r["shape_label"], r["dtype"])
+        for j, (b, m) in enumerate(cols):
+            if key in lines and r["batch"] == b and r["ratio"].get(m):
+                grid[lines.index(key)][j] = r["ratio"][m]
+    finite = [v for row in grid for v in row if math.isfinite(v)]
+    reach = max(4.0, max(max(finite), 1 / min(finite)))
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.6 + 0.95 * len(cols)), 1.5 + 0.36 * len(lines)),
+                           layout="constrained")
+    norm = LogNorm(vmin=1 / reach, vmax=reach)
+    image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if math.isfinite(v):
+                dark = abs(math.log(v)) > 0.6 * math.log(reach)
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)),
+                  [f"B{b}\n{'fwd' if m == 'fwd' else 'f+b'}" for b, m in cols])
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(lines)), [f"{n}  {sh}" + (f"  {dt}" if len(dtypes) > 1 else "")
+                                      for n, sh, dt in lines])
+    ax.tick_params(length=0)
+    bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    bar.set_label("JAX time / PyTorch time (< 1: JAX faster)")
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if 1 / reach <= t <= reach]
+    bar.set_ticks(ticks, labels=[_plain_number(t) for t in ticks])
+    bar.ax.minorticks_off()
+    ax.set_title(f"JAX / PyTorch, median time per step\n{_title(results)}", pad=12)
+    return fig
+
+
 def write_plots(out_dir: Path, results: dict[str, Any]) -> list[Path]:
-    """``time_vs_batch.png`` (per mechanism: step time vs batch, JAX and PyTorch, forward and
-    forward+backward, log-log) and ``ratio.png`` (JAX/PyTorch per mechanism at its largest
-    measured batch). Returns the paths written."""
+    """``time_vs_batch.png`` (per mechanism and shape: ms per step against batch size, JAX and
+    PyTorch, forward and forward+backward, log-log) and ``ratio.png`` (JAX/PyTorch of every row,
+    written in a grid of mechanism x batch size and step). Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,80 +370,28 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[Path]:
     written: list[Path] = []
     if not ok:
         return written
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in ok:
-        groups[r["name"]].append(r)
-    names = list(groups)
-    ncol = min(5, len(names))
-    nrow = math.ceil(len(names) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
-    styles = {("jax", "fwd"): ("C0", "-"), ("jax", "fwdbwd"): ("C0", "--"),
-              ("torch", "fwd"): ("C3", "-"), ("torch", "fwdbwd"): ("C3", "--")}
-    for ax, name in zip(axes.flat, names, strict=False):
-        series: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-        for r in groups[name]:
-            for fw in ("jax", "torch"):
-                for mode in ("fwd", "fwdbwd"):
-                    s = _get(r, fw, mode, "median_s")
-                    if s:
-                        series[(fw, mode, r["shape_label"], r["dtype"])].append((r["batch"], s))
-        for (fw, mode, _, _), pts in series.items():
-            pts.sort()
-            color, ls = styles[(fw, mode)]
-            ax.plot([p[0] for p in pts], [1e3 * p[1] for p in pts], color=color, ls=ls,
-                    marker="o", ms=3, label=f"{fw} {'f+b' if mode == 'fwdbwd' else 'fwd'}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        shapes = sorted({r["shape_label"] for r in groups[name]})
-        ax.set_title(f"{name} ({', '.join(shapes)})", fontsize=8)
-        ax.set_xlabel("batch size", fontsize=7)
-        ax.set_ylabel("ms / step", fontsize=7)
-        ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    by_label = dict(zip(labels, handles, strict=True))
-    fig.legend(by_label.values(), by_label.keys(), loc="upper right", fontsize=7)
-    fig.suptitle(_title(results), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    path = out_dir / "time_vs_batch.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    ratios = []
-    for name in names:
-        rs = [r for r in groups[name] if r["ratio"] and r["dtype"] == groups[name][0]["dtype"]]
-        if rs:
-            r = max(rs, key=lambda r: (r["batch"], r["shape"]))
-            ratios.append((name, r["batch"], r["ratio"].get("fwd"), r["ratio"].get("fwdbwd")))
-    if ratios:
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(ratios) + 2), 3.4))
-        xs = range(len(ratios))
-        bars = [(idx, label, color) for idx, label, color in
-                ((2, "forward", "C0"), (3, "fwd+bwd", "C1")) if any(r[idx] for r in ratios)]
-        width = 0.8 / len(bars)
-        for i, (idx, label, color) in enumerate(bars):
-            off = (i - (len(bars) - 1) / 2) * width
-            ax.bar([x + off for x in xs], [r[idx] or float("nan") for r in ratios], width,
-                   label=label, color=color)
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_xticks(list(xs), [f"{r[0]}\nB{r[1]}" for r in ratios], fontsize=7)
-        ax.set_ylabel("JAX time / PyTorch time")
-        ax.set_title(f"JAX/PyTorch (< 1: JAX faster), largest batch. {_title(results)}",
-                     fontsize=8)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / "ratio.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+    with plt.rc_context(_PLOT_STYLE):
+        for name, make in (("time_vs_batch.png", _time_vs_batch), ("ratio.png", _ratio_heatmap)):
+            fig = make(plt, results, ok)
+            if fig is None:
+                continue
+            path = out_dir / name
+            fig.savefig(path)
+            plt.close(fig)
+            written.append(path)
     return written
 
 
 def _title(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     dev = env.get("device", {})
-    jax_version = env.get("versions", {}).get("jax")
-    return f"{dev.get('kind', '?')} ({dev.get('backend', '?')}), jax {jax_version}"
+    versions = env.get("versions", {})
+    where = dev.get("kind", "?")
+    cpu = _get(env, "cpu", "model_name")
+    if dev.get("backend") == "cpu" and cpu:
+        where = f"{cpu} ({_get(env, 'cpu', 'isa_summary')}, {_get(env, 'cpu', 'logical_cpus')} "\
+                "CPUs)"
+    torch = versions.get("torch")
+    return (f"{where}, jax {versions.get('jax')}"
+            + (f", torch {torch}" if torch and any(r.get("torch") for r in results["rows"])
+               else ""))
