@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=_positive_int, metavar="N",
                    help="torch.set_num_threads for the PyTorch side; default: torch's own, "
                         "one per core, as JAX uses")
+    p.add_argument("--matmul-precision", choices=("auto", "highest", "tf32"), default="auto",
+                   help="float32 matmuls and convolutions on a GPU, the same on both sides: "
+                        "highest = full float32 (JAX precision 'highest', PyTorch TF32 off), "
+                        "tf32 = TensorFloat-32 on both; auto = highest on a GPU, nothing "
+                        "changed on a CPU; default: auto")
     p.add_argument("--omp-passive", action="store_true",
                    help="set OMP_WAIT_POLICY=PASSIVE before torch is imported: PyTorch's "
                         "threads sleep at once after each parallel region instead of spinning "
@@ -202,6 +207,29 @@ def _omp_policy(passive: bool) -> dict[str, Any]:
             "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
             "requested_passive": passive,
             "effective": not (passive and torch_loaded)}
+
+
+def _set_matmul_precision(choice: str, backend: str, torch_side: Any) -> dict[str, Any]:
+    """Give JAX and PyTorch the same float32 matmul/convolution precision on a GPU (JAX's
+    default there is TensorFloat-32, PyTorch's is full float32 for matmuls and TF32 for cuDNN
+    convolutions); returns what was set."""
+    import jax
+
+    if choice == "auto":
+        choice = "highest" if backend == "gpu" else "unchanged"
+    if choice != "unchanged":
+        tf32 = choice == "tf32"
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+        if torch_side is not None:
+            torch_side.torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch_side.torch.backends.cudnn.allow_tf32 = tf32
+    out: dict[str, Any] = {"choice": choice,
+                           "jax_default_matmul_precision":
+                               jax.config.jax_default_matmul_precision}
+    if torch_side is not None:
+        out["torch_matmul_allow_tf32"] = torch_side.torch.backends.cuda.matmul.allow_tf32
+        out["torch_cudnn_allow_tf32"] = torch_side.torch.backends.cudnn.allow_tf32
+    return out
 
 
 def _row_key(r: dict[str, Any]) -> tuple:
@@ -288,8 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from attention_jax.bench.report import (
         LEGEND,
         SCHEMA_VERSION,
+        busy_note,
         environment,
         format_table,
+        load_average,
         source_checkout,
         write_json,
         write_plots,
@@ -326,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {torch_note}", flush=True)
     if torch_side is not None and args.torch_threads:
         torch_side.torch.set_num_threads(args.torch_threads)
+    precision = _set_matmul_precision(args.matmul_precision, jax.default_backend(), torch_side)
     time_limit = defaults["time_limit"] if args.time_limit is None else args.time_limit
     cfg = Config(
         batch_sizes=args.batch_sizes or _int_list(defaults["batch_sizes"]),
@@ -380,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if progress is not None:
             progress.close()
     sweep = sweeps[0]
+    env["machine"]["load_average_end"] = load_average()
+    busy = busy_note(env)
+    if busy:
+        notes.append(busy)
     if cfg.devices != 1 and torch_side is not None:
         notes.append("PyTorch runs on one device; JAX shards the batch over "
                      f"{sweep['devices']['used']} devices")
@@ -392,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "repeat_budget_s": cfg.repeat_budget_s, "settle_s": cfg.settle_s,
                    "warmup": cfg.warmup, "min_repeat_s": cfg.min_repeat_s,
                    "time_limit_s": time_limit or None, "sweeps": args.sweeps,
+                   "matmul_precision": precision,
                    "memory": cfg.memory, "shape": cfg.shape, "only": args.only,
                    "seed": cfg.seed},
         "devices": sweep["devices"],

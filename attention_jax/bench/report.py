@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "cpu_info", "source_checkout", "format_table", "write_json",
-           "write_plots", "SCHEMA_VERSION"]
+__all__ = ["environment", "cpu_info", "load_average", "busy_note", "source_checkout",
+           "format_table", "write_json", "write_plots", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -107,6 +107,31 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def busy_note(env: dict[str, Any]) -> str | None:
+    """A warning when other work competed for the CPUs during the run (load above the CPU
+    count at its start or end), or None."""
+    machine = env.get("machine", {})
+    cpus = machine.get("cpu_count") or 1
+    loads = [v[0] for v in (machine.get("load_average_start"), machine.get("load_average_end"))
+             if v]
+    if not loads or max(loads) <= cpus:
+        return None
+    note = (f"the machine was busy (1-minute load average up to {max(loads):.1f} on {cpus} "
+            "CPUs): timings are unreliable")
+    if "torch" in env:
+        note += (". PyTorch's OpenMP threads spin-wait when the cores are oversubscribed "
+                 "(--omp-passive makes them sleep instead)")
+    return note
+
+
 def environment(root: Path | None, torch_side: Any = None) -> dict[str, Any]:
     """Machine, CPU, device and library versions of this run.
 
@@ -122,7 +147,8 @@ def environment(root: Path | None, torch_side: Any = None) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(root) if root is not None else None,
         "machine": {"platform": platform.platform(), "cpu": cpu["model_name"],
-                    "cpu_count": os.cpu_count(), "python": platform.python_version()},
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_start": load_average()},
         "cpu": cpu,
         "device": {"backend": jax.default_backend(), "kind": dev.device_kind,
                    "count": jax.device_count()},
@@ -257,6 +283,11 @@ def _plain_number(value: float, _pos: Any = None) -> str:
     return f"{value:g}" if value > 0 else ""
 
 
+def _ratio_text(v: float) -> str:
+    """A ratio in a cell: two decimals from 0.1 to 100, two significant digits outside."""
+    return f"{v:.2f}" if 0.1 <= v < 100 else f"{v:.2g}"
+
+
 def _log_ticks(axis: Any, lo: float, hi: float) -> None:
     """Log axis with plain labels at decades, or at 1-2-5 steps when the data span less than
     1.5 decades (so every panel shows at least two labelled ticks); minor ticks unlabelled."""
@@ -330,17 +361,18 @@ def _ratio_heatmap(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any | N
         for j, (b, m) in enumerate(cols):
             if key in lines and r["batch"] == b and r["ratio"].get(m):
                 grid[lines.index(key)][j] = r["ratio"][m]
-    finite = [v for row in grid for v in row if math.isfinite(v)]
-    reach = max(4.0, max(max(finite), 1 / min(finite)))
+    finite = [v for row in grid for v in row if math.isfinite(v) and v > 0]
+    # Colours saturate beyond 16x either way; the number in the cell stays exact.
+    reach = min(16.0, max(4.0, max(finite), 1 / min(finite)))
     fig, ax = plt.subplots(figsize=(max(7.5, 2.6 + 0.95 * len(cols)), 1.5 + 0.36 * len(lines)),
                            layout="constrained")
-    norm = LogNorm(vmin=1 / reach, vmax=reach)
+    norm = LogNorm(vmin=1 / reach, vmax=reach, clip=True)
     image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
                 dark = abs(math.log(v)) > 0.6 * math.log(reach)
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                ax.text(j, i, _ratio_text(v), ha="center", va="center", fontsize=9,
                         color="white" if dark else "black")
     ax.set_xticks(range(len(cols)),
                   [f"B{b}\n{'fwd' if m == 'fwd' else 'f+b'}" for b, m in cols])
@@ -350,8 +382,8 @@ def _ratio_heatmap(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any | N
     ax.tick_params(length=0)
     bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
     bar.set_label("JAX time / PyTorch time (< 1: JAX faster)")
-    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if 1 / reach <= t <= reach]
-    bar.set_ticks(ticks, labels=[_plain_number(t) for t in ticks])
+    ticks = [2.0 ** k for k in range(-4, 5) if 1 / reach <= 2.0 ** k <= reach]
+    bar.set_ticks(ticks, labels=[f"1/{1 / t:g}" if t < 1 else f"{t:g}" for t in ticks])
     bar.ax.minorticks_off()
     ax.set_title(f"JAX / PyTorch, median time per step\n{_title(results)}", pad=12)
     return fig

@@ -443,3 +443,15 @@ def test_plots_are_legible(tmp_path):
         plt.close(fig)
     assert [p.name for p in report.write_plots(tmp_path, res)] == ["time_vs_batch.png",
                                                                    "ratio.png"]
+
+
+def test_busy_machine_is_said():
+    from attention_jax.bench.report import busy_note
+
+    quiet = {"machine": {"cpu_count": 2, "load_average_start": [1.5, 1, 1],
+                         "load_average_end": [1.9, 1, 1]}}
+    busy = {"machine": {"cpu_count": 2, "load_average_start": [1.0, 1, 1],
+                        "load_average_end": [7.5, 1, 1]}}
+    assert busy_note(quiet) is None
+    assert busy_note(busy).endswith("load average up to 7.5 on 2 CPUs): timings are unreliable")
+    assert "--omp-passive" in busy_note({**busy, "torch": {"device": "cpu"}})
