@@ -21,8 +21,8 @@ Phases, each in its own process and each with its share of ``--budget``:
    notebooks, packaging, README and harness tests, and ``-k "not native"``. Stopped at its
    time share; the counts so far are kept.
 3. the sweep: ``attention-jax bench --full --torch cuda`` (same float32 precision on both
-   sides, ``--matmul-precision highest``) with the rest of the budget as its time limit; rows
-   that do not fit are recorded as skipped.
+   sides, ``--matmul-precision highest``; batch 128, 32, then 8) with the rest of the budget as
+   its time limit; rows that do not fit are recorded as skipped.
 
 Writes into ``--out`` (at most 7 files, no subfolders): ``summary.json`` (what ran, counts,
 times, the verdict), ``tests.log``, ``junit.xml``, ``sweep.log``, ``results.json``,
@@ -50,7 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Test paths that need extras absent from a GPU image, or that test the CPU machine itself.
 NOT_GPU = ("tests/data", "tests/train", "tests/test_notebooks.py", "tests/test_packaging.py",
            "tests/test_readme.py", "tests/benchmarks")
-SWEEP_ARGS = ("--full", "--batch-sizes", "8,32,128", "--repeat-budget", "0.5", "--warmup", "2",
+# Largest batch first: the sweep runs batch-size-major, so the rows a GPU is for come first
+# and the time limit, if it bites, skips the small batches.
+SWEEP_ARGS = ("--full", "--batch-sizes", "128,32,8", "--repeat-budget", "0.5", "--warmup", "2",
               "--min-repeat-ms", "5")
 DRY_TESTS = ("tests/test_torch_reference.py",)
 DRY_SWEEP_ARGS = ("--only", "se,grid_sample,attention", "--shape", "9x9x16", "--batch-sizes",

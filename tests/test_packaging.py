@@ -226,9 +226,14 @@ def test_bench_without_torch_times_jax_and_names_the_extra(tmp_path):
 
 
 @pytest.mark.parametrize("argv, block, says", [
-    (["--torch", "cpu", "--no-plots", "--no-progress"], ("torch",), "--torch off"),
-    (["--no-progress"], ("matplotlib",), "--no-plots"),
-    (["--no-plots"], ("tqdm",), "--no-progress"),
+    (["--torch", "cpu", "--no-plots", "--no-progress"], ("torch",), "needs torch, not"),
+    (["--no-progress"], ("matplotlib",), "needs matplotlib, not installed"),
+    (["--no-plots"], ("tqdm",), "(or pass --no-progress to time JAX alone)"),
+    # The core alone: everything the default command needs is named at once.
+    ([], ("torch", "matplotlib", "tqdm"), "needs matplotlib, tqdm (and torch for the PyTorch "
+                                          "columns), not installed: pip install "
+                                          '"attention-jax[bench]" (or pass --no-plots '
+                                          "--no-progress --torch off to time JAX alone)"),
 ])
 def test_bench_stops_at_once_when_an_option_needs_a_missing_package(argv, block, says,
                                                                    tmp_path):

@@ -179,22 +179,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _missing_package(args: argparse.Namespace) -> str | None:
     """Why the options cannot run with the installed packages (said before anything is timed),
-    or None. Without torch, ``--torch auto`` times JAX alone and says so."""
+    or None. Without torch, ``--torch auto`` alone times JAX and says so."""
+    from attention_jax._extras import install_hint
+
+    needs = {"torch": args.torch in ("cpu", "cuda"), "matplotlib": not args.no_plots,
+             "tqdm": not args.no_progress}
+    instead = {"torch": "--torch off", "matplotlib": "--no-plots", "tqdm": "--no-progress"}
+    missing = [m for m in ("torch", "matplotlib", "tqdm") if not _importable(m)]
+    fatal = [m for m in missing if needs[m]]
+    if not fatal:
+        return None
+    also = [m for m in missing if not needs[m] and m == "torch" and args.torch == "auto"]
+    what = ", ".join(fatal) + (" (and torch for the PyTorch columns)" if also else "")
+    return (f"attention-jax bench needs {what}, not installed: {install_hint('bench')} "
+            f"(or pass {' '.join(instead[m] for m in fatal + also)} to time JAX alone)")
+
+
+def _importable(module: str) -> bool:
     from attention_jax._extras import require_spec
 
-    needs = []
-    if args.torch in ("cpu", "cuda"):
-        needs.append(("torch", f"--torch {args.torch}", "--torch off"))
-    if not args.no_plots:
-        needs.append(("matplotlib", "the plots", "--no-plots"))
-    if not args.no_progress:
-        needs.append(("tqdm", "the progress bar", "--no-progress"))
-    for module, what, instead in needs:
-        try:
-            require_spec(module, "bench", f"attention-jax bench ({what})")
-        except ImportError as e:
-            return f"{e} (or pass {instead})"
-    return None
+    try:
+        require_spec(module, "bench", "attention-jax bench")
+    except ImportError:
+        return False
+    return True
 
 
 def _omp_policy(passive: bool) -> dict[str, Any]:
