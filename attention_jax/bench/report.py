@@ -239,15 +239,17 @@ def format_table(results: dict[str, Any]) -> str:
 
 LEGEND = """\
 compile s: JAX trace+compile of forward / forward+backward. fwd, f+b: median time per step over
-repeats (min-max), after warm-up; f+b = gradients w.r.t. input and all parameters. img/s: batch /
-median forward. jax/pt: JAX median / PyTorch median in the same run, alternating (< 1: JAX
-faster; '!' marks outputs that disagree beyond tolerance, 1e-4 relative in float32, after a
-float64 PyTorch referee: a row where PyTorch's own float32 result is as far from float64 as
-JAX's is not flagged, and a note says so). mem MB: XLA's compiled buffer
-estimate of forward+backward (arguments + outputs + temporaries); with --memory, the measured
-peak of a subprocess (RSS on CPU, device allocator on GPU/TPU), marked '*'. roof: share of
-the memory-bandwidth bound achieved by the forward (feature map read once + output written
-once + parameters, at the bandwidth measured at start)."""
+repeats (min-max), after warm-up; f+b = gradients w.r.t. input and all parameters. Repeats run
+in blocks, JAX then PyTorch then back (ABBA), each block after 10 ms of untimed steps; at least
+7 per step (10 with --full), more for short steps. img/s: batch / median forward. jax/pt: JAX
+median / PyTorch median in the same run (< 1: JAX faster; '!' marks outputs that disagree
+beyond tolerance, 1e-4 relative in float32, after a float64 PyTorch referee: a row where
+PyTorch's own float32 result is as far from float64 as JAX's is not flagged, and a note says
+so). mem MB: XLA's compiled buffer estimate of forward+backward (arguments + outputs +
+temporaries); with --memory, the measured peak of a subprocess (RSS on CPU, device allocator
+on GPU/TPU), marked '*'. roof: share of the memory-bandwidth bound achieved by the forward
+(feature map read once + output written once + parameters, at the bandwidth measured at
+start)."""
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:
@@ -337,7 +339,8 @@ def _time_vs_batch(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any:
         if i + ncol >= len(panels):
             ax.set_xlabel("batch size")
     handles = [plt.Line2D([], [], ms=5, lw=1.5, **style) for style in _SERIES.values()]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4 if ncol > 2 else 2,
+               frameon=False)
     fig.suptitle(f"Median time per step\n{_title(results)}")
     return fig
 
@@ -364,7 +367,10 @@ def _ratio_heatmap(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any | N
     finite = [v for row in grid for v in row if math.isfinite(v) and v > 0]
     # Colours saturate beyond 16x either way; the number in the cell stays exact.
     reach = min(16.0, max(4.0, max(finite), 1 / min(finite)))
-    fig, ax = plt.subplots(figsize=(max(7.5, 2.6 + 0.95 * len(cols)), 1.5 + 0.36 * len(lines)),
+    # A few lines: the colour bar goes below, where its label has the figure's width.
+    wide = len(lines) < 10
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.6 + 0.95 * len(cols)),
+                                    (2.6 if wide else 1.5) + 0.36 * len(lines)),
                            layout="constrained")
     norm = LogNorm(vmin=1 / reach, vmax=reach, clip=True)
     image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
@@ -380,7 +386,8 @@ def _ratio_heatmap(plt: Any, results: dict[str, Any], ok: list[dict]) -> Any | N
     ax.set_yticks(range(len(lines)), [f"{n}  {sh}" + (f"  {dt}" if len(dtypes) > 1 else "")
                                       for n, sh, dt in lines])
     ax.tick_params(length=0)
-    bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+    bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02,
+                       location="bottom" if wide else "right", aspect=40 if wide else 20)
     bar.set_label("JAX time / PyTorch time (< 1: JAX faster)")
     ticks = [2.0 ** k for k in range(-4, 5) if 1 / reach <= 2.0 ** k <= reach]
     bar.set_ticks(ticks, labels=[f"1/{1 / t:g}" if t < 1 else f"{t:g}" for t in ticks])

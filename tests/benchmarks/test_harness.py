@@ -402,10 +402,11 @@ def _synthetic_results(names, batches=(1, 8, 32)):
                                           "versions": {"jax": "0.x", "torch": "2.x"}}}
 
 
-def test_plots_are_legible(tmp_path):
+@pytest.mark.parametrize("n", [2, 21])
+def test_plots_are_legible(tmp_path, n):
     """time_vs_batch: fonts of at least 9 pt, x ticks at the measured batch sizes in plain
-    numbers, y tick labels without exponents, and a legend that overlaps no panel; ratio: every
-    row's ratio written in its cell."""
+    numbers, y tick labels without exponents, and a legend inside the figure that overlaps no
+    panel; ratio: every row's ratio written in its cell."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,16 +414,17 @@ def test_plots_are_legible(tmp_path):
 
     from attention_jax.bench import report
 
-    names = [f"mech{i}" for i in range(21)]
+    names = [f"mech{i}" for i in range(n)]
     res = _synthetic_results(names)
     with plt.rc_context(report._PLOT_STYLE):
         fig = report._time_vs_batch(plt, res, res["rows"])
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
         panels = [ax for ax in fig.axes if ax.has_data()]
-        assert len(panels) == 21
+        assert len(panels) == n
         (legend,) = fig.legends
         box = legend.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
         for ax in panels:
             assert not box.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
             assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8", "32"]
@@ -435,10 +437,14 @@ def test_plots_are_legible(tmp_path):
         plt.close(fig)
         fig = report._ratio_heatmap(plt, res, res["rows"])
         fig.canvas.draw()
-        (ax, _) = fig.axes
+        (ax, bar) = fig.axes
+        for label in (bar.xaxis.label, bar.yaxis.label):  # the colour bar's label fits
+            if label.get_text():
+                box = label.get_window_extent(fig.canvas.get_renderer())
+                assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0
         cells = {t.get_text() for t in ax.texts}
         assert {f"{r['ratio']['fwd']:.2f}" for r in res["rows"]} <= cells
-        assert len(ax.texts) == 21 * 6
+        assert len(ax.texts) == n * 6
         assert [t.get_text() for t in ax.get_yticklabels()] == [f"{n}  28x28x64" for n in names]
         plt.close(fig)
     assert [p.name for p in report.write_plots(tmp_path, res)] == ["time_vs_batch.png",
