@@ -91,9 +91,11 @@ def _shape(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
+    from attention_jax.cli import HelpFormatter
+
     q, f = _QUICK, _FULL
     p = argparse.ArgumentParser(
-        prog="attention-jax bench",
+        prog="attention-jax bench", formatter_class=HelpFormatter,
         description="Time every registered attention mechanism (and grid_sample, attention) in "
                     "JAX, forward and forward+backward, across batch sizes, side by side with "
                     "the PyTorch reference (needs the bench extra: "

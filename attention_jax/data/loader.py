@@ -7,7 +7,11 @@ without the interruption, and every process of a multi-host run can compute its 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,25 +71,54 @@ def get_builder(name: str, *, data_dir: str | None = None, download: bool = Fals
 
         if config not in CONFIG_NAMES:
             raise DatasetError(_known_message(name))
-        builder = Digits(config=config, data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            builder.download_and_prepare()  # local generation only
+        with _quiet_tfds():  # tfds warns that a new folder has no dataset_info.json yet
+            builder = Digits(config=config, data_dir=data_dir, file_format="array_record")
+            prepared = builder.is_prepared()
+        if not prepared:
+            print(f"attention-jax: building dataset {name} in {builder.data_dir} from the digit "
+                  "scans scikit-learn ships (generated locally, nothing is downloaded; once, "
+                  "a few seconds)", file=sys.stderr, flush=True)
+            with _quiet_tfds():  # its "Downloading and preparing ... Unknown size" misleads
+                builder.download_and_prepare()
         return builder
     if base not in tfds.list_builders(with_community_datasets=False):
         raise DatasetError(_known_message(name))
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _quiet_tfds():
+            builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # tfds raises several types for a bad config or version
         raise DatasetError(f"load: cannot open tensorflow-datasets {name!r}: {err}") from err
     if not builder.is_prepared():
         if not download:
             raise DatasetError(
                 f"load: dataset {name!r} is not prepared in {builder.data_dir_root} and "
-                "downloads are off (nothing is fetched at run time by default); prepare it on a "
-                f"networked machine (`tfds build {base} --data_dir ...`) or pass download=True "
-                "(--download)")
+                "downloads are off (nothing is fetched at run time by default). Prepare it once "
+                "where there is network access and TensorFlow (tensorflow-datasets needs it to "
+                "prepare most datasets): `pip install tensorflow tensorflow-datasets && tfds "
+                f"build {base} --file_format array_record --data_dir DIR`, then pass that DIR "
+                f"(--data-dir) or copy DIR/{base} into {builder.data_dir_root}; with TensorFlow "
+                "installed here, download=True (--download) does the same. The embedded "
+                "digits/* datasets need neither")
         builder.download_and_prepare(file_format="array_record")
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """Silence tfds while it generates an embedded dataset: its progress bars, its download
+    banner (printed to stdout) and its warnings about a folder it is about to fill."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl_logger = logging.getLogger("absl")
+    bars, level = getattr(tqdm_utils, "_active", True), absl_logger.level
+    tqdm_utils.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(bars)
+        absl_logger.setLevel(level)
 
 
 def load(

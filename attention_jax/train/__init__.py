@@ -1,5 +1,10 @@
-"""Training: optax optimisers and schedules, a jit-compiled data-parallel step, orbax
-checkpoints with exact resume, JSON-lines metrics (``attention-jax train``)."""
+"""Training: optax optimisers and schedules, a jit-compiled data-parallel step for linen and nnx
+models, orbax checkpoints with exact resume, strict JSON-lines metrics (``attention-jax train``).
+
+The pieces live in ``config`` (``TrainConfig``, ``make_optimizer``), ``classifier``
+(``as_classifier``, ``init_state``, ``make_train_step``), ``checkpoint`` (``Checkpointer``,
+``restore_or_init``), ``metrics`` (``MetricsWriter``) and ``trainer`` (``train``,
+``evaluate``)."""
 
 from attention_jax.train.models import *  # noqa: F403
 from attention_jax.train.models import __all__ as _models_all

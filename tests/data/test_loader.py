@@ -91,3 +91,38 @@ def test_bad_loader_arguments(kwargs, match):
 def test_array_source_checks_lengths():
     with pytest.raises(ValueError, match="ArraySource: labels must be of length 3"):
         ArraySource(np.zeros((3, 4, 4, 1)), np.zeros(2))
+
+
+def test_first_build_says_what_and_where_and_nothing_else(tmp_path, capfd, caplog):
+    from attention_jax.data import get_builder
+
+    capfd.readouterr()
+    builder = get_builder("digits/plain", data_dir=str(tmp_path))
+    out, err = capfd.readouterr()
+    assert out == ""  # no "Downloading and preparing dataset Unknown size" banner
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
+    assert lines == [f"attention-jax: building dataset digits/plain in {builder.data_dir} "
+                     "from the digit scans scikit-learn ships (generated locally, nothing is "
+                     "downloaded; once, a few seconds)"], lines  # no bars, no warnings
+    assert str(builder.data_dir).startswith(str(tmp_path))
+    assert "dataset_info.json" not in caplog.text
+    get_builder("digits/plain", data_dir=str(tmp_path))  # prepared: silent
+    assert capfd.readouterr() == ("", "")
+    # tfds's own switches are as they were.
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    assert tqdm_utils._active is True
+
+
+def test_unprepared_dataset_error_suggests_what_works(tmp_path):
+    from attention_jax.data import DatasetError, get_builder
+
+    with pytest.raises(DatasetError) as err:
+        get_builder("mnist", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"load: dataset 'mnist' is not prepared in {tmp_path} and "
+                              "downloads are off")
+    # tfds needs TensorFlow to prepare mnist, and as_data_source needs array_record files.
+    assert "TensorFlow" in message and "pip install tensorflow tensorflow-datasets" in message
+    assert "tfds build mnist --file_format array_record --data_dir DIR" in message
+    assert "download=True (--download)" in message and "digits/*" in message

@@ -21,8 +21,15 @@ def test_twenty_step_run_reduces_the_loss(plain_dir, tmp_path, capsys):
     assert train[-1]["loss"] < 0.9 * train[0]["loss"]
     test = [r for r in records if r["split"] == "test"]
     assert len(test) == 1 and test[0]["count"] == 299 and 0 <= test[0]["error"] <= 1
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
     assert summary["step"] == 20 and summary["params"] > 0
+    # Without a progress bar the run still says how it goes: one line per --log-every.
+    logged = [x for x in out if x.startswith("step ")]
+    assert [x.split(":")[0] for x in logged] == ["step 5/20", "step 10/20", "step 15/20",
+                                                 "step 20/20"]
+    assert f"loss {train[0]['loss']:.4f}" in logged[0]
+    assert any(x.startswith("test at step 20: loss ") and "(299 examples)" in x for x in out)
     assert (tmp_path / "ckpt" / "20").is_dir()
 
 
@@ -35,15 +42,32 @@ def test_twenty_step_run_reduces_the_loss(plain_dir, tmp_path, capsys):
         (["--resume", "--checkpoint-dir", "{tmp}/none"], "--resume needs a checkpoint"),
         (["--devices", "9"], "devices must be at most the 1 device"),
         (["--clip-norm", "-1"], "clip_norm must be None or a positive number, got -1.0"),
+        (["--lr", "nan"], "train: lr must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "train: lr must be a finite number > 0, got inf"),
+        (["--lr", "-1"], "train: lr must be a finite number > 0, got -1.0"),
+        (["--momentum", "nan"], "train: momentum must be a finite number in [0, 1), got nan"),
+        (["--weight-decay", "-1"], "train: weight_decay must be a finite number >= 0, got -1.0"),
+        (["--checkpoint-dir", "{tmp}/file"], "checkpoint_dir must be a path usable as a "
+                                             "directory, got '{tmp}/file', which is a file"),
+        (["--metrics", "{tmp}/file/m.jsonl"], "metrics_file must be a path usable as a file, "
+                                              "got '{tmp}/file/m.jsonl', which lies under "
+                                              "the file '{tmp}/file'"),
+        (["--api", "nnx"], "create_model: api must be 'linen' for model 'cnn'"),
     ],
-    ids=["model", "dataset", "attention", "resume-empty", "devices", "clip-norm"],
+    ids=["model", "dataset", "attention", "resume-empty", "devices", "clip-norm", "lr-nan",
+         "lr-inf", "lr-negative", "momentum-nan", "weight-decay-negative", "checkpoint-file",
+         "metrics-under-file", "nnx-cnn"],
 )
 def test_bad_input_exits_2_with_message(plain_dir, tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("a file")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    rc = main(["--steps", "2", "--batch-size", "8", "--data-dir", plain_dir, "--no-progress",
-               *args])
-    err = capsys.readouterr().err
-    assert rc == 2 and message in err and err.startswith("attention-jax train: error:")
+    message = message.replace("{tmp}", str(tmp_path))
+    rc = main(["--steps", "2", "--batch-size", "8", "--dataset", "digits/plain", "--data-dir",
+               plain_dir, "--no-progress", *args])
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == 2 and message in err and err.startswith("attention-jax train: error:"), err
+    assert "step " not in captured.out  # refused before the first step
     assert not (tmp_path / "none").exists()
 
 
@@ -65,3 +89,12 @@ def test_clip_norm_flag():
                                            weight_decay=0.0, clip_norm=clip))
         upd, _ = tx.update(g, tx.init(g), g)
         assert abs(float(optax.tree.norm(upd)) - norm) < 1e-4 * norm
+
+
+def test_resume_flags():
+    from attention_jax.train.cli import build_parser
+
+    args = build_parser().parse_args(["--resume-override", "batch-size", "--resume-override",
+                                      "lr", "--resume-step", "4", "--api", "nnx"])
+    assert args.resume_override == ["batch_size", "lr"] and args.resume_step == 4
+    assert args.api == "nnx" and build_parser().parse_args([]).resume_override == []
