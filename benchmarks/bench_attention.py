@@ -93,7 +93,7 @@ def _nl_torch(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from tests.reference.self_attention import NonLocal
+    from attention_jax.torch_reference.self_attention import NonLocal
 
     n, s, c, ci = cfg["batch"], cfg["size"], cfg["channels"], cfg["inter"]
     torch.manual_seed(0)

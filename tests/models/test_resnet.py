@@ -14,9 +14,9 @@ from attention_jax import functional as F
 from attention_jax import load_linen_variables
 from attention_jax.models import resnet as RL
 from attention_jax.models import resnet_nnx as RN
+from attention_jax.torch_reference import resnet as RT
+from attention_jax.torch_reference.registry import REFERENCES
 from tests.parity import check_linen_equals_nnx, check_module_parity
-from tests.reference import resnet as RT
-from tests.reference.registry import REFERENCES
 
 TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
                "resnet101": 44_549_160}

@@ -12,8 +12,8 @@ from flax import nnx
 
 from attention_jax import linen as L
 from attention_jax import nnx as N
+from attention_jax.torch_reference import channel as R
 from tests.parity import assert_close, check_linen_equals_nnx, check_module_parity
-from tests.reference import channel as R
 
 X = np.random.default_rng(0).normal(size=(2, 6, 5, 32)).astype(np.float32)
 

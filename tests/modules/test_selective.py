@@ -10,6 +10,7 @@ from flax import nnx
 from attention_jax import linen as L
 from attention_jax import load_linen_variables
 from attention_jax import nnx as N
+from attention_jax.torch_reference import selective as R
 from tests.parity import (
     assert_close,
     check_linen_equals_nnx,
@@ -18,7 +19,6 @@ from tests.parity import (
     nchw_to_nhwc,
     nhwc_to_nchw,
 )
-from tests.reference import selective as R
 
 X = np.random.default_rng(0).normal(size=(2, 7, 6, 16)).astype(np.float32)
 

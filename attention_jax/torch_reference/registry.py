@@ -1,9 +1,11 @@
 """Torch references for every registered mechanism, built to match ``create_attention`` defaults.
 
 ``REFERENCES[name](channels)`` returns a torch module whose state dict has exactly the tensors
-of ``create_attention(name, channels)`` (same names after ``tests.parity.jax_to_torch_state``),
+of ``create_attention(name, channels)`` (same names after ``weights.jax_to_torch_state``),
 so parity tests and the benchmark harness can load one set of weights into both.
-Each family adds its rows when it registers its mechanisms.
+Each family adds its rows when it registers its mechanisms. Widths and kernel sizes come from
+this package's own copies of the published rules (``rd``, ``eca_kernel_size``), never from the
+library under test.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from collections.abc import Callable
 
 import torch
 
-from attention_jax import functional as F
-from tests.reference import channel, hybrid, rd, saliency, selective, spatial
-from tests.reference import context as ref_context
-from tests.reference import self_attention as ref_sa
+from attention_jax.torch_reference import (
+    channel,
+    eca_kernel_size,
+    hybrid,
+    rd,
+    saliency,
+    selective,
+    spatial,
+)
+from attention_jax.torch_reference import context as ref_context
+from attention_jax.torch_reference import self_attention as ref_sa
 
 REFERENCES: dict[str, Callable[[int], torch.nn.Module]] = {
     "se": lambda c: channel.SqueezeExcite(c, rd(c)),
-    "eca": lambda c: channel.EfficientChannelAttention(c, F.eca_kernel_size(c)),
+    "eca": lambda c: channel.EfficientChannelAttention(c, eca_kernel_size(c)),
     "cbam": lambda c: hybrid.CBAM(c, rd(c)),
     "bam": lambda c: hybrid.BAM(c, rd(c)),
     "ge": lambda c: channel.GatherExcite(c, rd(c)),

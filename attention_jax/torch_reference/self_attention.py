@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
-from tests.reference.context import ConvBNAct
+from attention_jax.torch_reference.context import ConvBNAct
 
 
 class NonLocal(nn.Module):

@@ -1,23 +1,21 @@
 """The PyTorch side: the parity reference of each mechanism, loaded with the JAX weights.
 
-The references live in the repository's ``tests/reference/`` (written from the papers and the
-official code for the parity tests); ``tests/parity.py``'s ``load_into_torch`` copies the linen
-variables into them, so both sides compute the same function. PyTorch runs in its native NCHW
-layout, JAX in NHWC: each framework in the layout it is fast in.
+The references ship in the package (``attention_jax.torch_reference``, written from the papers
+and the official code; the parity tests use the same ones); ``torch_reference.weights.
+load_into_torch`` copies the linen variables into them, so both sides compute the same
+function. PyTorch runs in its native NCHW layout, JAX in NHWC: each framework in the layout it
+is fast in.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TorchSide", "load_torch_side", "REPO_ROOT"]
+from attention_jax._extras import install_hint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["TorchSide", "load_torch_side"]
 
 
 class TorchSide:
@@ -53,7 +51,8 @@ class TorchSide:
         """Set the torch forward of a registry mechanism, weights copied from ``variables``."""
         build = self.references.get(case.spec.name)
         if build is None:
-            case.torch_note = f"no torch reference for {case.spec.name!r} in tests/reference"
+            case.torch_note = (f"no torch reference for {case.spec.name!r} in "
+                               "attention_jax.torch_reference.registry")
             return
         module = build(case.shape[-1])
         self.load_into_torch(module, variables)
@@ -133,7 +132,7 @@ def load_torch_side(mode: str, jax_backend: str) -> tuple[TorchSide | None, str]
     try:
         import torch
     except ImportError:
-        return None, "torch is not installed: JAX columns only (pip install '.[bench]')"
+        return None, f"torch is not installed: JAX columns only ({install_hint('bench')})"
     if mode == "auto":
         if jax_backend == "cpu":
             device = "cpu"
@@ -145,14 +144,11 @@ def load_torch_side(mode: str, jax_backend: str) -> tuple[TorchSide | None, str]
     else:
         device = mode
     references, load, note = None, None, ""
-    if (REPO_ROOT / "tests" / "reference" / "registry.py").exists():
-        if str(REPO_ROOT) not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT))
-        try:
-            references = importlib.import_module("tests.reference.registry").REFERENCES
-            load = importlib.import_module("tests.parity").load_into_torch
-        except Exception as e:  # a broken reference must not stop the JAX timings
-            note = f"could not import tests/reference ({type(e).__name__}: {e})"
-    else:
-        note = "tests/reference not found (run from a repository checkout for torch modules)"
+    try:
+        from attention_jax.torch_reference.registry import REFERENCES
+        from attention_jax.torch_reference.weights import load_into_torch
+
+        references, load = REFERENCES, load_into_torch
+    except Exception as e:  # a broken reference must not stop the JAX timings
+        note = f"could not import attention_jax.torch_reference ({type(e).__name__}: {e})"
     return TorchSide(torch, references, load, device, note), note

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from tests.reference import rd, selective
+from attention_jax.torch_reference import rd, selective
 
 
 def _spatial(kind: str, cin: int, cout: int, stride: int, groups: int) -> nn.Module:

@@ -296,7 +296,8 @@ def make_case(spec: Spec, shape: Shape, batch: int, dtype: str, *, seed: int = 0
       batch: batch size N.
       dtype: ``"float32"`` or ``"bfloat16"`` (inputs; parameters stay float32 as in Flax).
       seed: PRNG seed for parameters and inputs.
-      torch_side: a ``benchmarks.torch_side.TorchSide`` to attach the PyTorch reference, or None.
+      torch_side: an ``attention_jax.bench.torch_side.TorchSide`` to attach the PyTorch
+        reference, or None.
 
     Returns:
       The ``Case``.

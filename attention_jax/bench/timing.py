@@ -11,7 +11,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Timer", "summarize", "measure_bandwidth", "roofline"]
+__all__ = ["Timer", "plan_repeats", "time_blocks", "summarize", "measure_bandwidth",
+           "roofline"]
 
 
 class Timer:
@@ -19,8 +20,9 @@ class Timer:
 
     A repeat runs the step ``number`` times back to back (each call waits for its result) and
     records the mean; ``number`` is chosen so one repeat lasts at least ``min_repeat_s``, which
-    keeps microsecond steps above the clock's resolution. Repeats of different timers are meant
-    to be interleaved (JAX, PyTorch, JAX, ...) so slow drifts of the machine hit both sides.
+    keeps microsecond steps above the clock's resolution. Timers of the two frameworks are run
+    in alternating blocks (``time_blocks``), each block after ``settle``, so slow drifts of the
+    machine hit both sides and neither side's idle threads run into the other's samples.
     """
 
     def __init__(self, step: Callable[[], Any], *, min_repeat_s: float, max_number: int = 1000):
@@ -30,6 +32,7 @@ class Timer:
         self.number = 1
         self.samples: list[float] = []
         self.first_s = math.nan
+        self.step_s = math.nan  # the last warm-up step's time, for planning repeats
 
     def warmup(self, n: int) -> Any:
         """Run ``max(n, 1)`` untimed-for-stats steps; the last one calibrates ``number``."""
@@ -40,15 +43,88 @@ class Timer:
             dt = time.perf_counter() - t0
             if math.isnan(self.first_s):
                 self.first_s = dt
+        self.step_s = dt
         wanted = math.ceil(self.min_repeat_s / max(dt, 1e-9))
         self.number = int(min(self.max_number, max(1, wanted)))
         return out
 
+    @property
+    def repeat_s(self) -> float:
+        """Expected duration of one repeat (``number`` steps), from the warm-up."""
+        return self.number * self.step_s
+
     def repeat(self) -> None:
+        """Time one repeat and append the mean seconds per step to ``samples``."""
         t0 = time.perf_counter()
         for _ in range(self.number):
             self.step()
         self.samples.append((time.perf_counter() - t0) / self.number)
+
+    def settle(self, seconds: float) -> None:
+        """Run the step untimed, at least once and for at least ``seconds``.
+
+        Before a block, after the other framework ran: PyTorch's OpenMP workers spin for a few
+        milliseconds after each parallel region (libgomp's default wait policy; ~4 ms of CPU
+        measured on the 2-core AMD EPYC this was written on, ``benchmarks/omp_interference.py``)
+        and would share the cores with the first samples. Keeping this side busy meanwhile,
+        rather than sleeping, also keeps its own threads and caches warm (a sleep made the next
+        JAX repeat up to several times slower there).
+        """
+        t0 = time.perf_counter()
+        self.step()
+        while time.perf_counter() - t0 < seconds:
+            self.step()
+
+
+def plan_repeats(timers: list[Timer], *, fixed: int | None, min_repeats: int,
+                 max_repeats: int, budget_s: float) -> list[int]:
+    """How many repeats each timer gets.
+
+    ``fixed`` when given; else each timer's share of ``budget_s`` divided by its repeat's
+    duration, clipped to ``[min_repeats, max_repeats]``: every row gets at least
+    ``min_repeats``, short steps many more.
+    """
+    if fixed is not None:
+        return [max(1, fixed)] * len(timers)
+    share = budget_s / max(len(timers), 1)
+    out = []
+    for t in timers:
+        fit = int(share / t.repeat_s) if t.repeat_s > 0 else max_repeats
+        out.append(max(min_repeats, min(max_repeats, fit)))
+    return out
+
+
+def time_blocks(timers: list[Timer], counts: list[int], *, settle_s: float,
+                deadline: float | None = None) -> bool:
+    """Time every timer's repeats in two rounds of blocks, in ABBA order.
+
+    Round one runs each timer's first half of its repeats as one block, in the given order
+    (e.g. JAX forward, JAX forward+backward, PyTorch forward, PyTorch forward+backward); round
+    two the rest in reverse order, so a drift of the machine during the row weighs on both
+    frameworks alike. Each block starts with ``Timer.settle``.
+
+    Args:
+      timers: the row's timers.
+      counts: repeats per timer (``plan_repeats``).
+      settle_s: untimed busy time before each block.
+      deadline: a ``time.monotonic()`` past which round two is not started.
+
+    Returns:
+      Whether every planned repeat ran (False when the deadline cut round two).
+    """
+    first = [math.ceil(n / 2) for n in counts]
+    rounds = [list(zip(timers, first, strict=True)),
+              [(t, n - f) for t, n, f in zip(timers, counts, first, strict=True)][::-1]]
+    for i, blocks in enumerate(rounds):
+        if i and deadline is not None and time.monotonic() > deadline:
+            return False
+        for timer, n in blocks:
+            if n <= 0:
+                continue
+            timer.settle(settle_s)
+            for _ in range(n):
+                timer.repeat()
+    return True
 
 
 def summarize(samples: list[float], batch: int, number: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The sweep: every spec x shape x batch size x dtype, JAX and PyTorch interleaved."""
+"""The sweep: every spec x shape x batch size x dtype, JAX and PyTorch in alternating blocks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from benchmarks.specs import Case, Shape, Spec, make_case, shape_label
-from benchmarks.timing import Timer, measure_bandwidth, roofline, summarize
+from attention_jax.bench.specs import Case, Shape, Spec, make_case, shape_label
+from attention_jax.bench.timing import (
+    Timer,
+    measure_bandwidth,
+    plan_repeats,
+    roofline,
+    summarize,
+    time_blocks,
+)
 
 __all__ = ["Config", "run_sweep", "place", "jax_steps", "sharding_check", "rel_diff",
            "rel_diff_bulk", "MODES"]
@@ -30,7 +37,7 @@ _SHARD_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
 
 @dataclasses.dataclass
 class Config:
-    """Settings of one sweep (see ``python -m benchmarks --help`` for each flag)."""
+    """Settings of one sweep (see ``attention-jax bench --help`` for each flag)."""
 
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     dtypes: tuple[str, ...] = ("float32",)
@@ -38,7 +45,11 @@ class Config:
     full: bool = False
     shape: Shape | None = None
     devices: int = 1
-    repeats: int = 5
+    repeats: int | None = None  # a fixed count per timer; None: time-budgeted (below)
+    min_repeats: int = 7
+    max_repeats: int = 100
+    repeat_budget_s: float = 0.4  # per row, shared by its timers
+    settle_s: float = 0.01
     warmup: int = 2
     min_repeat_s: float = 0.005
     time_limit_s: float | None = None
@@ -164,7 +175,7 @@ def _device_peak(device: jax.Device) -> int | None:
 
 def memory_probe(spec: Spec, shape: Shape, batch: int, dtype: str, framework: str, mode: str,
                  seed: int, timeout_s: float = 600) -> dict[str, Any]:
-    """Peak memory of one step, measured in a fresh subprocess (``benchmarks.memprobe``).
+    """Peak memory of one step, measured in a fresh subprocess (``attention_jax.bench.memprobe``).
 
     Returns the probe's JSON (``peak_rss_bytes``, ``rss_before_step_bytes``, ``device_peak_bytes``)
     or ``{"error": ...}``.
@@ -172,7 +183,8 @@ def memory_probe(spec: Spec, shape: Shape, batch: int, dtype: str, framework: st
     request = {"name": spec.name, "shape": list(shape), "batch": batch, "dtype": dtype,
                "framework": framework, "mode": mode, "seed": seed}
     try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.memprobe", json.dumps(request)],
+        proc = subprocess.run([sys.executable, "-m", "attention_jax.bench.memprobe",
+                               json.dumps(request)],
                               capture_output=True, text=True, timeout=timeout_s,
                               env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -317,14 +329,13 @@ def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
     _check_against_torch(row, case, warm, torch_notes, torch_side)
     del warm
 
-    # Interleaved repeats (JAX fwd, JAX f+b, torch fwd, torch f+b, again ...), stopping early
-    # when the row is over its budget.
-    for r in range(cfg.repeats):
-        for _, _, timer in timers:
-            timer.repeat()
-        if r + 1 < cfg.repeats and time.monotonic() - t_row > row_budget_s:
-            row["note"] = f"{r + 1} of {cfg.repeats} repeats (row budget {row_budget_s:.0f} s)"
-            break
+    # Two rounds of blocks in ABBA order (JAX fwd, JAX f+b, torch fwd, torch f+b; then back),
+    # each block after an untimed settle; round two is dropped when the row is over its budget.
+    only = [t for _, _, t in timers]
+    counts = plan_repeats(only, fixed=cfg.repeats, min_repeats=cfg.min_repeats,
+                          max_repeats=cfg.max_repeats, budget_s=cfg.repeat_budget_s)
+    if not time_blocks(only, counts, settle_s=cfg.settle_s, deadline=t_row + row_budget_s):
+        row["note"] = f"first half of the planned repeats only (row budget {row_budget_s:.0f} s)"
 
     row["jax"] = {"compile_s": compile_s, "xla_memory_bytes": xla_bytes}
     torch_res: dict[str, Any] = {}
@@ -364,9 +375,9 @@ def run_sweep(specs: Sequence[Spec], cfg: Config, *, torch_side: Any = None,
     with the reason, never silently dropped.
 
     Args:
-      specs: what to time (``benchmarks.specs.build_specs``).
+      specs: what to time (``attention_jax.bench.specs.build_specs``).
       cfg: sweep settings.
-      torch_side: ``benchmarks.torch_side.TorchSide`` or None for JAX only.
+      torch_side: ``attention_jax.bench.torch_side.TorchSide`` or None for JAX only.
       progress: a tqdm-like object with ``update()``/``set_postfix_str()``, or None.
     """
     start = time.monotonic()

@@ -1,6 +1,6 @@
 """Peak memory of one benchmark step, in a process of its own (``--memory``).
 
-``python -m benchmarks.memprobe '{"name": "se", "shape": [28, 28, 64], "batch": 8,
+``python -m attention_jax.bench.memprobe '{"name": "se", "shape": [28, 28, 64], "batch": 8,
 "dtype": "float32", "framework": "jax", "mode": "fwdbwd", "seed": 0}'`` builds the case,
 compiles and runs the step once to warm up, then once more, and prints one JSON line:
 ``peak_rss_bytes`` (the process's high-water resident set: interpreter, libraries, inputs,
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from benchmarks.runner import jax_steps, place
-    from benchmarks.specs import build_specs, make_case
-    from benchmarks.torch_side import load_torch_side
+    from attention_jax.bench.runner import jax_steps, place
+    from attention_jax.bench.specs import build_specs, make_case
+    from attention_jax.bench.torch_side import load_torch_side
 
     specs, _ = build_specs([req["name"]])
     torch_side = None
