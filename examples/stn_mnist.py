@@ -209,7 +209,7 @@ def _compiled(model_name: str, config: str, budget: Budget, n: int) -> _Compiled
     model = build_model(model_name, config)
     distort = (lambda key, x: x) if config == "plain" else get_distortion(config)
     steps = min(n // budget.batch_size, budget.steps_per_epoch or n)
-    size = 28 if config == "plain" else output_size(config, 28)
+    size = 28 if config == "plain" else output_size(config, size=28)
     shape_params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                   jnp.zeros((1, size, size, 1)))["params"]
     tx = make_optimizer(shape_params, steps * budget.epochs, steps, budget)

