@@ -50,6 +50,11 @@ def test_smoke_run_writes_the_summary_under_out_only(stn, tmp_path, mnist_data_d
     printed = capsys.readouterr().out
     assert "| CNN |" in printed and "±" in printed  # two seeds: mean ± std
     assert _tracked_changes() == before  # nothing written into the checkout
+    # The report can be rewritten from the run's files alone (no training).
+    report = (out / "stn_mnist.md").read_text()
+    (out / "stn_mnist.md").unlink()
+    assert stn.main(["--report-from", str(out)]) == 0
+    assert (out / "stn_mnist.md").read_text() == report
 
 
 def test_a_single_seed_prints_no_std_and_docs_go_where_asked(stn, tmp_path, mnist_data_dir,
