@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 POLICIES = ((2e-3, 1.0, 1), (2e-3, 0.1, 1), (1e-2, 1.0, 1), (1e-2, 0.1, 1),
             (2e-3, 1.0, 0), (2e-3, 0.1, 0), (1e-2, 1.0, 0), (1e-2, 0.1, 0))
 """(peak learning rate, localisation-rate multiple, warm-up epochs); stn_mnist.py uses
-(2e-3, 0.1, 1)."""
+(2e-3, 1.0, 1)."""
 
 
 def main(argv: list[str] | None = None) -> int:
