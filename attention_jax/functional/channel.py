@@ -128,6 +128,12 @@ def _ge_gather_convs(
     return [(size, (1, 1), "VALID")]
 
 
+def _check_eps(fn: str, eps: float) -> None:
+    """A normalisation epsilon: a finite number > 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise fail(fn, "eps", "a finite number > 0", repr(eps))
+
+
 def _eca_kernel(fn: str, channels: int, kernel_size: int | None, gamma: float,
                 beta: float) -> int:
     """ECA's 1D kernel: ``kernel_size`` if given (odd), else the adaptive odd size."""

@@ -29,7 +29,9 @@ class SelectiveKernel(nn.Module):
     L = ``rd_min_channels``; the attention width is ``d = max(make_divisible(out * rd_ratio,
     rd_divisor), L)`` unless ``rd_channels`` is given. SKNet-50 uses M=2, G=32, r=16, L=32.
     Parameters: ``conv{m}``/``bn{m}`` per branch, ``fc_reduce`` (1x1, C -> d), ``fc_bn``,
-    ``fc_select`` (1x1, d -> M * C, branch-major).
+    ``fc_select`` (1x1, d -> M * C, branch-major). ``split_input``: branch m convolves only the
+    m-th of M equal channel slices of the input (timm's SK-ResNet-18/34), so each ``conv{m}``
+    takes C / M channels.
     """
 
     channels: int
@@ -41,15 +43,17 @@ class SelectiveKernel(nn.Module):
     rd_channels: int | None = None
     rd_divisor: int = 8
     rd_min_channels: int = 32
+    split_input: bool = False
     act: Activation = "relu"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     precision: PrecisionLike = None
 
     def setup(self) -> None:
-        out, rd = _sk_widths("SelectiveKernel", self.channels, self.out_channels, self.num_paths,
-                            self.groups, self.stride, self.rd_ratio, self.rd_channels,
-                            self.rd_divisor, self.rd_min_channels)
+        _, out, rd = _sk_widths("SelectiveKernel", self.channels, self.out_channels,
+                                self.num_paths, self.groups, self.stride, self.rd_ratio,
+                                self.rd_channels, self.rd_divisor, self.rd_min_channels,
+                                self.split_input)
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                        precision=self.precision)
         bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
@@ -76,6 +80,7 @@ class SelectiveKernel(nn.Module):
             reduce_norm=partial(self.fc_bn, use_running_average=ura),
             select=self.fc_select,
             act=self.act,
+            split_input=self.split_input,
         )
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc, check_positive_int, fail
-from attention_jax.functional.channel import _eca_kernel, _ge_gather_convs
+from attention_jax.functional.channel import _check_eps, _eca_kernel, _ge_gather_convs
 
 __all__ = [
     "SqueezeExcite",
@@ -158,9 +158,9 @@ class GatherExcite(nnx.Module):
 class GlobalContext(nnx.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module:
-    ``conv_attn``; ``add_fc1``/``add_norm``/``add_fc2`` and/or ``scale_fc1``/``scale_norm``/
-    ``scale_fc2``.
+    Input (N, H, W, C) -> output (N, H, W, C). Same fields and parameters as the linen module:
+    ``conv_attn`` (with a bias if ``attn_bias``); ``add_fc1``/``add_norm``/``add_fc2`` and/or
+    ``scale_fc1``/``scale_norm``/``scale_fc2``; ``eps`` is the LayerNorm epsilon.
     """
 
     def __init__(
@@ -172,6 +172,8 @@ class GlobalContext(nnx.Module):
         rd_ratio: float = 1.0 / 16,
         rd_channels: int | None = None,
         rd_divisor: int = 8,
+        eps: float = 1e-5,
+        attn_bias: bool = False,
         act: Activation = "relu",
         gate: Activation = "sigmoid",
         dtype: Dtype | None = None,
@@ -180,18 +182,19 @@ class GlobalContext(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         fn = "GlobalContext"
+        _check_eps(fn, eps)
         if not (fuse_add or fuse_scale):
             raise fail(fn, "fuse_add / fuse_scale", "at least one True", "both False")
         rd = F.reduced_channels(fn, channels, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
         conv = partial(nnx.Conv, kernel_size=(1, 1), dtype=dtype, param_dtype=param_dtype,
                        precision=precision, rngs=rngs)
-        norm = partial(nnx.LayerNorm, rd, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+        norm = partial(nnx.LayerNorm, rd, epsilon=eps, use_fast_variance=False, dtype=dtype,
                        param_dtype=param_dtype, rngs=rngs)
         self.channels, self.fuse_add, self.fuse_scale = channels, fuse_add, fuse_scale
         self.act, self.gate = act, gate
-        # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv(channels, 1, use_bias=False)
+        # A bias is a constant logit: it cancels in the softmax over H*W (zero gradient).
+        self.conv_attn = conv(channels, 1, use_bias=attn_bias)
         if fuse_add:
             self.add_fc1, self.add_norm, self.add_fc2 = conv(channels, rd), norm(), conv(rd,
                                                                                          channels)

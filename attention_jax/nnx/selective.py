@@ -26,7 +26,8 @@ class SelectiveKernel(nnx.Module):
     Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels). Same fields and
     parameters as the linen module (``conv{m}``/``bn{m}`` per branch, ``fc_reduce``, ``fc_bn``,
     ``fc_select``); the paper's M, G, r, L are ``num_paths``, ``groups``, ``1 / rd_ratio``,
-    ``rd_min_channels``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
+    ``rd_min_channels``; ``split_input`` feeds branch m the m-th of M channel slices (each
+    ``conv{m}`` takes C / M channels). BatchNorm mode via ``module.train()`` / ``module.eval()``.
     """
 
     def __init__(
@@ -41,21 +42,24 @@ class SelectiveKernel(nnx.Module):
         rd_channels: int | None = None,
         rd_divisor: int = 8,
         rd_min_channels: int = 32,
+        split_input: bool = False,
         act: Activation = "relu",
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         precision: PrecisionLike = None,
         rngs: nnx.Rngs,
     ) -> None:
-        out, rd = _sk_widths("SelectiveKernel", channels, out_channels, num_paths, groups,
-                             stride, rd_ratio, rd_channels, rd_divisor, rd_min_channels)
+        cin, out, rd = _sk_widths("SelectiveKernel", channels, out_channels, num_paths, groups,
+                                  stride, rd_ratio, rd_channels, rd_divisor, rd_min_channels,
+                                  split_input)
         conv = partial(nnx.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                        precision=precision, rngs=rngs)
         bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
         self.channels, self.num_paths, self.act = channels, num_paths, act
+        self.split_input = split_input
         for m in range(num_paths):
             d = m + 1
-            setattr(self, f"conv{m}", conv(channels, out, (3, 3), strides=stride,
+            setattr(self, f"conv{m}", conv(cin, out, (3, 3), strides=stride,
                                            padding=((d, d), (d, d)), kernel_dilation=d,
                                            feature_group_count=groups))
             setattr(self, f"bn{m}", bn(out))
@@ -71,6 +75,7 @@ class SelectiveKernel(nnx.Module):
             convs=[getattr(self, f"conv{m}") for m in range(self.num_paths)],
             norms=[getattr(self, f"bn{m}") for m in range(self.num_paths)],
             reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=self.act,
+            split_input=self.split_input,
         )
 
 
