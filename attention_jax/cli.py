@@ -8,6 +8,7 @@ from collections.abc import Sequence
 _COMMANDS = {
     "bench": ("benchmarks.__main__", "main", "time every mechanism against PyTorch"),
     "train": ("attention_jax.train.cli", "main", "train a model on a tfds dataset"),
+    "convert": ("attention_jax.interop.convert", "main", "timm weights <-> attention-jax"),
 }
 
 

@@ -45,6 +45,7 @@ __all__ = [
 _COLLECTIONS = ("params", "batch_stats")
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
+_LEAF_RANK = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
 _FORMAT = "attention-jax"
 
 
@@ -107,7 +108,7 @@ def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(_to_torch(np.empty(shape, np.uint8)).shape)
 
 
-# Names inside a mechanism (ours -> timm's), per mechanism kind.
+# Names inside a mechanism (ours -> timm's), per mechanism kind, in timm's module order.
 _INNER: dict[str, list[tuple[str, str]]] = {
     "se": [(r"fc1", "fc1"), (r"fc2", "fc2")],
     "eca": [(r"conv", "conv")],
@@ -118,8 +119,20 @@ _INNER: dict[str, list[tuple[str, str]]] = {
     "sk": [(r"conv(\d+)", r"paths.\1.conv"), (r"bn(\d+)", r"paths.\1.bn"),
            (r"fc_reduce", "attn.fc_reduce"), (r"fc_bn", "attn.bn"),
            (r"fc_select", "attn.fc_select")],
-    "splat": [(r"(conv|bn0|fc1|bn1|fc2)", r"\1")],
+    "splat": [(r"conv", "conv"), (r"bn0", "bn0"), (r"fc1", "fc1"), (r"bn1", "bn1"),
+              (r"fc2", "fc2")],
 }
+
+
+def _inner_rank(kind: str, name: str) -> tuple[int, int, int]:
+    """Where an inner layer sits in timm's module order: numbered layers (SK's paths) first,
+    by number, then the others in ``_INNER`` order."""
+    for i, (pattern, _) in enumerate(_INNER.get(kind, [])):
+        m = re.fullmatch(pattern, name)
+        if m:
+            digits = [int(g) for g in m.groups() if g is not None and g.isdigit()]
+            return (0, digits[0], i) if digits else (1, 0, i)
+    return (2, 0, 0)
 
 
 def _inner(kind: str, name: str, what: str) -> str:
@@ -134,24 +147,25 @@ def _module_keys(layout: str, plan: Any) -> dict[str, tuple[str, str | None]]:
     """Our top-level and block-level module names -> (timm prefix, inner kind or None)."""
     from attention_jax.models import resnet_core as core
 
-    out: dict[str, tuple[str, str | None]] = {}
-    stem = [n for n, _ in plan.stem_layers]
+    stem_names: dict[str, str]
     if layout == "resnet":
-        deep = "stem_conv1" in stem
-        out.update({"stem_conv1": ("conv1.0", None), "stem_bn1": ("conv1.1", None),
-                    "stem_conv2": ("conv1.3", None), "stem_bn2": ("conv1.4", None),
-                    "conv1": ("conv1.6" if deep else "conv1", None), "bn1": ("bn1", None),
-                    "fc": ("fc", None)})
+        deep = any(n == "stem_conv1" for n, _ in plan.stem_layers)
+        stem_names = {"stem_conv1": "conv1.0", "stem_bn1": "conv1.1", "stem_conv2": "conv1.3",
+                      "stem_bn2": "conv1.4", "conv1": "conv1.6" if deep else "conv1",
+                      "bn1": "bn1", "fc": "fc"}
     else:
-        out.update({"stem_conv1": ("stem.conv1.conv", None),
-                    "stem_bn1": ("stem.conv1.bn", None),
-                    "stem_conv2": ("stem.conv2.conv", None),
-                    "stem_bn2": ("stem.conv2.bn", None), "conv1": ("stem.conv3.conv", None),
-                    "bn1": ("stem.conv3.bn", None), "fc": ("head.fc", None)})
+        stem_names = {"stem_conv1": "stem.conv1.conv", "stem_bn1": "stem.conv1.bn",
+                      "stem_conv2": "stem.conv2.conv", "stem_bn2": "stem.conv2.bn",
+                      "conv1": "stem.conv3.conv", "bn1": "stem.conv3.bn", "fc": "head.fc"}
+    # In forward order (the order of the exported dict): stem, blocks, classifier.
+    out = {n: (stem_names[n], None) for n, _ in plan.stem_layers}
     for name, bp in plan.blocks:
         s, b = (int(v) for v in re.fullmatch(r"layer(\d+)_(\d+)", name).groups())
         prefix = f"layer{s}.{b}" if layout == "resnet" else f"stages.{s - 1}.{b}"
-        for lname, spec in bp.layers:
+        layers = list(bp.layers)
+        if layout == "byobnet":  # timm's byobnet blocks register the shortcut first
+            layers.sort(key=lambda item: not item[0].startswith("downsample"))
+        for lname, spec in layers:
             key = f"{name}/{lname}"
             kind = None
             if isinstance(spec, core.Spatial):
@@ -178,6 +192,7 @@ def _module_keys(layout: str, plan: Any) -> dict[str, tuple[str, str | None]]:
             else:
                 target = lname
             out[key] = (f"{prefix}.{target}", kind)
+    out["fc"] = (stem_names["fc"], None)
     return out
 
 
@@ -199,22 +214,27 @@ def _abstract_variables(model: Any, plan: Any) -> dict[str, Any]:
 
 def _entries(fn: str, name: str, num_classes: int | None,
              overrides: Mapping[str, Any]) -> tuple[list[_Entry], Any, Any]:
+    """The model's variables with their timm keys, in forward order (timm's module order)."""
     info, model, plan = _model_and_plan(fn, name, num_classes, overrides)
     modules = _module_keys(info.timm_layout, plan)
+    position = {m: i for i, m in enumerate(modules)}
+
     abstract = _abstract_variables(model, plan)
-    entries = []
+    entries, ranks = [], {}
     for coll in _COLLECTIONS:
         for path, leaf in jax.tree_util.tree_leaves_with_path(abstract.get(coll, {})):
             names = tuple(str(p.key) for p in path)
             mods, leaf_name = names[:-1], names[-1]
-            if mods[0].startswith("layer"):
-                prefix, kind = modules[f"{mods[0]}/{mods[1]}"]
-                inner = [_inner(kind, m, f"layer {'/'.join(mods)}") for m in mods[2:]]
-            else:
-                prefix, kind = modules[mods[0]]
-                inner = []
+            block = mods[0].startswith("layer")
+            module = f"{mods[0]}/{mods[1]}" if block else mods[0]
+            prefix, kind = modules[module]
+            inner_names = mods[2:] if block else mods[1:]
+            inner = [_inner(kind, m, f"layer {'/'.join(mods)}") for m in inner_names]
             key = ".".join([prefix, *inner, _LEAF[leaf_name]])
             entries.append(_Entry((coll, *names), key, _torch_shape(leaf.shape), leaf.dtype))
+            ranks[key] = (position[module], [_inner_rank(kind, m) for m in inner_names],
+                          _LEAF_RANK[_LEAF[leaf_name]])
+    entries.sort(key=lambda e: ranks[e.key])
     return entries, model, plan
 
 
@@ -230,7 +250,7 @@ def timm_key_map(name: str, *, num_classes: int | None = 1000,
 
     Returns:
       ``{"params/layer1_0/conv1/kernel": "layer1.0.conv1.weight", ...}`` (our collection and
-      path joined by ``/``), in our tree's order.
+      path joined by ``/``), in forward order.
     """
     entries, _, _ = _entries("timm_key_map", name, num_classes, overrides)
     return {"/".join(e.path): e.key for e in entries}
@@ -358,7 +378,7 @@ def to_timm_state_dict(variables: Any, name: str, **overrides: Any) -> dict[str,
 
     Returns:
       ``{timm key: numpy array}`` in PyTorch layout (contiguous, the variables' dtypes), in
-      timm's module order; ``timm.create_model(name).load_state_dict`` takes it (strict).
+      forward order; ``timm.create_model(name).load_state_dict`` takes it (strict).
     """
     fn = "to_timm_state_dict"
     tree = _linen_variables(variables)
@@ -379,14 +399,8 @@ def to_timm_state_dict(variables: Any, name: str, **overrides: Any) -> dict[str,
                  (("missing", missing), ("unexpected", extra), ("wrong shapes", wrong)) if items]
         raise fail(fn, "variables", f"the variables of create_model({name!r}, num_classes="
                    f"{num_classes})", "; ".join(parts))
-    out = {e.key: np.array(_to_torch(np.asarray(have[e.path])), order="C", copy=True)
-           for e in entries}
-    return dict(sorted(out.items(), key=lambda kv: _timm_order(kv[0])))
-
-
-def _timm_order(key: str) -> tuple:
-    """Sort timm keys as its modules are registered (numbers numerically)."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split("."))
+    return {e.key: np.array(_to_torch(np.asarray(have[e.path])), order="C", copy=True)
+            for e in entries}
 
 
 # --- files -------------------------------------------------------------------------------------
