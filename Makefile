@@ -12,10 +12,12 @@ $(PY):
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps 'timm==1.0.31'
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q --no-deps 'timm==1.0.31'
 	touch $@
 
 # pytest exits 5 when it collects nothing: for this suite that is a failure, said out loud.
