@@ -1,0 +1,360 @@
+"""Model-zoo speed: attention_jax's timm backbones vs timm's own models, same weights.
+
+Run from a repository checkout: ``.venv/bin/python benchmarks/bench_zoo.py`` (``--models``,
+``--batches``, ``--train-batch``, ``--size``, ``--repeats``, ``--conv-breakdown``, ``--json``).
+
+For each model (default: resnet50, seresnet50, ecaresnet50d, skresnet34, resnest50d) timm's
+model is built with random weights (tests/models/timm_pairs.py) and the same weights are loaded
+into ``create_model(name)`` with ``load_timm_state_dict``; the logits are checked to agree.
+Timed, at ``--size`` x ``--size`` (224):
+
+- inference: images/s of the eval-mode forward for each batch of ``--batches`` (1, 8, 32);
+  JAX ``jit(model.apply)`` on NHWC input, PyTorch ``model(x)`` under ``torch.inference_mode``
+  on NCHW input (timm's default layout);
+- a training step at ``--train-batch`` (32): train-mode forward (batch statistics), softmax
+  cross-entropy, backward, SGD with momentum 0.9 (JAX: one jitted step with optax, buffers
+  donated; PyTorch: ``zero_grad``, ``backward``, ``optimizer.step``).
+
+The two sides alternate (JAX block, pause, PyTorch block, pause, ...) so a shared machine's
+drifts hit both, and the pause lets PyTorch's OpenMP threads stop spinning before JAX runs
+(they otherwise steal the cores JAX's next block needs). Each repeat is the mean of enough calls
+to last ``--min-repeat-s``; the table gives medians over ``--repeats`` and the time ratio
+JAX / PyTorch (<= 1.0: JAX as fast or faster). ``--conv-breakdown`` (automatic where the ratio
+exceeds 1.0 at batch 8 or 32) times every convolution of the model alone at its shape
+(``lax.conv_general_dilated`` vs ``torch.nn.functional.conv2d``, forward) and reports their sum
+and the shapes where JAX loses most: where the time goes.
+
+Runs unchanged on GPU (PyTorch on CUDA when JAX runs on a GPU and torch sees one) and TPU
+(JAX columns only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # the timm stand-in and weight filler live in tests/
+    sys.path.insert(0, str(REPO_ROOT))
+
+MODELS = ("resnet50", "seresnet50", "ecaresnet50d", "skresnet34", "resnest50d")
+
+
+def _sync_torch(torch, device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _calibrate(step, min_s: float) -> int:
+    t0 = time.perf_counter()
+    step()
+    dt = time.perf_counter() - t0
+    return max(1, int(np.ceil(min_s / max(dt, 1e-9))))
+
+
+def _block(step, number: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(number):
+        step()
+    return (time.perf_counter() - t0) / number
+
+
+def alternate(jax_step, torch_step, *, repeats: int, warmup: int, min_s: float,
+              settle_s: float) -> dict[str, float]:
+    """Median seconds per call of each side, timed in alternating blocks."""
+    for _ in range(warmup):
+        jax_step()
+        if torch_step is not None:
+            torch_step()
+    nj = _calibrate(jax_step, min_s)
+    nt = _calibrate(torch_step, min_s) if torch_step is not None else 0
+    tj, tt = [], []
+    for _ in range(repeats):
+        time.sleep(settle_s)
+        tj.append(_block(jax_step, nj))
+        if torch_step is not None:
+            time.sleep(settle_s)
+            tt.append(_block(torch_step, nt))
+    out = {"jax_s": statistics.median(tj)}
+    if tt:
+        out["torch_s"] = statistics.median(tt)
+        out["ratio"] = out["jax_s"] / out["torch_s"]
+    return out
+
+
+def _torch_device(torch) -> str | None:
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "cpu"
+    if backend == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def build_pair(name: str, torch, device: str | None):
+    """timm's model with random weights (on ``device``) and our variables holding them."""
+    from attention_jax.interop import load_timm_state_dict
+    from tests.models.timm_pairs import timm_random
+
+    tm, sd = timm_random(name)
+    variables = load_timm_state_dict(name, sd)
+    if device is not None:
+        tm = tm.to(device)
+    return tm, variables
+
+
+def inference(name: str, tm, variables, torch, device, *, batch: int, size: int,
+              args) -> dict[str, Any]:
+    from attention_jax.models import create_model
+
+    model = create_model(name)
+    x = np.random.default_rng(batch).normal(size=(batch, size, size, 3)).astype(np.float32)
+    xj = jax.device_put(jnp.asarray(x))
+    fwd = jax.jit(model.apply)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd(variables, xj))
+    compile_s = time.perf_counter() - t0
+
+    def jax_step():
+        jax.block_until_ready(fwd(variables, xj))
+
+    torch_step = None
+    if device is not None:
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+        tm.eval()
+
+        def torch_step():
+            with torch.inference_mode():
+                tm(xt)
+            _sync_torch(torch, device)
+
+    res = alternate(jax_step, torch_step, repeats=args.repeats, warmup=args.warmup,
+                    min_s=args.min_repeat_s, settle_s=args.settle_s)
+    res.update({"batch": batch, "jax_compile_s": compile_s,
+                "jax_images_per_s": batch / res["jax_s"]})
+    if "torch_s" in res:
+        res["torch_images_per_s"] = batch / res["torch_s"]
+    return res
+
+
+def train_step(name: str, tm, variables, torch, device, *, batch: int, size: int,
+               args) -> dict[str, Any]:
+    import optax
+
+    from attention_jax.models import create_model
+
+    model = create_model(name)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    y = rng.integers(0, 1000, size=batch)
+    opt = optax.sgd(0.01, momentum=0.9)
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt": opt.init(variables["params"])}
+    xj, yj = jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(y))
+
+    def step(state, x, y):
+        def loss_fn(p):
+            logits, upd = model.apply({"params": p, "batch_stats": state["batch_stats"]}, x,
+                                      train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
+        (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = opt.update(g, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates),
+                "batch_stats": upd["batch_stats"], "opt": opt_state}, loss
+
+    step = jax.jit(step, donate_argnums=0)
+    t0 = time.perf_counter()
+    state, loss = step(state, xj, yj)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - t0
+    box = {"state": state}
+
+    def jax_step():
+        box["state"], loss = step(box["state"], xj, yj)
+        jax.block_until_ready(loss)
+
+    torch_step = None
+    if device is not None:
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+        yt = torch.from_numpy(y).to(device)
+        tm.train()
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        lossf = torch.nn.CrossEntropyLoss()
+
+        def torch_step():
+            topt.zero_grad(set_to_none=True)
+            lossf(tm(xt), yt).backward()
+            topt.step()
+            _sync_torch(torch, device)
+
+    res = alternate(jax_step, torch_step, repeats=args.repeats, warmup=args.warmup,
+                    min_s=args.min_repeat_s, settle_s=args.settle_s)
+    res.update({"batch": batch, "jax_compile_s": compile_s,
+                "jax_images_per_s": batch / res["jax_s"]})
+    if "torch_s" in res:
+        res["torch_images_per_s"] = batch / res["torch_s"]
+        tm.eval()
+    return res
+
+
+def conv_shapes(tm, torch, device, batch: int, size: int) -> collections.Counter:
+    """Every Conv2d call of one forward: (N, C, H, W, out, k, stride, pad, dilation, groups)."""
+    seen: collections.Counter = collections.Counter()
+
+    def hook(mod, inp, out):
+        n, c, h, w = inp[0].shape
+        seen[(n, c, h, w, mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0],
+              mod.dilation[0], mod.groups)] += 1
+
+    handles = [m.register_forward_hook(hook) for m in tm.modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        tm.eval()(torch.zeros(batch, 3, size, size, device=device))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def conv_breakdown(tm, torch, device, *, batch: int, size: int, args) -> dict[str, Any]:
+    """Each distinct convolution of the model alone (forward), JAX vs PyTorch, times its count."""
+    rows = []
+    for shape, count in conv_shapes(tm, torch, device, batch, size).items():
+        n, c, h, w, o, k, s, p, d, g = shape
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(n, h, w, c)).astype(np.float32)
+        wt = (rng.normal(size=(k, k, c // g, o)) / np.sqrt(c // g * k * k)).astype(np.float32)
+        xj, wj = jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(wt))
+        conv = jax.jit(lambda a, b, s=s, p=p, d=d, g=g: jax.lax.conv_general_dilated(
+            a, b, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g))
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+        wtt = torch.from_numpy(wt).permute(3, 2, 0, 1).contiguous().to(device)
+
+        def torch_step(xt=xt, wtt=wtt, s=s, p=p, d=d, g=g):
+            with torch.inference_mode():
+                torch.nn.functional.conv2d(xt, wtt, None, s, p, d, g)
+            _sync_torch(torch, device)
+
+        r = alternate(lambda conv=conv, xj=xj, wj=wj: jax.block_until_ready(conv(xj, wj)),
+                      torch_step, repeats=max(3, args.repeats // 2), warmup=1,
+                      min_s=min(args.min_repeat_s, 0.05), settle_s=args.settle_s / 3)
+        rows.append({"shape": dict(zip(("n", "c", "h", "w", "out", "k", "stride", "pad",
+                                        "dilation", "groups"), shape, strict=True)),
+                     "count": count, "jax_s": r["jax_s"] * count,
+                     "torch_s": r["torch_s"] * count})
+    rows.sort(key=lambda r: r["jax_s"] - r["torch_s"], reverse=True)
+    return {"batch": batch, "jax_s": sum(r["jax_s"] for r in rows),
+            "torch_s": sum(r["torch_s"] for r in rows), "convs": rows}
+
+
+def machine() -> dict[str, Any]:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "jax": jax.__version__, "jax_backend": jax.default_backend(),
+            "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                            if line.startswith("Model name")), "?")
+        info["cpu_flags_avx512f"] = "avx512f" in lscpu
+    except (OSError, subprocess.SubprocessError):
+        info["cpu"] = platform.processor()
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = os.getloadavg()
+    return info
+
+
+def _fmt(res: dict[str, Any]) -> str:
+    j = f"{res['jax_images_per_s']:8.1f}"
+    if "torch_s" not in res:
+        return f"{j} {'-':>8} {'-':>6}"
+    return f"{j} {res['torch_images_per_s']:8.1f} {res['ratio']:6.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
+    ap.add_argument("--batches", default="1,8,32", help="inference batch sizes")
+    ap.add_argument("--train-batch", type=int, default=32, help="0: no training step")
+    ap.add_argument("--size", type=int, default=224, help="image side")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--min-repeat-s", type=float, default=0.5)
+    ap.add_argument("--settle-s", type=float, default=0.3,
+                    help="pause between the two sides' blocks (PyTorch's OpenMP spin)")
+    ap.add_argument("--conv-breakdown", choices=("auto", "always", "never"), default="auto")
+    ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write all results here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    device = _torch_device(torch)
+    info = machine()
+    info.update({"torch": torch.__version__, "torch_device": device,
+                 "torch_threads": torch.get_num_threads(), "size": args.size})
+    print(json.dumps(info))
+    results: dict[str, Any] = {"machine": info, "models": {}}
+    batches = [int(b) for b in args.batches.split(",") if b]
+    print(f"\n{'model':<14} {'what':<10} {'JAX img/s':>9} {'torch':>8} {'ratio':>6}  "
+          f"(ratio = JAX time / PyTorch time)")
+    for name in args.models.split(","):
+        tm, variables = build_pair(name, torch, device)
+        out: dict[str, Any] = {"inference": [], "train": None}
+        if device is not None:  # the two compute the same function
+            from attention_jax.models import create_model
+
+            x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
+            with torch.inference_mode():
+                ref = tm.eval()(torch.from_numpy(x).permute(0, 3, 1, 2).to(device)).cpu()
+            ours = np.asarray(jax.jit(create_model(name).apply)(variables, jnp.asarray(x)))
+            out["parity_max_rel"] = float(np.abs(ours - ref.numpy()).max()
+                                          / np.abs(ref.numpy()).max())
+        for b in batches:
+            r = inference(name, tm, variables, torch, device, batch=b, size=args.size, args=args)
+            out["inference"].append(r)
+            print(f"{name:<14} {'infer B' + str(b):<10} {_fmt(r)}", flush=True)
+        if args.train_batch:
+            r = train_step(name, tm, variables, torch, device, batch=args.train_batch,
+                           size=args.size, args=args)
+            out["train"] = r
+            print(f"{name:<14} {'train B' + str(args.train_batch):<10} {_fmt(r)}", flush=True)
+        slow = [r["batch"] for r in out["inference"] if r.get("ratio", 0) > 1.0
+                and r["batch"] in (8, 32)]
+        if device is not None and (args.conv_breakdown == "always"
+                                   or (args.conv_breakdown == "auto" and slow)):
+            b = max(slow) if slow else max(batches)
+            br = conv_breakdown(tm, torch, device, batch=b, size=args.size, args=args)
+            out["conv_breakdown"] = br
+            print(f"{name:<14} convs B{b}: JAX {br['jax_s'] * 1e3:.0f} ms, PyTorch "
+                  f"{br['torch_s'] * 1e3:.0f} ms (sum of every conv alone, forward); worst:")
+            for row in br["convs"][:4]:
+                s = row["shape"]
+                print(f"    {s['c']:>4}->{s['out']:<4} {s['k']}x{s['k']}/{s['stride']} "
+                      f"d{s['dilation']} g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']}: "
+                      f"JAX {row['jax_s'] * 1e3:6.1f} ms, PyTorch {row['torch_s'] * 1e3:6.1f} ms")
+        results["models"][name] = out
+    if hasattr(os, "getloadavg"):
+        results["machine"]["load_average_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
