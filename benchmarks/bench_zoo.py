@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import json
 import os
 import platform
@@ -72,20 +73,34 @@ def _block(step, number: int) -> float:
     return (time.perf_counter() - t0) / number
 
 
+def _trim() -> None:
+    """Give freed heap pages back to the OS (glibc): the two frameworks' training steps each
+    free gigabytes of activations, which would otherwise pile up in one process's RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def alternate(jax_step, torch_step, *, repeats: int, warmup: int, min_s: float,
               settle_s: float) -> dict[str, float]:
     """Median seconds per call of each side, timed in alternating blocks."""
     for _ in range(warmup):
         jax_step()
+        _trim()
         if torch_step is not None:
             torch_step()
+            _trim()
     nj = _calibrate(jax_step, min_s)
+    _trim()
     nt = _calibrate(torch_step, min_s) if torch_step is not None else 0
     tj, tt = [], []
     for _ in range(repeats):
+        _trim()
         time.sleep(settle_s)
         tj.append(_block(jax_step, nj))
         if torch_step is not None:
+            _trim()
             time.sleep(settle_s)
             tt.append(_block(torch_step, nt))
     out = {"jax_s": statistics.median(tj)}
@@ -201,13 +216,14 @@ def train_step(name: str, tm, variables, torch, device, *, batch: int, size: int
             topt.step()
             _sync_torch(torch, device)
 
-    res = alternate(jax_step, torch_step, repeats=args.repeats, warmup=args.warmup,
+    res = alternate(jax_step, torch_step, repeats=args.train_repeats, warmup=args.warmup,
                     min_s=args.min_repeat_s, settle_s=args.settle_s)
     res.update({"batch": batch, "jax_compile_s": compile_s,
                 "jax_images_per_s": batch / res["jax_s"]})
     if "torch_s" in res:
         res["torch_images_per_s"] = batch / res["torch_s"]
         tm.eval()
+        del topt
     return res
 
 
@@ -291,23 +307,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-batch", type=int, default=32, help="0: no training step")
     ap.add_argument("--size", type=int, default=224, help="image side")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--train-repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--min-repeat-s", type=float, default=0.5)
     ap.add_argument("--settle-s", type=float, default=0.3,
                     help="pause between the two sides' blocks (PyTorch's OpenMP spin)")
     ap.add_argument("--conv-breakdown", choices=("auto", "always", "never"), default="auto")
-    ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of both sides (default: each framework's own, one per "
+                         "core). 1 = single-threaded XLA (Eigen pool off) and "
+                         "torch.set_num_threads(1): robust on a shared, oversubscribed machine, "
+                         "where OpenMP's barriers stall when its threads are descheduled")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
+    if args.threads == 1:  # read when XLA's CPU client starts, i.e. before the first jax op
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
 
     import torch
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = _torch_device(torch)
     info = machine()
     info.update({"torch": torch.__version__, "torch_device": device,
-                 "torch_threads": torch.get_num_threads(), "size": args.size})
+                 "torch_threads": torch.get_num_threads(), "threads_flag": args.threads,
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "size": args.size})
     print(json.dumps(info))
     results: dict[str, Any] = {"machine": info, "models": {}}
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -349,10 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"d{s['dilation']} g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']}: "
                       f"JAX {row['jax_s'] * 1e3:6.1f} ms, PyTorch {row['torch_s'] * 1e3:6.1f} ms")
         results["models"][name] = out
-    if hasattr(os, "getloadavg"):
-        results["machine"]["load_average_end"] = os.getloadavg()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        if hasattr(os, "getloadavg"):
+            results["machine"]["load_average_end"] = os.getloadavg()
+        if args.json:  # after each model: a long run keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1))
+        del tm, variables
+        _trim()
     return 0
 
 

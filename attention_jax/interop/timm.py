@@ -135,12 +135,11 @@ def _inner_rank(kind: str, name: str) -> tuple[int, int, int]:
     return (2, 0, 0)
 
 
-def _inner(kind: str, name: str, what: str) -> str:
-    for pattern, repl in _INNER.get(kind, []):
+def _inner(kind: str, name: str) -> str:
+    for pattern, repl in _INNER[kind]:
         if re.fullmatch(pattern, name):
             return re.sub(pattern, repl, name)
-    raise fail("timm_key_map", "model", f"a layout timm's weights cover (no {what})",
-               f"a layer {name!r} in a {kind!r} module")
+    raise AssertionError(f"no timm name for layer {name!r} of a {kind!r} module")
 
 
 def _module_keys(layout: str, plan: Any) -> dict[str, tuple[str, str | None]]:
@@ -202,6 +201,10 @@ def _model_and_plan(fn: str, name: str, num_classes: int | None, overrides: Mapp
 
     check_choice(fn, "name", name, timm_model_names())
     info = model_info(name)
+    attention = {**info.architecture, **overrides}.get("attention")
+    if attention not in (None, "se", "eca", "gc"):
+        raise fail(fn, "attention", "None or a mechanism timm's ResNets hold weights for ('se', "
+                   "'eca', 'gc')", repr(attention))
     model = create_model(name, num_classes=num_classes, **overrides)
     plan = core.resnet_plan(fn, **{**info.architecture, **overrides}, num_classes=num_classes)
     return info, model, plan
@@ -229,7 +232,7 @@ def _entries(fn: str, name: str, num_classes: int | None,
             module = f"{mods[0]}/{mods[1]}" if block else mods[0]
             prefix, kind = modules[module]
             inner_names = mods[2:] if block else mods[1:]
-            inner = [_inner(kind, m, f"layer {'/'.join(mods)}") for m in inner_names]
+            inner = [_inner(kind, m) for m in inner_names]
             key = ".".join([prefix, *inner, _LEAF[leaf_name]])
             entries.append(_Entry((coll, *names), key, _torch_shape(leaf.shape), leaf.dtype))
             ranks[key] = (position[module], [_inner_rank(kind, m) for m in inner_names],

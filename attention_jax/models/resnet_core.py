@@ -485,8 +485,8 @@ def residual_block(x: jax.Array, plan: BlockPlan, layers: Mapping[str, Layer], *
     """
     check_nhwc("ResNetBlock", "x", x, plan.in_channels)
     act_fn = get_act(act)
-    names = {n for n, _ in plan.layers}
     plain = plan.spatial_conv == "conv"
+    attn_at = plan.attention_position if plan.has_attention else None
 
     def spatial(h, conv, norm):
         h = layers[conv](h)
@@ -494,7 +494,7 @@ def residual_block(x: jax.Array, plan: BlockPlan, layers: Mapping[str, Layer], *
             h = act_fn(layers[norm](h))
         if plan.avd and plan.stride > 1:
             h = avg_pool2d(h, kernel_size=3, stride=plan.stride, padding=1)
-        if "attn" in names and plan.attention_position == "mid":
+        if attn_at == "mid":
             h = layers["attn"](h)
         return h
 
@@ -505,7 +505,7 @@ def residual_block(x: jax.Array, plan: BlockPlan, layers: Mapping[str, Layer], *
     else:
         h = spatial(x, "conv1", "bn1")
         h = layers["bn2"](layers["conv2"](h))
-    if "attn" in names and plan.attention_position == "last":
+    if attn_at == "last":
         h = layers["attn"](h)
     shortcut = x
     if plan.shortcut == "avg" and plan.stride > 1:

@@ -267,6 +267,10 @@ def test_export_errors():
         load_timm_state_dict("cnn", {})
     with pytest.raises(ValueError, match=r"load_timm_state_dict: state_dict must be a mapping"):
         load_timm_state_dict("resnet18", [1, 2])
+    with pytest.raises(ValueError, match=r"timm_key_map: attention must be None or a mechanism "
+                                         r"timm's ResNets hold weights for \('se', 'eca', 'gc'\), "
+                                         r"got 'cbam'"):
+        timm_key_map("resnet50", attention="cbam")
 
 
 def test_key_map_names_timm_modules():
