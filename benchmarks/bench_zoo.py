@@ -20,9 +20,10 @@ drifts hit both, and the pause lets PyTorch's OpenMP threads stop spinning befor
 (they otherwise steal the cores JAX's next block needs). Each repeat is the mean of enough calls
 to last ``--min-repeat-s``; the table gives medians over ``--repeats`` and the time ratio
 JAX / PyTorch (<= 1.0: JAX as fast or faster). ``--conv-breakdown`` (automatic where the ratio
-exceeds 1.0 at batch 8 or 32) times every convolution of the model alone at its shape
-(``lax.conv_general_dilated`` vs ``torch.nn.functional.conv2d``, forward) and reports their sum
-and the shapes where JAX loses most: where the time goes.
+exceeds 1.0 at batch 8 or 32, or in the training step) times every convolution of the model
+alone at its shape (``lax.conv_general_dilated`` vs ``torch.nn.functional.conv2d``; forward,
+or for the training step forward plus input and weight gradients) and reports their sum and
+the shapes where JAX loses most: where the time goes.
 
 Runs unchanged on GPU (PyTorch on CUDA when JAX runs on a GPU and torch sees one) and TPU
 (JAX columns only).
@@ -245,36 +246,74 @@ def conv_shapes(tm, torch, device, batch: int, size: int) -> collections.Counter
     return seen
 
 
-def conv_breakdown(tm, torch, device, *, batch: int, size: int, args) -> dict[str, Any]:
-    """Each distinct convolution of the model alone (forward), JAX vs PyTorch, times its count."""
+def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
+                   mode: str = "forward") -> dict[str, Any]:
+    """Each distinct convolution of the model alone, JAX vs PyTorch, times its count.
+
+    ``mode="forward"``: the convolution; ``"train"``: forward plus the gradients w.r.t. its
+    input and its weight for a random cotangent (``jax.vjp``; torch ``autograd.grad``).
+    """
     rows = []
     for shape, count in conv_shapes(tm, torch, device, batch, size).items():
         n, c, h, w, o, k, s, p, d, g = shape
         rng = np.random.default_rng(0)
         x = rng.normal(size=(n, h, w, c)).astype(np.float32)
         wt = (rng.normal(size=(k, k, c // g, o)) / np.sqrt(c // g * k * k)).astype(np.float32)
+
+        def conv(a, b, s=s, p=p, d=d, g=g):
+            return jax.lax.conv_general_dilated(
+                a, b, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
+
         xj, wj = jax.device_put(jnp.asarray(x)), jax.device_put(jnp.asarray(wt))
-        conv = jax.jit(lambda a, b, s=s, p=p, d=d, g=g: jax.lax.conv_general_dilated(
-            a, b, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g))
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
         wtt = torch.from_numpy(wt).permute(3, 2, 0, 1).contiguous().to(device)
+        if mode == "forward":
+            fj = jax.jit(conv)
 
-        def torch_step(xt=xt, wtt=wtt, s=s, p=p, d=d, g=g):
-            with torch.inference_mode():
-                torch.nn.functional.conv2d(xt, wtt, None, s, p, d, g)
-            _sync_torch(torch, device)
+            def jax_step(fj=fj, xj=xj, wj=wj):
+                jax.block_until_ready(fj(xj, wj))
 
-        r = alternate(lambda conv=conv, xj=xj, wj=wj: jax.block_until_ready(conv(xj, wj)),
-                      torch_step, repeats=max(3, args.repeats // 2), warmup=1,
+            def torch_step(xt=xt, wtt=wtt, s=s, p=p, d=d, g=g):
+                with torch.inference_mode():
+                    torch.nn.functional.conv2d(xt, wtt, None, s, p, d, g)
+                _sync_torch(torch, device)
+        else:
+            out_shape = jax.eval_shape(conv, xj, wj).shape
+            ct = jax.device_put(jnp.asarray(rng.normal(size=out_shape).astype(np.float32)))
+            fj = jax.jit(lambda a, b, ct, conv=conv: jax.vjp(conv, a, b)[1](ct))
+            ctt = torch.from_numpy(np.asarray(ct)).permute(0, 3, 1, 2).contiguous().to(device)
+            xt.requires_grad_(True)
+            wtt.requires_grad_(True)
+
+            def jax_step(fj=fj, xj=xj, wj=wj, ct=ct):
+                jax.block_until_ready(fj(xj, wj, ct))
+
+            def torch_step(xt=xt, wtt=wtt, ctt=ctt, s=s, p=p, d=d, g=g):
+                y = torch.nn.functional.conv2d(xt, wtt, None, s, p, d, g)
+                torch.autograd.grad(y, (xt, wtt), ctt)
+                _sync_torch(torch, device)
+
+        r = alternate(jax_step, torch_step, repeats=max(3, args.repeats // 2), warmup=1,
                       min_s=min(args.min_repeat_s, 0.05), settle_s=args.settle_s / 3)
         rows.append({"shape": dict(zip(("n", "c", "h", "w", "out", "k", "stride", "pad",
                                         "dilation", "groups"), shape, strict=True)),
                      "count": count, "jax_s": r["jax_s"] * count,
                      "torch_s": r["torch_s"] * count})
     rows.sort(key=lambda r: r["jax_s"] - r["torch_s"], reverse=True)
-    return {"batch": batch, "jax_s": sum(r["jax_s"] for r in rows),
+    return {"batch": batch, "mode": mode, "jax_s": sum(r["jax_s"] for r in rows),
             "torch_s": sum(r["torch_s"] for r in rows), "convs": rows}
+
+
+def _print_breakdown(name: str, br: dict[str, Any]) -> None:
+    what = "forward" if br["mode"] == "forward" else "forward + input and weight gradients"
+    print(f"{name:<14} convs B{br['batch']} ({what}): JAX {br['jax_s'] * 1e3:.0f} ms, PyTorch "
+          f"{br['torch_s'] * 1e3:.0f} ms (sum of every conv alone); where JAX loses most:")
+    for row in br["convs"][:4]:
+        s = row["shape"]
+        print(f"    {s['c']:>4}->{s['out']:<4} {s['k']}x{s['k']}/{s['stride']} d{s['dilation']} "
+              f"g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']}: JAX "
+              f"{row['jax_s'] * 1e3:7.1f} ms, PyTorch {row['torch_s'] * 1e3:7.1f} ms")
 
 
 def machine() -> dict[str, Any]:
@@ -362,18 +401,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14} {'train B' + str(args.train_batch):<10} {_fmt(r)}", flush=True)
         slow = [r["batch"] for r in out["inference"] if r.get("ratio", 0) > 1.0
                 and r["batch"] in (8, 32)]
-        if device is not None and (args.conv_breakdown == "always"
-                                   or (args.conv_breakdown == "auto" and slow)):
+        always = args.conv_breakdown == "always"
+        if device is not None and (always or (args.conv_breakdown == "auto" and slow)):
             b = max(slow) if slow else max(batches)
-            br = conv_breakdown(tm, torch, device, batch=b, size=args.size, args=args)
-            out["conv_breakdown"] = br
-            print(f"{name:<14} convs B{b}: JAX {br['jax_s'] * 1e3:.0f} ms, PyTorch "
-                  f"{br['torch_s'] * 1e3:.0f} ms (sum of every conv alone, forward); worst:")
-            for row in br["convs"][:4]:
-                s = row["shape"]
-                print(f"    {s['c']:>4}->{s['out']:<4} {s['k']}x{s['k']}/{s['stride']} "
-                      f"d{s['dilation']} g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']}: "
-                      f"JAX {row['jax_s'] * 1e3:6.1f} ms, PyTorch {row['torch_s'] * 1e3:6.1f} ms")
+            out["conv_breakdown"] = conv_breakdown(tm, torch, device, batch=b, size=args.size,
+                                                   args=args)
+            _print_breakdown(name, out["conv_breakdown"])
+        train = out["train"]
+        if device is not None and train and (always or (args.conv_breakdown == "auto"
+                                                        and train.get("ratio", 0) > 1.0)):
+            out["conv_breakdown_train"] = conv_breakdown(
+                tm, torch, device, batch=args.train_batch, size=args.size, args=args,
+                mode="train")
+            _print_breakdown(name, out["conv_breakdown_train"])
         results["models"][name] = out
         if hasattr(os, "getloadavg"):
             results["machine"]["load_average_end"] = os.getloadavg()
