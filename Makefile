@@ -21,6 +21,7 @@ $(VENV)/.installed-test: pyproject.toml Makefile | $(PY)
 
 $(VENV)/.installed-bench: pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q --no-deps '$(TIMM)'
 	touch $@
 
 # pytest exits 5 when it collects nothing: for this suite that is a failure, said out loud.

@@ -13,6 +13,7 @@ __all__ = ["main", "HelpFormatter"]
 _COMMANDS = {
     "bench": ("attention_jax.bench.cli", "main", "time every mechanism against PyTorch"),
     "train": ("attention_jax.train.cli", "main", "train a model on a tfds dataset"),
+    "convert": ("attention_jax.interop.convert", "main", "timm weights <-> attention-jax"),
 }
 
 

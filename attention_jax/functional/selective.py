@@ -66,21 +66,27 @@ def selective_kernel(
     reduce_norm: Layer | None = None,
     select: Layer,
     act: str | Layer = "relu",
+    split_input: bool = False,
 ) -> jax.Array:
     """Selective kernel: split into M branches, fuse by sum, select by softmax over branches.
 
-    Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x)))``;
+    Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x_m)))``;
     ``s = GAP(sum_m U_m)``; ``z = act(reduce_norm(reduce(s)))``; per-branch logits
-    ``select(z)``; softmax across the M branches; output ``sum_m a_m * U_m``.
+    ``select(z)``; softmax across the M branches; output ``sum_m a_m * U_m``. Every branch sees
+    the whole input (``x_m = x``, the paper), or with ``split_input`` branch m sees the m-th of
+    M equal channel slices of ``x`` (timm's ``SelectiveKernel(split_input=True)``, used by its
+    SK-ResNet-18/34).
 
     Args:
-      x: (N, H, W, Cin) feature map.
-      convs: M >= 1 layers, each (N, H, W, Cin) -> (N, H', W', C) (different receptive fields).
+      x: (N, H, W, Cin) feature map (Cin divisible by M with ``split_input``).
+      convs: M >= 1 layers, each (N, H, W, Cin) -> (N, H', W', C) (different receptive fields);
+        (N, H, W, Cin / M) -> (N, H', W', C) with ``split_input``.
       norms: M layers applied after the convs (BatchNorm), or None.
       reduce: layer (N, 1, 1, C) -> (N, 1, 1, d) (the paper's fc to ``d = max(C/r, L)``).
       reduce_norm: layer on the (N, 1, 1, d) code (BatchNorm), or None.
       select: layer (N, 1, 1, d) -> (N, 1, 1, M * C), branch-major (the paper's A, B, ...).
       act: activation after each norm (name or callable).
+      split_input: feed branch m the m-th channel slice of ``x`` instead of all of ``x``.
 
     Returns:
       (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
@@ -94,7 +100,13 @@ def selective_kernel(
     if len(norms) != len(convs):
         raise fail(fn, "norms", f"{len(convs)} layers (one per conv)", f"{len(norms)}")
     act_fn = get_act(act)
-    feats = [act_fn(n(c(x))) for c, n in zip(convs, norms, strict=True)]
+    inputs = [x] * len(convs)
+    if split_input:
+        if x.shape[-1] % len(convs):
+            raise fail(fn, "x", f"channels divisible by the number of branches M={len(convs)} "
+                       f"(split_input)", f"shape {tuple(x.shape)}")
+        inputs = jnp.split(x, len(convs), axis=-1)
+    feats = [act_fn(n(c(xi))) for c, n, xi in zip(convs, norms, inputs, strict=True)]
     shapes = {f.shape for f in feats}
     if len(shapes) != 1:
         raise fail(fn, "convs", "layers with one output shape", sorted(shapes))

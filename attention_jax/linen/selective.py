@@ -26,7 +26,9 @@ class SelectiveKernel(nn.Module):
     L = ``rd_min_channels``; the attention width is ``d = max(make_divisible(out * rd_ratio,
     rd_divisor), L)`` unless ``rd_channels`` is given. SKNet-50 uses M=2, G=32, r=16, L=32.
     Parameters: ``conv{m}``/``bn{m}`` per branch, ``fc_reduce`` (1x1, C -> d), ``fc_bn``,
-    ``fc_select`` (1x1, d -> M * C, branch-major).
+    ``fc_select`` (1x1, d -> M * C, branch-major). ``split_input``: branch m convolves only the
+    m-th of M equal channel slices of the input (timm's SK-ResNet-18/34), so each ``conv{m}``
+    takes C / M channels.
     """
 
     channels: int
@@ -38,6 +40,7 @@ class SelectiveKernel(nn.Module):
     rd_channels: int | None = None
     rd_divisor: int = 8
     rd_min_channels: int = 32
+    split_input: bool = False
     act: Activation = "relu"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -48,7 +51,7 @@ class SelectiveKernel(nn.Module):
             self.channels, out_channels=self.out_channels, num_paths=self.num_paths,
             groups=self.groups, stride=self.stride, rd_ratio=self.rd_ratio,
             rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
-            rd_min_channels=self.rd_min_channels, act=self.act)
+            rd_min_channels=self.rd_min_channels, split_input=self.split_input, act=self.act)
         conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -74,6 +77,7 @@ class SelectiveKernel(nn.Module):
             reduce_norm=partial(self.fc_bn, use_running_average=ura),
             select=self.fc_select,
             act=p.act,
+            split_input=p.split_input,
         )
 
 

@@ -23,7 +23,8 @@ class SelectiveKernel(nnx.Module):
     Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels). Same fields and
     parameters as the linen module (``conv{m}``/``bn{m}`` per branch, ``fc_reduce``, ``fc_bn``,
     ``fc_select``); the paper's M, G, r, L are ``num_paths``, ``groups``, ``1 / rd_ratio``,
-    ``rd_min_channels``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
+    ``rd_min_channels``; ``split_input`` feeds branch m the m-th of M channel slices (each
+    ``conv{m}`` takes C / M channels). BatchNorm mode via ``module.train()`` / ``module.eval()``.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class SelectiveKernel(nnx.Module):
         rd_channels: int | None = None,
         rd_divisor: int = 8,
         rd_min_channels: int = 32,
+        split_input: bool = False,
         act: Activation = "relu",
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -47,8 +49,8 @@ class SelectiveKernel(nnx.Module):
         p = self.plan = SelectiveKernelPlan.create(
             channels, out_channels=out_channels, num_paths=num_paths, groups=groups,
             stride=stride, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
-            rd_min_channels=rd_min_channels, act=act)
-        c, out, rd = p.channels, p.out_channels, p.rd_channels
+            rd_min_channels=rd_min_channels, split_input=split_input, act=act)
+        c, out, rd = p.branch_channels, p.out_channels, p.rd_channels
         conv_ = partial(conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                         precision=precision, rngs=rngs)
         bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -69,6 +71,7 @@ class SelectiveKernel(nnx.Module):
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[getattr(self, f"bn{m}") for m in range(p.num_paths)],
             reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=p.act,
+            split_input=p.split_input,
         )
 
 

@@ -98,15 +98,15 @@ class GlobalContext(nn.Module):
     """GCNet ``ContextBlock`` (official) / timm ``GlobalContext``: attention pooling, add/scale."""
 
     def __init__(self, channels: int, rd_channels: int, *, fuse_add: bool = True,
-                 fuse_scale: bool = False):
+                 fuse_scale: bool = False, eps: float = 1e-5, attn_bias: bool = False):
         super().__init__()
         self.fuse_add, self.fuse_scale = fuse_add, fuse_scale
-        # The official conv_mask has a bias; it cancels in the softmax, so ours has none.
-        self.conv_attn = nn.Conv2d(channels, 1, 1, bias=False)
+        # The official conv_mask has a bias (timm's too); it cancels in the softmax.
+        self.conv_attn = nn.Conv2d(channels, 1, 1, bias=attn_bias)
         for prefix, on in (("add", fuse_add), ("scale", fuse_scale)):
             if on:
                 setattr(self, f"{prefix}_fc1", nn.Conv2d(channels, rd_channels, 1))
-                setattr(self, f"{prefix}_norm", _LayerNorm2d(rd_channels, eps=1e-5))
+                setattr(self, f"{prefix}_norm", _LayerNorm2d(rd_channels, eps=eps))
                 setattr(self, f"{prefix}_fc2", nn.Conv2d(rd_channels, channels, 1))
 
     def _transform(self, prefix: str, c: torch.Tensor) -> torch.Tensor:

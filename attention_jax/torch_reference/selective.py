@@ -17,13 +17,15 @@ class SelectiveKernel(nn.Module):
     """SKConv: M dilated 3x3 branches (BN+ReLU), fuse by sum, GAP, fc+BN+ReLU, softmax select."""
 
     def __init__(self, channels: int, out_channels: int | None = None, *, num_paths: int = 2,
-                 groups: int = 1, stride: int = 1, rd_channels: int = 32):
+                 groups: int = 1, stride: int = 1, rd_channels: int = 32,
+                 split_input: bool = False):
         super().__init__()
         out = out_channels or channels
-        self.num_paths = num_paths
+        self.num_paths, self.split_input = num_paths, split_input
+        cin = channels // num_paths if split_input else channels  # timm's split_input
         for m in range(num_paths):
             d = m + 1  # a 3x3 kernel with dilation d covers a (2d + 1)^2 window
-            setattr(self, f"conv{m}", nn.Conv2d(channels, out, 3, stride, padding=d, dilation=d,
+            setattr(self, f"conv{m}", nn.Conv2d(cin, out, 3, stride, padding=d, dilation=d,
                                                 groups=groups, bias=False))
             setattr(self, f"bn{m}", nn.BatchNorm2d(out))
         self.fc_reduce = nn.Conv2d(out, rd_channels, 1, bias=False)
@@ -31,7 +33,9 @@ class SelectiveKernel(nn.Module):
         self.fc_select = nn.Conv2d(rd_channels, out * num_paths, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [torch.relu(getattr(self, f"bn{m}")(getattr(self, f"conv{m}")(x)))
+        xs = (torch.chunk(x, self.num_paths, 1) if self.split_input
+              else [x] * self.num_paths)
+        feats = [torch.relu(getattr(self, f"bn{m}")(getattr(self, f"conv{m}")(xs[m])))
                  for m in range(self.num_paths)]
         u = torch.stack(feats, 1)  # B, M, C, H, W
         s = u.sum(1).mean((2, 3), keepdim=True)

@@ -17,8 +17,8 @@ from torch import nn as tnn
 from attention_jax import functional as F
 from attention_jax import load_linen_variables
 from attention_jax.models import CNN, FCN, STCNN, STFCN, cnn_nnx, localisation_labels
+from attention_jax.torch_reference.spatial import SpatialTransformer as TorchSpatialTransformer
 from tests.parity import check_module_parity
-from tests.reference.spatial import SpatialTransformer as TorchSpatialTransformer
 
 # ------------------------------------------------------------------------------------------
 # PyTorch references, written from the docstrings (NCHW; flattening in NHWC order as JAX)

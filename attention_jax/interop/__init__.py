@@ -1,8 +1,10 @@
-"""Moving parameters between linen and nnx versions of a mechanism.
+"""Weights in and out: between linen and nnx, and from/to timm checkpoints.
 
-Every mechanism's linen and nnx modules use the same parameter names and shapes, so one tree
-serves both: linen keeps it as ``{"params": ..., "batch_stats": ...}`` collections, nnx as
-``nnx.Param`` / ``nnx.BatchStat`` variables on the module.
+Every mechanism's and model's linen and nnx modules use the same parameter names and shapes, so
+one tree serves both: linen keeps it as ``{"params": ..., "batch_stats": ...}`` collections,
+nnx as ``nnx.Param`` / ``nnx.BatchStat`` variables on the module (``load_linen_variables``,
+``nnx_to_linen_variables``). ``attention_jax.interop.timm`` converts timm state dicts of the
+model zoo to these variables and back, and reads/writes checkpoint files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,31 @@ from typing import Any
 import jax
 from flax import nnx
 
-__all__ = ["load_linen_variables", "nnx_to_linen_variables"]
+from attention_jax.interop.timm import (
+    IncompatibleKeys,
+    load_state_dict_file,
+    load_timm_state_dict,
+    load_variables,
+    save_state_dict_file,
+    save_variables,
+    timm_key_map,
+    timm_model_names,
+    to_timm_state_dict,
+)
+
+__all__ = [
+    "load_linen_variables",
+    "nnx_to_linen_variables",
+    "IncompatibleKeys",
+    "timm_model_names",
+    "timm_key_map",
+    "load_timm_state_dict",
+    "to_timm_state_dict",
+    "load_state_dict_file",
+    "save_state_dict_file",
+    "save_variables",
+    "load_variables",
+]
 
 _COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
 
@@ -86,3 +112,4 @@ def nnx_to_linen_variables(module: nnx.Module) -> dict[str, Any]:
         if jax.tree_util.tree_leaves(tree) or collection == "params":
             out[collection] = tree
     return out
+
