@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc, check_positive_int, fail
+from attention_jax.functional.convolution import conv_general_dilated
 
 __all__ = ["ASPP"]
 
@@ -36,7 +37,8 @@ class ConvBNAct(nn.Module):
         pad = d * (k - 1) // 2
         self.conv = nn.Conv(self.features, (k, k), kernel_dilation=(d, d),
                             padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
-                            param_dtype=self.param_dtype, precision=self.precision)
+                            param_dtype=self.param_dtype, precision=self.precision,
+                            conv_general_dilated=conv_general_dilated)
         self.bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                                param_dtype=self.param_dtype)
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.functional.saliency import _head_widths, _pyramid_widths, _spatial_widths
 
 __all__ = ["ContextAwarePyramid", "PyramidSpatialAttention", "PyramidFeatureAttention"]
@@ -55,7 +56,8 @@ class ContextAwarePyramid(nn.Module):
         self.conv0 = conv(branch, (1, 1), use_bias=False)
         for i, d in enumerate(self.dilations, start=1):
             setattr(self, f"conv{i}", conv(branch, (3, 3), padding=((d, d), (d, d)),
-                                           kernel_dilation=d, use_bias=False))
+                                           kernel_dilation=d, use_bias=False,
+                                           conv_general_dilated=conv_general_dilated))
         self.bn = nn.BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
         if self.channel_attention:
             self.ca_fc1 = conv(rd, (1, 1))

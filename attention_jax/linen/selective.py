@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.functional.selective import _sk_widths, _splat_widths
 
 __all__ = ["SelectiveKernel", "SplitAttention"]
@@ -51,7 +52,8 @@ class SelectiveKernel(nn.Module):
                             self.groups, self.stride, self.rd_ratio, self.rd_channels,
                             self.rd_divisor, self.rd_min_channels)
         conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
+                       precision=self.precision,
+                       conv_general_dilated=conv_general_dilated)
         bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
         for m in range(self.num_paths):
             d = m + 1
@@ -114,7 +116,8 @@ class SplitAttention(nn.Module):
                                self.radix, self.rd_ratio, self.rd_channels, self.rd_divisor,
                                self.rd_min_channels)
         conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                       precision=self.precision)
+                       precision=self.precision,
+                       conv_general_dilated=conv_general_dilated)
         bn = partial(nn.BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype, **_BN)
         k, d = self.kernel_size, self.dilation
         p = d * (k - 1) // 2

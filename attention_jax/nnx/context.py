@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.context import _aspp_check
 
 __all__ = ["ASPP"]
@@ -32,7 +33,8 @@ class ConvBNAct(nnx.Module):
         self.act = act
         self.conv = nnx.Conv(in_features, features, (k, k), kernel_dilation=(d, d),
                              padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                             param_dtype=param_dtype, precision=precision, rngs=rngs)
+                             param_dtype=param_dtype, precision=precision, rngs=rngs,
+                             conv_general_dilated=conv_general_dilated)
         self.bn = nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 

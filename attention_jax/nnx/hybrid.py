@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_choice, check_nhwc, check_odd, check_positive_int
+from attention_jax.functional.convolution import conv_general_dilated
 
 __all__ = ["ChannelGate", "SpatialGate", "CBAM", "BAM", "CoordinateAttention"]
 
@@ -168,7 +169,8 @@ class BAM(nnx.Module):
         self.fc1, self.bn1, self.fc2 = dense(channels, rd), bn(), dense(rd, channels)
         self.conv_reduce, self.bn_reduce = conv(channels, rd, kernel_size=(1, 1)), bn()
         di = partial(conv, rd, rd, kernel_size=(3, 3), padding=((d, d), (d, d)),
-                     kernel_dilation=(d, d))
+                     kernel_dilation=(d, d),
+                     conv_general_dilated=conv_general_dilated)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
         self.conv_final = conv(rd, 1, kernel_size=(1, 1))

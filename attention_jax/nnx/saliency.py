@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.functional.saliency import _head_widths, _pyramid_widths, _spatial_widths
 
 __all__ = ["ContextAwarePyramid", "PyramidSpatialAttention", "PyramidFeatureAttention"]
@@ -56,7 +57,8 @@ class ContextAwarePyramid(nnx.Module):
         self.conv0 = conv(channels, branch, (1, 1), use_bias=False)
         for i, d in enumerate(dilations, start=1):
             setattr(self, f"conv{i}", conv(channels, branch, (3, 3), padding=((d, d), (d, d)),
-                                           kernel_dilation=d, use_bias=False))
+                                           kernel_dilation=d, use_bias=False,
+                                           conv_general_dilated=conv_general_dilated))
         self.bn = nnx.BatchNorm(out, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
         if channel_attention:
             self.ca_fc1 = conv(out, rd, (1, 1))

@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.functional.selective import _sk_widths, _splat_widths
 
 __all__ = ["SelectiveKernel", "SplitAttention"]
@@ -50,7 +51,8 @@ class SelectiveKernel(nnx.Module):
         out, rd = _sk_widths("SelectiveKernel", channels, out_channels, num_paths, groups,
                              stride, rd_ratio, rd_channels, rd_divisor, rd_min_channels)
         conv = partial(nnx.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                       precision=precision, rngs=rngs)
+                       precision=precision, rngs=rngs,
+                       conv_general_dilated=conv_general_dilated)
         bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
         self.channels, self.num_paths, self.act = channels, num_paths, act
         for m in range(num_paths):
@@ -108,7 +110,8 @@ class SplitAttention(nnx.Module):
                                 dilation, groups, radix, rd_ratio, rd_channels, rd_divisor,
                                 rd_min_channels)
         conv = partial(nnx.Conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                       rngs=rngs)
+                       rngs=rngs,
+                       conv_general_dilated=conv_general_dilated)
         bn = partial(nnx.BatchNorm, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **_BN)
         self.channels, self.radix, self.groups, self.act = channels, radix, groups, act
         k, d = kernel_size, dilation
