@@ -53,6 +53,12 @@ def _convs(text: str) -> list[str]:
     return [line for line in text.splitlines() if "stablehlo.convolution" in line]
 
 
+def _pads(conv_line: str) -> int:
+    """The largest padding of a lowered convolution (negative: a crop)."""
+    pad = re.search(r"pad = \[(.*?)\]\]", conv_line).group(1)
+    return max(int(v) for v in re.findall(r"-?\d+", pad))
+
+
 # ---------------------------------------------------------------------------------------------
 # Which form is taken
 # ---------------------------------------------------------------------------------------------
@@ -92,8 +98,11 @@ def test_sparse_dilated_conv_runs_by_regions_on_cpu():
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), pad, rhs_dilation=(18, 18),
                                           dimension_numbers=NHWC)
     convs = _convs(_lowered(f, x, kern))
-    assert len(convs) == 9  # 3 bands x 3 bands, each VALID on its crop
-    assert all("pad = [[0, 0], [0, 0]]" in c for c in convs), convs
+    assert len(convs) == 9  # 3 bands x 3 bands, each on its crop (as negative padding)
+    assert all(_pads(c) <= 0 for c in convs), convs
+    # reverse mode: the input and filter gradients are by regions too (no padded convolution)
+    grad = _lowered(jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), (0, 1)), x, kern)
+    assert len(_convs(grad)) == 27 and all(_pads(c) <= 0 for c in _convs(grad))
     # dense enough (rate 6: 74% of tap-positions useful): XLA's padded convolution
     g = lambda a, b: conv_general_dilated(a, b, (1, 1), ((6, 6), (6, 6)), rhs_dilation=(6, 6),
                                           dimension_numbers=NHWC)
