@@ -77,7 +77,7 @@ class SpatialGate(nn.Module):
         k, p = self.kernel_size, self.kernel_size // 2
         self.conv = nn.Conv(1, kernel_size=(k, k), padding=((p, p), (p, p)), use_bias=False,
                             dtype=self.dtype, param_dtype=self.param_dtype,
-                            precision=self.precision)
+                            precision=self.precision, conv_general_dilated=conv_general_dilated)
         self.bn = nn.BatchNorm(use_running_average=None, momentum=_CBAM_BN_MOMENTUM,
                                epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
 

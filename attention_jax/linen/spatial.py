@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 
 __all__ = ["LocalisationNet", "SpatialTransformer"]
 
@@ -48,7 +49,8 @@ class LocalisationNet(nn.Module):
 
     def setup(self) -> None:
         conv = partial(nn.Conv, kernel_size=(3, 3), padding="SAME", dtype=self.dtype,
-                       param_dtype=self.param_dtype, precision=self.precision)
+                       param_dtype=self.param_dtype, precision=self.precision,
+                       conv_general_dilated=conv_general_dilated)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
         self.conv1 = conv(self.features[0])

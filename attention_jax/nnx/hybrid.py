@@ -83,7 +83,7 @@ class SpatialGate(nnx.Module):
         self.channels, self.gate = channels, gate
         self.conv = nnx.Conv(2, 1, kernel_size=(k, k), padding=((p, p), (p, p)), use_bias=False,
                              dtype=dtype, param_dtype=param_dtype, precision=precision,
-                             rngs=rngs)
+                             rngs=rngs, conv_general_dilated=conv_general_dilated)
         self.bn = nnx.BatchNorm(1, momentum=_CBAM_BN_MOMENTUM, epsilon=1e-5, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 

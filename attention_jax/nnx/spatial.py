@@ -13,6 +13,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 
 __all__ = ["LocalisationNet", "SpatialTransformer"]
 
@@ -49,7 +50,8 @@ class LocalisationNet(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         conv = partial(nnx.Conv, kernel_size=(3, 3), padding="SAME", dtype=dtype,
-                       param_dtype=param_dtype, precision=precision, rngs=rngs)
+                       param_dtype=param_dtype, precision=precision, rngs=rngs,
+                       conv_general_dilated=conv_general_dilated)
         dense = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                         rngs=rngs)
         self.channels = channels

@@ -66,7 +66,7 @@ def _pads(conv_line: str) -> int:
 
 @pytest.mark.parametrize("groups", [2, 4, 32])
 def test_grouped_conv_is_split_per_group_on_cpu(groups):
-    x, kern = _arrays(1, 6, 6, 64, 3, 64, groups)
+    x, kern = _arrays(1, 6, 6, 128, 3, 128, groups)
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC,
                                           feature_group_count=groups)
     convs = _convs(_lowered(f, x, kern))
@@ -84,7 +84,7 @@ def test_many_groups_and_plain_convs_are_xla_own():
                                           feature_group_count=64)
     convs = _convs(_lowered(f, x, kern))
     assert len(convs) == 1 and "feature_group_count = 64" in convs[0]
-    x, kern = _arrays(1, 6, 6, 8, 3, 8, 1)
+    x, kern = _arrays(1, 6, 6, 32, 3, 32, 1)
     g = lambda a, b: conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC)
     assert _lowered(g, x, kern) == _lowered(
         lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC),
@@ -121,6 +121,21 @@ def test_dilation_past_the_map_keeps_only_the_centre_tap():
     assert_close(y, y_ref)
 
 
+def test_small_channel_conv_is_one_matmul_on_cpu():
+    # 8 -> 16 channels (STN's second conv): XLA:CPU would run its generic convolution loop.
+    x, kern = _arrays(2, 14, 14, 8, 3, 16, 1)
+    f = lambda a, b: conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=NHWC)
+    text = _lowered(f, x, kern)
+    assert not _convs(text) and text.count("stablehlo.dot_general") == 1
+    grad = _lowered(jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), (0, 1)), x, kern)
+    assert not _convs(grad)
+    cuda = jax.export.export(jax.jit(f), platforms=["cuda"])(x, kern).mlir_module()
+    assert len(_convs(cuda)) == 1
+    # fewer than MIN_PATCH_OUT outputs (CBAM's 2 -> 1 gate): XLA's own
+    x1, k1 = _arrays(2, 14, 14, 2, 7, 1, 1)
+    assert len(_convs(_lowered(f, x1, k1))) == 1
+
+
 def test_gpu_and_tpu_lowerings_keep_the_one_convolution():
     x, kern = _arrays(1, 28, 28, 8, 3, 8, 2)
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), ((18, 18), (18, 18)),
@@ -149,7 +164,8 @@ def test_modules_take_the_cpu_forms():
     graph, state = nnx.split(mn)
     text = _lowered(lambda s, x: nnx.merge(graph, s)(x), state, x)
     assert "feature_group_count = 2" not in text
-    a = aj.create_attention("aspp", 16)
+    x = jnp.ones((1, 28, 28, 32))  # more than SMALL_CHANNELS: rate 6 stays XLA's
+    a = aj.create_attention("aspp", 32)
     va = a.init(jax.random.key(0), x)
     text = _lowered(lambda v, x: a.apply(v, x), va, x)
     assert "pad = [[18, 18], [18, 18]]" not in text and "pad = [[6, 6], [6, 6]]" in text
@@ -174,6 +190,9 @@ CONFIGS = [
     (5, 5, 4, 5, 4, 2, 1, 4, ((8, 8), (8, 8))),  # taps wholly in padding; some zero regions
     (6, 6, 4, 3, 4, 1, 1, 20, ((20, 20), (20, 20))),  # only the centre tap ever reads x
     (6, 6, 4, 3, 4, 1, 1, 3, ((9, 9), (9, 9))),  # output border that reads only padding
+    (10, 9, 1, 3, 8, 1, 1, 1, "SAME"),  # small channels: patches (STN's first conv)
+    (11, 12, 8, 3, 16, 1, 2, 2, ((3, 1), (0, 2))),  # patches, strided, dilated, uneven pads
+    (9, 9, 16, 5, 16, 2, 1, 1, "VALID"),  # split into groups of 8 -> 8, each by patches
 ]
 
 
@@ -201,8 +220,11 @@ def test_configs_exercise_every_form():
         n = len(_convs(text))
         if groups > 1 and "feature_group_count" not in text:
             seen.add("split")
-        seen.add("regions" if groups == 1 and n > 1 else "xla" if n == 1 else "split")
-    assert seen == {"split", "regions", "xla"}, seen
+        if n == 0 and "stablehlo.dot_general" in text:
+            seen.add("patches")
+        elif groups == 1:
+            seen.add("regions" if n > 1 else "xla")
+    assert seen == {"split", "regions", "xla", "patches"}, seen
 
 
 def _torch_conv(x, kern, stride, dilation, padding, groups):
