@@ -34,6 +34,12 @@ from jax._src.interpreters.partial_eval import dce_jaxpr
 import attention_jax as aj
 from attention_jax import linen as L
 from attention_jax import nnx as N
+from attention_jax.torch_reference import hybrid as ref_hybrid
+from attention_jax.torch_reference import saliency as ref_saliency
+from attention_jax.torch_reference import self_attention as ref_sa
+from attention_jax.torch_reference.channel import GatherExcite as RefGatherExcite
+from attention_jax.torch_reference.channel import covpool, sqrtm_newton_schulz
+from attention_jax.torch_reference.registry import REFERENCES
 from tests.parity import (
     assert_close,
     load_into_torch,
@@ -41,12 +47,6 @@ from tests.parity import (
     perturb_params,
     randomize_batch_stats,
 )
-from tests.reference import hybrid as ref_hybrid
-from tests.reference import saliency as ref_saliency
-from tests.reference import self_attention as ref_sa
-from tests.reference.channel import GatherExcite as RefGatherExcite
-from tests.reference.channel import covpool, sqrtm_newton_schulz
-from tests.reference.registry import REFERENCES
 
 NAMES = aj.list_attention()
 C = 32

@@ -184,11 +184,13 @@ class GatherExcite(nn.Module):
 class GlobalContext(nn.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv_attn`` (1x1 conv C -> 1, no
-    bias: the official one cancels in the softmax over H*W, so it is dropped); for ``fuse_add``
-    ``add_fc1`` (1x1 C -> R), ``add_norm`` (LayerNorm over R, eps 1e-5) and ``add_fc2`` (1x1
-    R -> C); for ``fuse_scale`` the same as ``scale_*``. Defaults follow the paper and the
-    official code (fusion by add, r = 16; timm defaults to scale fusion, r = 8).
+    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv_attn`` (1x1 conv C -> 1; no
+    bias by default: the official one cancels in the softmax over H*W, so it is dropped;
+    ``attn_bias=True`` keeps it, as timm does, so its weights load); for ``fuse_add``
+    ``add_fc1`` (1x1 C -> R), ``add_norm`` (LayerNorm over R, epsilon ``eps``: 1e-5 as the
+    official code, timm 1e-6) and ``add_fc2`` (1x1 R -> C); for ``fuse_scale`` the same as
+    ``scale_*``. Defaults follow the paper and the official code (fusion by add, r = 16; timm
+    defaults to scale fusion, r = 8).
 
     Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
     e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
@@ -205,6 +207,8 @@ class GlobalContext(nn.Module):
     rd_ratio: float = 1.0 / 16
     rd_channels: int | None = None
     rd_divisor: int = 8
+    eps: float = 1e-5
+    attn_bias: bool = False
     act: Activation = "relu"
     gate: Activation = "sigmoid"
     dtype: Dtype | None = None
@@ -215,13 +219,13 @@ class GlobalContext(nn.Module):
         p = self.plan = GlobalContextPlan.create(
             self.channels, fuse_add=self.fuse_add, fuse_scale=self.fuse_scale,
             rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
-            act=self.act, gate=self.gate)
+            eps=self.eps, attn_bias=self.attn_bias, act=self.act, gate=self.gate)
         conv1x1 = partial(conv, kernel_size=1, dtype=self.dtype, param_dtype=self.param_dtype,
                           precision=self.precision)
-        norm = partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
+        norm = partial(nn.LayerNorm, epsilon=p.eps, use_fast_variance=False, dtype=self.dtype,
                        param_dtype=self.param_dtype)
-        # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv1x1(1, use_bias=False)
+        # A bias is a constant logit: it cancels in the softmax over H*W (zero gradient).
+        self.conv_attn = conv1x1(1, use_bias=p.attn_bias)
         if p.fuse_add:
             self.add_fc1, self.add_norm = conv1x1(p.rd_channels), norm()
             self.add_fc2 = conv1x1(p.channels)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
@@ -27,7 +28,9 @@ class SelectiveKernel(nn.Module):
     L = ``rd_min_channels``; the attention width is ``d = max(make_divisible(out * rd_ratio,
     rd_divisor), L)`` unless ``rd_channels`` is given. SKNet-50 uses M=2, G=32, r=16, L=32.
     Parameters: ``conv{m}``/``bn{m}`` per branch, ``fc_reduce`` (1x1, C -> d), ``fc_bn``,
-    ``fc_select`` (1x1, d -> M * C, branch-major).
+    ``fc_select`` (1x1, d -> M * C, branch-major). ``split_input``: branch m convolves only the
+    m-th of M equal channel slices of the input (timm's SK-ResNet-18/34), so each ``conv{m}``
+    takes C / M channels.
 
     Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
     e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
@@ -48,6 +51,7 @@ class SelectiveKernel(nn.Module):
     rd_channels: int | None = None
     rd_divisor: int = 8
     rd_min_channels: int = 32
+    split_input: bool = False
     act: Activation = "relu"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -58,9 +62,9 @@ class SelectiveKernel(nn.Module):
             self.channels, out_channels=self.out_channels, num_paths=self.num_paths,
             groups=self.groups, stride=self.stride, rd_ratio=self.rd_ratio,
             rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
-            rd_min_channels=self.rd_min_channels, act=self.act)
+            rd_min_channels=self.rd_min_channels, split_input=self.split_input, act=self.act)
         conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         for m, d in enumerate(p.dilations):
             setattr(self, f"conv{m}", conv_(p.out_channels, 3, strides=p.stride, padding=d,
@@ -84,6 +88,7 @@ class SelectiveKernel(nn.Module):
             reduce_norm=partial(self.fc_bn, use_running_average=ura),
             select=self.fc_select,
             act=p.act,
+            split_input=p.split_input,
         )
 
 
@@ -132,7 +137,7 @@ class SplitAttention(nn.Module):
             rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             rd_min_channels=self.rd_min_channels, bias=self.bias, act=self.act)
         conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         width = p.out_channels * p.radix
         self.conv = conv_(width, p.kernel_size, strides=p.stride, padding=p.padding,

@@ -183,9 +183,9 @@ class GatherExcite(nnx.Module):
 class GlobalContext(nnx.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module:
-    ``conv_attn``; ``add_fc1``/``add_norm``/``add_fc2`` and/or ``scale_fc1``/``scale_norm``/
-    ``scale_fc2``.
+    Input (N, H, W, C) -> output (N, H, W, C). Same fields and parameters as the linen module:
+    ``conv_attn`` (with a bias if ``attn_bias``); ``add_fc1``/``add_norm``/``add_fc2`` and/or
+    ``scale_fc1``/``scale_norm``/``scale_fc2``; ``eps`` is the LayerNorm epsilon.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
     ``attention_jax.intermediates(module, x)``; the output is the same): ``context_weights``
@@ -205,6 +205,8 @@ class GlobalContext(nnx.Module):
         rd_ratio: float = 1.0 / 16,
         rd_channels: int | None = None,
         rd_divisor: int = 8,
+        eps: float = 1e-5,
+        attn_bias: bool = False,
         act: Activation = "relu",
         gate: Activation = "sigmoid",
         dtype: Dtype | None = None,
@@ -214,14 +216,15 @@ class GlobalContext(nnx.Module):
     ) -> None:
         p = self.plan = GlobalContextPlan.create(
             channels, fuse_add=fuse_add, fuse_scale=fuse_scale, rd_ratio=rd_ratio,
-            rd_channels=rd_channels, rd_divisor=rd_divisor, act=act, gate=gate)
+            rd_channels=rd_channels, rd_divisor=rd_divisor, eps=eps, attn_bias=attn_bias,
+            act=act, gate=gate)
         c, rd = p.channels, p.rd_channels
         conv1x1 = partial(conv, kernel_size=1, dtype=dtype, param_dtype=param_dtype,
                           precision=precision, rngs=rngs)
-        norm = partial(nnx.LayerNorm, rd, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+        norm = partial(nnx.LayerNorm, rd, epsilon=p.eps, use_fast_variance=False, dtype=dtype,
                        param_dtype=param_dtype, rngs=rngs)
-        # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv1x1(c, 1, use_bias=False)
+        # A bias is a constant logit: it cancels in the softmax over H*W (zero gradient).
+        self.conv_attn = conv1x1(c, 1, use_bias=p.attn_bias)
         if p.fuse_add:
             self.add_fc1, self.add_norm, self.add_fc2 = conv1x1(c, rd), norm(), conv1x1(rd, c)
         if p.fuse_scale:

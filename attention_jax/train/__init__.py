@@ -6,9 +6,10 @@ The pieces live in ``config`` (``TrainConfig``, ``make_optimizer``), ``classifie
 ``restore_or_init``), ``metrics`` (``MetricsWriter``) and ``trainer`` (``train``,
 ``evaluate``)."""
 
-from attention_jax.train.models import *  # noqa: F403
-from attention_jax.train.models import __all__ as _models_all
+from attention_jax.models.zoo import create_model, list_models
 from attention_jax.train.trainer import *  # noqa: F403
 from attention_jax.train.trainer import __all__ as _trainer_all
 
-__all__ = [*_models_all, *_trainer_all]
+# create_model / list_models are the zoo's (attention_jax.models), re-exported: the trainer
+# builds any of its names.
+__all__ = ["create_model", "list_models", *_trainer_all]

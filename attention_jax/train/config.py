@@ -35,7 +35,8 @@ class TrainConfig:
 
     Attributes:
       dataset: ``"digits/<variant>"`` or a prepared tfds image dataset name.
-      model: a name ``create_model`` knows (``"cnn"``, ``"stcnn"``, ``"resnet"``).
+      model: a name ``attention_jax.models.create_model`` knows (``"cnn"``, ``"stcnn"``,
+        ``"resnet"``, or a timm name such as ``"seresnet50"``).
       api: ``"linen"`` or ``"nnx"`` (the Flax API of the model; same checkpoint layout).
       attention: a registered attention name for models that take one, or None.
       steps: total optimiser steps of the run (a resumed run continues up to it).

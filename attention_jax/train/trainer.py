@@ -59,6 +59,9 @@ from jax.sharding import PartitionSpec as P
 
 from attention_jax._validation import check_choice, fail
 from attention_jax.data.loader import Loader, load
+
+# The one place the trainer takes its model factory from.
+from attention_jax.models.zoo import create_model, list_models
 from attention_jax.train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -82,9 +85,6 @@ from attention_jax.train.metrics import (
     check_finite,
     train_record,
 )
-
-# The one place the trainer takes its model factory from.
-from attention_jax.train.models import create_model, list_models
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "evaluate", "make_optimizer", "CheckpointError",
@@ -128,6 +128,8 @@ def _build_classifier(config: TrainConfig, num_classes: int, input_shape: tuple[
                       overrides: dict[str, Any]) -> Classifier:
     kwargs = dict(num_classes=num_classes, in_channels=input_shape[-1],
                   attention=config.attention, **overrides)
+    if config.api == "nnx" and config.model in ("cnn", "stcnn"):
+        kwargs.setdefault("in_size", tuple(input_shape[:2]))  # nnx declares its dense layers
     if config.api == "linen":
         return as_classifier(create_model(config.model, api="linen", **kwargs))
     # as_classifier builds it once abstractly (nnx.eval_shape): bad options fail here.
