@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -77,7 +78,8 @@ class SpatialGate(nn.Module):
         p = self.plan = SpatialGatePlan.create(self.channels, kernel_size=self.kernel_size,
                                                gate=self.gate)
         self.conv = conv(1, p.kernel_size, padding=p.padding, use_bias=False, dtype=self.dtype,
-                         param_dtype=self.param_dtype, precision=self.precision)
+                         param_dtype=self.param_dtype, precision=self.precision,
+                         conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(momentum=p.norm_momentum, dtype=self.dtype,
                              param_dtype=self.param_dtype)
 
@@ -165,7 +167,8 @@ class BAM(nn.Module):
         bn = partial(batch_norm, **common)
         self.fc1, self.bn1, self.fc2 = dense(rd), bn(), dense(c)
         self.conv_reduce, self.bn_reduce = conv_(rd, 1), bn()
-        di = partial(conv_, rd, 3, padding=d, kernel_dilation=d)
+        di = partial(conv_, rd, 3, padding=d, kernel_dilation=d,
+                     conv_general_dilated=conv_general_dilated)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
         self.conv_final = conv_(1, 1)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -58,7 +59,8 @@ class ContextAwarePyramid(nn.Module):
         self.conv0 = conv_(p.branch_channels, 1, use_bias=False)
         for i, d in enumerate(p.dilations, start=1):
             setattr(self, f"conv{i}", conv_(p.branch_channels, 3, padding=d, kernel_dilation=d,
-                                            use_bias=False))
+                                            use_bias=False,
+                                            conv_general_dilated=conv_general_dilated))
         self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
         if p.channel_attention:
             self.ca_fc1 = conv_(p.rd_channels, 1)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -53,7 +54,7 @@ class SelectiveKernel(nn.Module):
             rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             rd_min_channels=self.rd_min_channels, split_input=self.split_input, act=self.act)
         conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         for m, d in enumerate(p.dilations):
             setattr(self, f"conv{m}", conv_(p.out_channels, 3, strides=p.stride, padding=d,
@@ -117,7 +118,7 @@ class SplitAttention(nn.Module):
             rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             rd_min_channels=self.rd_min_channels, bias=self.bias, act=self.act)
         conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         width = p.out_channels * p.radix
         self.conv = conv_(width, p.kernel_size, strides=p.stride, padding=p.padding,

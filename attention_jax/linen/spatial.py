@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -43,7 +44,8 @@ class LocalisationNet(nn.Module):
             self.channels, out_features=self.out_features, features=self.features,
             hidden=self.hidden, pool_size=self.pool_size, final_bias=self.final_bias)
         conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=self.dtype,
-                          param_dtype=self.param_dtype, precision=self.precision)
+                          param_dtype=self.param_dtype, precision=self.precision,
+                          conv_general_dilated=conv_general_dilated)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
         self.conv1 = conv3x3(p.features[0])

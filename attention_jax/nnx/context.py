@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
 
@@ -32,7 +33,7 @@ class ConvBNAct(nnx.Module):
         self.conv = conv(in_features, features, kernel_size,
                          padding=same_padding(kernel_size, dilation), kernel_dilation=dilation,
                          use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                         precision=precision, rngs=rngs)
+                         precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

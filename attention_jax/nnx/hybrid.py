@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -80,7 +81,8 @@ class SpatialGate(nnx.Module):
     ) -> None:
         p = self.plan = SpatialGatePlan.create(channels, kernel_size=kernel_size, gate=gate)
         self.conv = conv(2, 1, p.kernel_size, padding=p.padding, use_bias=False, dtype=dtype,
-                         param_dtype=param_dtype, precision=precision, rngs=rngs)
+                         param_dtype=param_dtype, precision=precision, rngs=rngs,
+                         conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(1, momentum=p.norm_momentum, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
 
@@ -165,7 +167,8 @@ class BAM(nnx.Module):
         bn = partial(batch_norm, rd, **common)
         self.fc1, self.bn1, self.fc2 = dense(c, rd), bn(), dense(rd, c)
         self.conv_reduce, self.bn_reduce = conv_(c, rd, 1), bn()
-        di = partial(conv_, rd, rd, 3, padding=d, kernel_dilation=d)
+        di = partial(conv_, rd, rd, 3, padding=d, kernel_dilation=d,
+                     conv_general_dilated=conv_general_dilated)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
         self.conv_final = conv_(rd, 1, 1)

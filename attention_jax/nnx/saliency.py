@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -58,7 +59,8 @@ class ContextAwarePyramid(nnx.Module):
         self.conv0 = conv_(c, branch, 1, use_bias=False)
         for i, d in enumerate(p.dilations, start=1):
             setattr(self, f"conv{i}", conv_(c, branch, 3, padding=d, kernel_dilation=d,
-                                            use_bias=False))
+                                            use_bias=False,
+                                            conv_general_dilated=conv_general_dilated))
         self.bn = batch_norm(out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if p.channel_attention:
             self.ca_fc1 = conv_(out, p.rd_channels, 1)

@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -52,7 +53,7 @@ class SelectiveKernel(nnx.Module):
             rd_min_channels=rd_min_channels, split_input=split_input, act=act)
         c, out, rd = p.branch_channels, p.out_channels, p.rd_channels
         conv_ = partial(conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                        precision=precision, rngs=rngs)
+                        precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for m, d in enumerate(p.dilations):
             setattr(self, f"conv{m}", conv_(c, out, 3, strides=p.stride, padding=d,
@@ -111,7 +112,7 @@ class SplitAttention(nnx.Module):
             rd_channels=rd_channels, rd_divisor=rd_divisor, rd_min_channels=rd_min_channels,
             bias=bias, act=act)
         conv_ = partial(conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                        rngs=rngs)
+                        rngs=rngs, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         out, width, rd = p.out_channels, p.out_channels * p.radix, p.rd_channels
         self.conv = conv_(p.channels, width, p.kernel_size, strides=p.stride,

@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -44,7 +45,7 @@ class LocalisationNet(nnx.Module):
             channels, out_features=out_features, features=features, hidden=hidden,
             pool_size=pool_size, final_bias=final_bias)
         conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=dtype, param_dtype=param_dtype,
-                          precision=precision, rngs=rngs)
+                          precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         dense = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                         rngs=rngs)
         self.conv1 = conv3x3(p.channels, p.features[0])
