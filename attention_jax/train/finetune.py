@@ -42,6 +42,7 @@ import jax
 import numpy as np
 import optax
 
+from attention_jax._extras import require
 from attention_jax._validation import fail
 
 __all__ = ["ModelParts", "InitFrom", "model_parts", "check_init_from", "read_init_from",
@@ -209,10 +210,9 @@ def check_init_from(path: str | os.PathLike) -> str:
 
 
 def _safetensors_format(path: str) -> str | None:
-    from safetensors import safe_open
-
+    st = require("safetensors", "weights", "reading .safetensors files")
     try:
-        with safe_open(path, framework="np") as f:
+        with st.safe_open(path, framework="np") as f:
             return (f.metadata() or {}).get("format")
     except Exception as err:  # not a safetensors file at all
         raise fail("train", "init_from", _WHAT, f"{path!r}, which safetensors cannot read "
