@@ -699,3 +699,119 @@ def test_module_docstring_names_its_maps(name, api):
     for path, _ in leaves(EXPECTED[name]):
         assert f"``{path[-1]}``" in doc, (name, api, path)
     assert "intermediates" in doc or not EXPECTED[name], (name, api)
+
+
+# --- models: the ST classifiers sow their transformer's maps, the zoo finds them by path ------
+
+ST_CASES = [("STCNN", {}), ("STCNN", {"transform": "tps", "localisation": "pooled"}),
+            ("STFCN", {"transform": "perspective"})]
+
+
+@pytest.mark.parametrize("name,kw", ST_CASES, ids=[f"{n}-{kw.get('transform', 'affine')}"
+                                                    for n, kw in ST_CASES])
+def test_st_classifiers_sow_their_transform(name, kw):
+    """ST-CNN and ST-FCN sow what their spatial transformer computes (the transform ``rectify``
+    returns, and its output as ``sampled``) without changing their logits; nnx's equal linen's
+    on one parameter tree. Away from the identity start, so the maps are not trivial."""
+    from attention_jax.models import cnn, cnn_nnx
+    from attention_jax.models._classifiers import identity_bias
+
+    x = jnp.asarray(np.random.default_rng(4).uniform(size=(2, 28, 28, 1)), jnp.float32)
+    m = getattr(cnn, name)(**kw)
+    v = variables_for(m, x)
+    y, maps = aj.intermediates(m, x, variables=v)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(m.apply(v, x)))
+    maps = unwrap(maps)
+    seen, aux = m.apply(v, x, return_transform=True, method="rectify")
+    assert set(maps) == {*aux, "sampled"}
+    assert not np.allclose(np.asarray(aux["params"]),
+                           np.asarray(identity_bias(m.transform, m.tps_grid_size)))
+    for k in aux:
+        np.testing.assert_allclose(np.asarray(maps[k]), np.asarray(aux[k]), rtol=1e-6,
+                                   atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(np.asarray(maps["sampled"]), np.asarray(seen), rtol=1e-6,
+                               atol=1e-6)
+
+    n = getattr(cnn_nnx, name)(**kw, rngs=nnx.Rngs(0))
+    aj.load_linen_variables(n, v)
+    yn, maps_n = aj.intermediates(n, x)
+    np.testing.assert_array_equal(np.asarray(yn), np.asarray(n(x)))
+    assert not jax.tree.leaves(nnx.state(n, nnx.Intermediate))
+    for (p, a), (pn, b) in zip(leaves(maps), leaves(unwrap(maps_n)), strict=True):
+        assert p == pn
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5,
+                                   err_msg=str(p))
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_zoo_resnet_maps_are_found_by_path(api):
+    """A zoo ResNet with an attention mechanism: each block's mechanism sows under its path
+    (``layer<i>_<j>/attn``), the logits unchanged; the default call builds no map."""
+    from attention_jax.models import zoo
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 28, 28, 1)), jnp.float32)
+    if api == "linen":
+        m = zoo.create_model("resnet", num_classes=10, attention="cbam")
+        v = m.init(jax.random.key(0), x)
+        y, maps = aj.intermediates(m, x, variables=v)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(m.apply(v, x)))
+        j_plain = jax.make_jaxpr(lambda v, x: m.apply(v, x))(v, x)
+        j_collect = jax.make_jaxpr(
+            lambda v, x: m.apply(v, x, mutable=["intermediates"]))(v, x)
+    else:
+        m = zoo.create_model("resnet", num_classes=10, attention="cbam", api="nnx",
+                             rngs=nnx.Rngs(0))
+        m.eval()
+        y, maps = aj.intermediates(m, x)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(m(x)))
+        graph, state = nnx.split(m)
+        j_plain = jax.make_jaxpr(lambda s, x: nnx.merge(graph, s)(x))(state, x)
+        j_collect = jax.make_jaxpr(
+            lambda s, x: nnx.capture(nnx.merge(graph, s), nnx.Intermediate)(x))(state, x)
+    maps = unwrap(maps)
+    assert set(maps) == {"layer1_0", "layer2_0", "layer3_0"}
+    for block, c, hw in zip(sorted(maps), (16, 32, 64), (28, 14, 7), strict=True):
+        assert shapes(maps[block]) == {"attn": {"channel_weights": (2, 1, 1, c),
+                                                "spatial_map": (2, hw, hw, 1)}}
+    assert _dce_equal(j_plain, j_collect)
+    assert len(j_collect.jaxpr.outvars) == len(j_plain.jaxpr.outvars) + 6
+
+
+def test_viz_draws_the_sown_maps():
+    """The sown maps go to ``attention_jax.viz`` as they are, one batch entry at a time: a
+    spatial map over the image, channel weights as bars, one query's non-local row, one head of
+    multi-head attention, and STN inputs over their sampled outputs with the grids' outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attention_jax import viz
+
+    def collect(name):
+        m, v = linen_case(name)
+        return unwrap(aj.intermediates(m, XS, variables=v)[1])
+
+    image = X[0, ..., 0]
+    cbam = collect("cbam")
+    ax = viz.overlay(image, cbam["spatial_map"][0])
+    np.testing.assert_allclose(np.asarray(ax.images[1].get_array()),
+                               np.asarray(cbam["spatial_map"][0, ..., 0]), rtol=1e-6)
+    ax = viz.channel_weights(cbam["channel_weights"][0])
+    np.testing.assert_allclose([p.get_height() for p in ax.patches],
+                               np.asarray(cbam["channel_weights"][0]).ravel(), rtol=1e-6)
+    query = (2, 3)
+    for name, a in (("nl", collect("nl")["attention"][0]),
+                    ("mhsa2d", collect("mhsa2d")["attention"][0, 1])):
+        ax = viz.query_attention(image, a, query, map_size=(H, W))
+        np.testing.assert_allclose(np.asarray(ax.images[1].get_array()),
+                                   np.asarray(a[query[0] * W + query[1]]).reshape(H, W),
+                                   rtol=1e-6, err_msg=name)
+    stn = collect("stn")
+    fig = viz.stn_grid(X[..., 0], stn["sampled"][..., 0], grids=stn["grid"])
+    axes = np.asarray(fig.axes).reshape(2, NB)
+    for i in range(NB):
+        np.testing.assert_allclose(np.asarray(axes[1, i].images[0].get_array()),
+                                   np.asarray(stn["sampled"][i, ..., 0]), rtol=1e-6)
+        assert axes[0, i].lines
+    plt.close("all")
