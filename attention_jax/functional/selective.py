@@ -75,7 +75,8 @@ def selective_kernel(
     select: Layer,
     act: str | Layer = "relu",
     split_input: bool = False,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Selective kernel: split into M branches, fuse by sum, select by softmax over branches.
 
     Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x_m)))``;
@@ -95,9 +96,12 @@ def selective_kernel(
       select: layer (N, 1, 1, d) -> (N, 1, 1, M * C), branch-major (the paper's A, B, ...).
       act: activation after each norm (name or callable).
       split_input: feed branch m the m-th channel slice of ``x`` instead of all of ``x``.
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, M, C), the softmax
+      over the M branches (sums to 1 over axis 1), in the layers' dtype.
     """
     fn = "selective_kernel"
     check_nhwc(fn, "x", x)
@@ -132,7 +136,8 @@ def selective_kernel(
     out = feats[0] * a[:, 0, None, None, :].astype(u.dtype)
     for i in range(1, m):
         out = out + feats[i] * a[:, i, None, None, :].astype(u.dtype)
-    return out.astype(x.dtype)
+    out = out.astype(x.dtype)
+    return (out, {"branch_weights": a}) if return_maps else out
 
 
 def split_attention(
@@ -146,7 +151,8 @@ def split_attention(
     radix: int = 2,
     cardinality: int = 1,
     act: str | Layer = "relu",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """ResNeSt split attention: R splits from one grouped conv, r-softmax weights, weighted sum.
 
     Zhang et al., "ResNeSt: Split-Attention Networks", 2020 (official ``SplAtConv2d``):
@@ -164,9 +170,13 @@ def split_attention(
       radix: number of splits R >= 1.
       cardinality: number of cardinal groups K >= 1 (C divisible by K).
       act: activation (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, R, C): split r's
+      weights, the r-softmax over the R splits (sums to 1 over axis 1 for R > 1; a sigmoid
+      for R = 1), in the layers' dtype.
     """
     fn = "split_attention"
     check_nhwc(fn, "x", x)
@@ -190,5 +200,7 @@ def split_attention(
                    f"shape {tuple(logits.shape)}")
     a = radix_softmax(logits, radix=radix, cardinality=cardinality).astype(y.dtype)
     if radix == 1:
-        return (y * a).astype(x.dtype)
-    return _sum([s * a[..., r * c:(r + 1) * c] for r, s in enumerate(splits)]).astype(x.dtype)
+        out = (y * a).astype(x.dtype)
+    else:
+        out = _sum([s * a[..., r * c:(r + 1) * c] for r, s in enumerate(splits)]).astype(x.dtype)
+    return (out, {"branch_weights": a.reshape(n, radix, c)}) if return_maps else out

@@ -57,6 +57,14 @@ class ASPP(nn.Module):
     on the global average), ``project`` (1x1 conv-BN-ReLU fusing the concatenation).
     ``out_channels`` defaults to ``channels`` (shape-preserving; DeepLabv3 uses 256). The
     paper's dropout after the projection (training only) is left to the caller.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    (ASPP computes no attention map).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int

@@ -47,6 +47,14 @@ class ASPP(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, out_channels or C). Same parameters as the linen
     module: ``b0``, ``b1``.. (one per atrous rate), ``pool``, ``project`` (conv-BN-ReLU each).
     BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none
+    (ASPP computes no attention map).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
