@@ -20,6 +20,7 @@ from attention_jax._validation import (
     check_power_of_two,
     fail,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
 from attention_jax.functional.gating import get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 
+@batch_dims(x=NHWC)
 def squeeze_excite(
     x: jax.Array,
     *,
@@ -75,6 +77,7 @@ def squeeze_excite(
     return rescale(x, w)
 
 
+@batch_dims(x=NHWC)
 def efficient_channel_attention(
     x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid"
 ) -> jax.Array:
@@ -101,6 +104,7 @@ def efficient_channel_attention(
     return rescale(x, gate_fn(y.reshape(n, 1, 1, c)))
 
 
+@batch_dims(x=NHWC)
 def ge_gather(
     x: jax.Array,
     *,
@@ -136,6 +140,7 @@ def ge_gather(
     return x
 
 
+@batch_dims(x=NHWC)
 def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Nearest-neighbour resize as ``torch.nn.functional.interpolate(mode="nearest")`` (NHWC).
 
@@ -161,6 +166,7 @@ def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return x[:, rows][:, :, cols]
 
 
+@batch_dims(x=NHWC)
 def gather_excite(
     x: jax.Array,
     *,
@@ -216,6 +222,7 @@ def gather_excite(
     return rescale(x, gate_fn(g))
 
 
+@batch_dims(x=NHWC)
 def global_context(
     x: jax.Array,
     *,
@@ -271,6 +278,7 @@ def global_context(
     return out
 
 
+@batch_dims(x=NHWC)
 def second_order_channel(
     x: jax.Array,
     *,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from attention_jax._types import Layer
 from attention_jax._validation import check_choice, check_layer_shape, check_nhwc, fail
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
     avg_pool_h,
@@ -38,6 +39,7 @@ BAM_COMBINES = ("paper", "official")
 """BAM's ways of combining the branches: ``1 + sigmoid(Mc + Ms)`` or ``1 + sigmoid(Mc * Ms)``."""
 
 
+@batch_dims(x=NHWC)
 def cbam_channel_gate(
     x: jax.Array,
     *,
@@ -71,6 +73,7 @@ def cbam_channel_gate(
     return rescale(x, gate_fn(logits))
 
 
+@batch_dims(x=NHWC)
 def cbam_spatial_gate(
     x: jax.Array,
     *,
@@ -101,6 +104,7 @@ def cbam_spatial_gate(
     return rescale(x, gate_fn(logits))
 
 
+@batch_dims(x=NHWC)
 def cbam(
     x: jax.Array,
     *,
@@ -131,6 +135,7 @@ def cbam(
     return cbam_spatial_gate(y, conv=conv, norm=norm, gate=gate)
 
 
+@batch_dims(x=NHWC)
 def bam(
     x: jax.Array,
     *,
@@ -186,6 +191,7 @@ def bam(
     return rescale(x, 1.0 + gate_fn(logits))
 
 
+@batch_dims(x=NHWC)
 def coordinate_attention(
     x: jax.Array,
     *,

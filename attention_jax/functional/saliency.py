@@ -16,12 +16,14 @@ from attention_jax._validation import (
     check_nhwc,
     fail,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional.channel import squeeze_excite
 from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 
 __all__ = ["context_aware_pyramid", "pyramid_spatial_map", "pyramid_feature_attention"]
 
 
+@batch_dims(x=NHWC)
 def context_aware_pyramid(
     x: jax.Array,
     *,
@@ -70,6 +72,7 @@ def context_aware_pyramid(
     return squeeze_excite(y, reduce=reduce, expand=expand, act=act, gate=gate)
 
 
+@batch_dims(x=NHWC)
 def pyramid_spatial_map(
     x: jax.Array,
     *,
@@ -111,6 +114,7 @@ def pyramid_spatial_map(
     return gate_fn(total).astype(x.dtype)
 
 
+@batch_dims(low=NHWC, high=NHWC)
 def pyramid_feature_attention(
     low: jax.Array,
     high: jax.Array,

@@ -24,6 +24,7 @@ from attention_jax._validation import (
     fail,
     shape_of,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
 from attention_jax.functional.scoring import attend, attention, attention_weights, dot_scores
 
@@ -58,6 +59,7 @@ def _check_gamma(fn: str, gamma: Any) -> None:
         raise fail(fn, "gamma", "a scalar or shape (1,) array", f"shape {shape_of(gamma)}")
 
 
+@batch_dims(x=NHWC)
 def non_local(
     x: jax.Array,
     *,
@@ -133,6 +135,7 @@ def non_local(
     return (out(y) + x).astype(x.dtype)
 
 
+@batch_dims(x=NHWC)
 def position_attention(
     x: jax.Array,
     *,
@@ -168,6 +171,7 @@ def position_attention(
     return (gamma.reshape(()) * y + x).astype(x.dtype)
 
 
+@batch_dims(x=NHWC)
 def channel_self_attention(x: jax.Array, *, gamma: jax.Array) -> jax.Array:
     """DANet channel attention module (CAM): ``gamma * softmax(max(E) - E) X + x``, E = X X^T.
 
@@ -197,6 +201,7 @@ def channel_self_attention(x: jax.Array, *, gamma: jax.Array) -> jax.Array:
     return (gamma.reshape(()).astype(acc) * y + x).astype(x.dtype)
 
 
+@batch_dims(x=NHWC)
 def dual_attention_head(
     x: jax.Array,
     *,
@@ -250,6 +255,7 @@ def _criss_cross_once(x, query, key, value, gamma, precision):
     return (gamma.reshape(()) * out + x).astype(x.dtype)
 
 
+@batch_dims(x=NHWC)
 def criss_cross_attention(
     x: jax.Array,
     *,
@@ -329,6 +335,7 @@ def relative_position_bias(table: jax.Array, *, size: tuple[int, int]) -> jax.Ar
     return jnp.moveaxis(table[relative_position_index(size=size)], -1, 0)
 
 
+@batch_dims(x=NHWC)
 def multi_head_self_attention_2d(
     x: jax.Array,
     *,
