@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -58,9 +58,9 @@ class SqueezeExcite(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused (no batch statistics). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused (no batch statistics). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        check_feature_map("SqueezeExcite", "x", x, p.channels)
         return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
                                 add_maxpool=p.add_maxpool)
 
@@ -91,9 +91,9 @@ class EfficientChannelAttention(nn.Module):
                          precision=self.precision)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        check_feature_map("EfficientChannelAttention", "x", x, p.channels)
         return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
 
 
@@ -140,9 +140,9 @@ class GatherExcite(nn.Module):
             self.fc2 = conv1x1(c)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode of the gather. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode of the gather. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GatherExcite", "x", x, p.channels)
+        check_feature_map("GatherExcite", "x", x, p.channels)
         idx = range(1, len(p.gather_convs) + 1)
         gather = partial(
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
@@ -195,9 +195,9 @@ class GlobalContext(nn.Module):
             self.scale_fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GlobalContext", "x", x, p.channels)
+        check_feature_map("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return F.global_context(x, attn=self.conv_attn, add_transform=add,
@@ -234,8 +234,8 @@ class SecondOrderChannel(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        check_feature_map("SecondOrderChannel", "x", x, p.channels)
         return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
                                       gate=p.gate, iterations=p.iterations)

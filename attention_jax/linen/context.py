@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
 
@@ -42,7 +42,7 @@ class ConvBNAct(nn.Module):
         self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, Cin); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, Cin); train: BatchNorm batch statistics. Returns (..., H, W, C)."""
         return F.conv_norm_act(x, conv=self.conv,
                                norm=partial(self.bn, use_running_average=not train),
                                act=self.act)
@@ -77,9 +77,9 @@ class ASPP(nn.Module):
         self.project = cba(kernel_size=1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, Co)."""
         p = self.plan
-        check_nhwc("ASPP", "x", x, p.channels)
+        check_feature_map("ASPP", "x", x, p.channels)
         call = lambda m: partial(m, train=train)
         branches = [call(getattr(self, f"b{i}")) for i in range(p.num_branches)]
         return F.aspp(x, branches=branches, pool_branch=call(self.pool),

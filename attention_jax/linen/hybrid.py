@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -52,9 +52,9 @@ class ChannelGate(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("ChannelGate", "x", x, p.channels)
+        check_feature_map("ChannelGate", "x", x, p.channels)
         return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
 
 
@@ -82,9 +82,9 @@ class SpatialGate(nn.Module):
                              param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SpatialGate", "x", x, p.channels)
+        check_feature_map("SpatialGate", "x", x, p.channels)
         return F.cbam_spatial_gate(x, conv=self.conv,
                                    norm=partial(self.bn, use_running_average=not train),
                                    gate=p.gate)
@@ -122,9 +122,9 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(self.channels, kernel_size=self.kernel_size, **common)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CBAM", "x", x, p.channels)
+        check_feature_map("CBAM", "x", x, p.channels)
         return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
                       conv=self.spatial.conv,
                       norm=partial(self.spatial.bn, use_running_average=not train),
@@ -171,9 +171,9 @@ class BAM(nn.Module):
         self.conv_final = conv_(1, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("BAM", "x", x, p.channels)
+        check_feature_map("BAM", "x", x, p.channels)
         mode = dict(use_running_average=not train)
         return F.bam(
             x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
@@ -216,9 +216,9 @@ class CoordinateAttention(nn.Module):
         self.conv_w = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CoordinateAttention", "x", x, p.channels)
+        check_feature_map("CoordinateAttention", "x", x, p.channels)
         return F.coordinate_attention(
             x, conv1=self.conv1, norm=partial(self.bn1, use_running_average=not train),
             conv_h=self.conv_h, conv_w=self.conv_w, act=p.act, gate=p.gate,

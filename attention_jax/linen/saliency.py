@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -65,9 +65,9 @@ class ContextAwarePyramid(nn.Module):
             self.ca_fc2 = conv_(p.out_channels, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H, W, C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, C')."""
         p = self.plan
-        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        check_feature_map("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
         return F.context_aware_pyramid(
             x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
@@ -110,9 +110,9 @@ class PyramidSpatialAttention(nn.Module):
         self.b2_conv2, self.b2_bn2 = conv_(1, row[0], padding=row[1]), bn()
 
     def attention_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns the (N, H, W, 1) map."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns the (..., H, W, 1) map."""
         p = self.plan
-        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
+        check_feature_map("PyramidSpatialAttention", "x", x, p.channels)
         ura = not train
 
         def stage(conv, bn):
@@ -124,8 +124,8 @@ class PyramidSpatialAttention(nn.Module):
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
+        """Args: x (..., H, W, Cx); guide (..., H, W, C) or None (x). Returns (..., H, W, Cx)."""
+        check_feature_map("PyramidSpatialAttention", "x", x)  # the map checks its input
         return F.rescale(x, self.attention_map(x if guide is None else guide, train=train))
 
 
@@ -179,10 +179,13 @@ class PyramidFeatureAttention(nn.Module):
         self.head_conv = conv_(1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: low (N, H, W, Cl); high (N, h, w, Ch); train: BN mode. Returns (N, H, W, 1)."""
+        """Args: low (..., H, W, Cl); high (..., h, w, Ch); train: BN mode. Returns (..., H, W, 1).
+
+        ``low`` and ``high`` have the same leading dims.
+        """
         p, fn, ura = self.plan, "PyramidFeatureAttention", not train
-        check_nhwc(fn, "low", low, p.low_channels)
-        check_nhwc(fn, "high", high, p.high_channels)
+        check_feature_map(fn, "low", low, p.low_channels)
+        check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
         return F.pyramid_feature_attention(
             low, high,

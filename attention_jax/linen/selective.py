@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -61,9 +61,9 @@ class SelectiveKernel(nn.Module):
         self.fc_select = conv_(p.out_channels * p.num_paths, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SelectiveKernel", "x", x, p.channels)
+        check_feature_map("SelectiveKernel", "x", x, p.channels)
         ura = not train
         return F.selective_kernel(
             x,
@@ -125,9 +125,9 @@ class SplitAttention(nn.Module):
         self.fc2 = conv_(width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SplitAttention", "x", x, p.channels)
+        check_feature_map("SplitAttention", "x", x, p.channels)
         ura = not train
         return F.split_attention(
             x, conv=self.conv, norm0=partial(self.bn0, use_running_average=ura),

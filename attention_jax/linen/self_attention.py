@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -84,9 +84,9 @@ class NonLocal(nn.Module):
                                      scale_init=nn.initializers.zeros)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("NonLocal", "x", x, p.channels)
+        check_feature_map("NonLocal", "x", x, p.channels)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
         return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
                            out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,
@@ -121,9 +121,9 @@ class PositionAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("PositionAttention", "x", x, p.channels)
+        check_feature_map("PositionAttention", "x", x, p.channels)
         return F.position_attention(x, query=self.query, key=self.key, value=self.value,
                                     gamma=self.gamma, implementation=p.implementation,
                                     precision=self.precision)
@@ -147,8 +147,8 @@ class ChannelSelfAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
+        check_feature_map("ChannelSelfAttention", "x", x, self.plan.channels)
         return F.channel_self_attention(x, gamma=self.gamma)
 
 
@@ -183,8 +183,8 @@ class DualAttentionHead(nn.Module):
         self.conv8 = _conv1x1(p.out_channels, **kw)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, Co)."""
+        check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
         c = lambda m: partial(m, train=train)
         return F.dual_attention_head(x, conv5a=c(self.conv5a), conv5c=c(self.conv5c),
                                      pam=self.sa, cam=self.sc, conv51=c(self.conv51),
@@ -216,9 +216,9 @@ class CrissCrossAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CrissCrossAttention", "x", x, p.channels)
+        check_feature_map("CrissCrossAttention", "x", x, p.channels)
         return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
                                        gamma=self.gamma, recurrence=p.recurrence,
                                        precision=self.precision)
@@ -261,9 +261,9 @@ class MultiHeadSelfAttention2d(nn.Module):
             self.pos_embed = self.param("pos_embed", init, p.pos_embed_shape, self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        check_feature_map("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
         return F.multi_head_self_attention_2d(
             x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,

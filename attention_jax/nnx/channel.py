@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -60,9 +60,9 @@ class SqueezeExcite(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        check_feature_map("SqueezeExcite", "x", x, p.channels)
         return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
                                 add_maxpool=p.add_maxpool)
 
@@ -93,9 +93,9 @@ class EfficientChannelAttention(nnx.Module):
                          dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        check_feature_map("EfficientChannelAttention", "x", x, p.channels)
         return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
 
 
@@ -139,9 +139,9 @@ class GatherExcite(nnx.Module):
             self.fc2 = conv(p.rd_channels, c, 1, precision=precision, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GatherExcite", "x", x, p.channels)
+        check_feature_map("GatherExcite", "x", x, p.channels)
         idx = range(1, len(p.gather_convs) + 1)
         gather = partial(
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
@@ -194,9 +194,9 @@ class GlobalContext(nnx.Module):
             self.scale_fc2 = conv1x1(rd, c)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GlobalContext", "x", x, p.channels)
+        check_feature_map("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return F.global_context(x, attn=self.conv_attn, add_transform=add,
@@ -234,8 +234,8 @@ class SecondOrderChannel(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        check_feature_map("SecondOrderChannel", "x", x, p.channels)
         return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
                                       gate=p.gate, iterations=p.iterations)

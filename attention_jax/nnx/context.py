@@ -11,7 +11,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
 
@@ -36,7 +36,7 @@ class ConvBNAct(nnx.Module):
         self.bn = batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, Cin). Returns (N, H, W, features)."""
+        """Args: x (..., H, W, Cin). Returns (..., H, W, features)."""
         return F.conv_norm_act(x, conv=self.conv, norm=self.bn, act=self.act)
 
 
@@ -70,8 +70,8 @@ class ASPP(nnx.Module):
         self.project = cba(p.concat_channels, kernel_size=1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, Co)."""
         p = self.plan
-        check_nhwc("ASPP", "x", x, p.channels)
+        check_feature_map("ASPP", "x", x, p.channels)
         branches = [getattr(self, f"b{i}") for i in range(p.num_branches)]
         return F.aspp(x, branches=branches, pool_branch=self.pool, project=self.project)

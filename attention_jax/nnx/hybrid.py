@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -54,9 +54,9 @@ class ChannelGate(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("ChannelGate", "x", x, p.channels)
+        check_feature_map("ChannelGate", "x", x, p.channels)
         return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
 
 
@@ -85,9 +85,9 @@ class SpatialGate(nnx.Module):
                              rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SpatialGate", "x", x, p.channels)
+        check_feature_map("SpatialGate", "x", x, p.channels)
         return F.cbam_spatial_gate(x, conv=self.conv, norm=self.bn, gate=p.gate)
 
 
@@ -124,9 +124,9 @@ class CBAM(nnx.Module):
         self.spatial = SpatialGate(channels, kernel_size=kernel_size, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CBAM", "x", x, p.channels)
+        check_feature_map("CBAM", "x", x, p.channels)
         return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
                       conv=self.spatial.conv, norm=self.spatial.bn, act=p.act, gate=p.gate)
 
@@ -171,9 +171,9 @@ class BAM(nnx.Module):
         self.conv_final = conv_(rd, 1, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("BAM", "x", x, p.channels)
+        check_feature_map("BAM", "x", x, p.channels)
         return F.bam(
             x, fc1=self.fc1, bn1=self.bn1, fc2=self.fc2, conv_reduce=self.conv_reduce,
             bn_reduce=self.bn_reduce, convs_di=(self.conv_di_0, self.conv_di_1),
@@ -215,8 +215,8 @@ class CoordinateAttention(nnx.Module):
         self.conv_w = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CoordinateAttention", "x", x, p.channels)
+        check_feature_map("CoordinateAttention", "x", x, p.channels)
         return F.coordinate_attention(x, conv1=self.conv1, norm=self.bn1, conv_h=self.conv_h,
                                       conv_w=self.conv_w, act=p.act, gate=p.gate)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -65,9 +65,9 @@ class ContextAwarePyramid(nnx.Module):
             self.ca_fc2 = conv_(p.rd_channels, out, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C')."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C')."""
         p = self.plan
-        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        check_feature_map("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
         return F.context_aware_pyramid(
             x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
@@ -109,16 +109,16 @@ class PyramidSpatialAttention(nnx.Module):
         self.b2_conv2, self.b2_bn2 = conv_(mid, 1, row[0], padding=row[1]), bn(1)
 
     def attention_map(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns the (N, H, W, 1) map."""
+        """Args: x (..., H, W, C). Returns the (..., H, W, 1) map."""
         p = self.plan
-        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
+        check_feature_map("PyramidSpatialAttention", "x", x, p.channels)
         branches = [[(self.b1_conv1, self.b1_bn1), (self.b1_conv2, self.b1_bn2)],
                     [(self.b2_conv1, self.b2_bn1), (self.b2_conv2, self.b2_bn2)]]
         return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None) -> jax.Array:
-        """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
+        """Args: x (..., H, W, Cx); guide (..., H, W, C) or None (x). Returns (..., H, W, Cx)."""
+        check_feature_map("PyramidSpatialAttention", "x", x)  # the map checks its input
         return F.rescale(x, self.attention_map(x if guide is None else guide))
 
 
@@ -168,10 +168,10 @@ class PyramidFeatureAttention(nnx.Module):
         self.head_conv = conv_(2 * mid, 1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array) -> jax.Array:
-        """Args: low (N, H, W, Cl); high (N, h, w, Ch). Returns (N, H, W, 1)."""
+        """Args: low (..., H, W, Cl); high (..., h, w, Ch). Returns (..., H, W, 1)."""
         p, fn = self.plan, "PyramidFeatureAttention"
-        check_nhwc(fn, "low", low, p.low_channels)
-        check_nhwc(fn, "high", high, p.high_channels)
+        check_feature_map(fn, "low", low, p.low_channels)
+        check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
         return F.pyramid_feature_attention(
             low, high,

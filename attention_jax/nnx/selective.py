@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -61,9 +61,9 @@ class SelectiveKernel(nnx.Module):
         self.fc_select = conv_(rd, out * p.num_paths, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C). Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SelectiveKernel", "x", x, p.channels)
+        check_feature_map("SelectiveKernel", "x", x, p.channels)
         return F.selective_kernel(
             x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
@@ -120,9 +120,9 @@ class SplitAttention(nnx.Module):
         self.fc2 = conv_(rd, width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C). Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SplitAttention", "x", x, p.channels)
+        check_feature_map("SplitAttention", "x", x, p.channels)
         return F.split_attention(
             x, conv=self.conv, norm0=self.bn0, reduce=self.fc1, norm1=self.bn1,
             expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,

@@ -13,7 +13,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.context import ConvBNAct
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -80,9 +80,9 @@ class NonLocal(nnx.Module):
                        if p.use_bn else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("NonLocal", "x", x, p.channels)
+        check_feature_map("NonLocal", "x", x, p.channels)
         return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
                            out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn,
                                        act="identity"),
@@ -119,9 +119,9 @@ class PositionAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("PositionAttention", "x", x, p.channels)
+        check_feature_map("PositionAttention", "x", x, p.channels)
         return F.position_attention(x, query=self.query, key=self.key, value=self.value,
                                     gamma=self.gamma[...], implementation=p.implementation,
                                     precision=self.precision)
@@ -147,8 +147,8 @@ class ChannelSelfAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
+        check_feature_map("ChannelSelfAttention", "x", x, self.plan.channels)
         return F.channel_self_attention(x, gamma=self.gamma[...])
 
 
@@ -183,8 +183,8 @@ class DualAttentionHead(nnx.Module):
         self.conv8 = _conv1x1(ci, p.out_channels, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C). Returns (..., H, W, Co)."""
+        check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
         return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c, pam=self.sa,
                                      cam=self.sc, conv51=self.conv51, conv52=self.conv52,
                                      conv8=self.conv8)
@@ -218,9 +218,9 @@ class CrissCrossAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CrissCrossAttention", "x", x, p.channels)
+        check_feature_map("CrissCrossAttention", "x", x, p.channels)
         return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
                                        gamma=self.gamma[...], recurrence=p.recurrence,
                                        precision=self.precision)
@@ -263,9 +263,9 @@ class MultiHeadSelfAttention2d(nnx.Module):
             self.pos_embed = nnx.Param(init(rngs.params(), p.pos_embed_shape, param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        check_feature_map("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
         table = getattr(self, "relative_position_bias_table", None)
         pos = getattr(self, "pos_embed", None)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -54,9 +54,9 @@ class LocalisationNet(nnx.Module):
                          bias_init=p.fc2_bias_init())
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, out_features)."""
+        """Args: x (..., H, W, C). Returns (..., out_features)."""
         p = self.plan
-        check_nhwc("LocalisationNet", "x", x, p.channels)
+        check_feature_map("LocalisationNet", "x", x, p.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
                                   fc2=self.fc2, pool_size=p.pool_size)
 
@@ -99,9 +99,9 @@ class SpatialTransformer(nnx.Module):
     def __call__(
         self, x: jax.Array, *, return_transform: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
-        """Args: x (N, H, W, C). Returns (N, Ho, Wo, C) (and the transform)."""
+        """Args: x (..., H, W, C). Returns (..., Ho, Wo, C) (and the transform)."""
         p = self.plan
-        check_nhwc("SpatialTransformer", "x", x, p.channels)
+        check_feature_map("SpatialTransformer", "x", x, p.channels)
         return F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
             mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
