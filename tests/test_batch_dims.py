@@ -41,14 +41,17 @@ def _fill(tree, seed: int):
     """Concrete random values for an abstract variable tree (linen dict or nnx state).
 
     Random (not initial) values, so identity-at-init mechanisms compute something; running
-    variances positive.
+    variances positive; a spatial transformer's regression layer (``loc``'s ``fc2``) nearly
+    constant (its bias), so that it samples inside the image.
     """
     rng = np.random.default_rng(seed)
 
     def leaf(path, s):
-        if "'var'" in jax.tree_util.keystr(path):
+        key = jax.tree_util.keystr(path)
+        if "'var'" in key:
             return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
-        return jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype)
+        scale = 0.01 if "'loc'" in key and "'fc2'" in key and "'kernel'" in key else 0.3
+        return jnp.asarray(scale * rng.normal(size=s.shape), s.dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
@@ -116,14 +119,16 @@ def test_registered_mechanism_leading_dims(name, api):
     flat = check_leading_dims(call, X5)
     assert flat.shape == (6, H, W, C)
     assert bool(jnp.all(jnp.isfinite(flat)))
+    assert all(float(jnp.std(y)) > 0.05 for y in flat)  # every output map varies
 
 
 HIGH5 = RNG.normal(size=(*LEAD, 3, 3, 4)).astype(np.float32)
 _PFA = dict(features=2, mid_channels=4, kernel_size=3)
 
-# Public modules outside the registry: name -> (options, inputs with the leading dims LEAD,
-# call(module, *inputs)). Same class name and options in linen and nnx.
-UNREGISTERED = {
+# Public modules outside the registry, and registered ones with options that change what
+# they do with the input: name -> (positional and keyword options, inputs with the leading dims
+# LEAD, call(module, *inputs) or None). Same class name and options in linen and nnx.
+MODULE_VARIANTS = {
     "ChannelGate": ((C,), {}, (X5,), None),
     "SpatialGate": ((C,), {}, (X5,), None),
     "PyramidSpatialAttention": ((4,), dict(kernel_size=3), (HIGH5,), None),
@@ -134,21 +139,30 @@ UNREGISTERED = {
     "PyramidFeatureAttention": ((C, 4), _PFA, (X5, HIGH5), None),
     # (..., P) output
     "LocalisationNet": ((C,), dict(pool_size=(2, 2)), (X5,), None),
+    # a fixed input_size (H, W), read from the end of the shape
+    "MultiHeadSelfAttention2d(relative)": (
+        (C,), dict(num_heads=2, position="relative", input_size=(H, W)), (X5,), None),
+    "MultiHeadSelfAttention2d(absolute)": (
+        (C,), dict(num_heads=2, position="absolute", input_size=(H, W)), (X5,), None),
+    # the transform (theta, grid) comes back with the same leading dims
+    "SpatialTransformer(return_transform)": (
+        (C,), dict(transform="tps", tps_grid_size=(2, 2), out_size=(4, 3)), (X5,),
+        lambda m, x: m(x, return_transform=True)),
 }
 
 
 def test_every_public_module_is_covered():
     """A new module class in linen / nnx joins the registry or the table above."""
     covered = {aj.get_attention_class(n).__name__ for n in NAMES}
-    covered |= {n.split("(")[0] for n in UNREGISTERED}
+    covered |= {n.split("(")[0] for n in MODULE_VARIANTS}
     assert set(L.__all__) == set(N.__all__)
     assert not {n for n in L.__all__ if inspect.isclass(getattr(L, n))} - covered
 
 
 @pytest.mark.parametrize("api", ["linen", "nnx"])
-@pytest.mark.parametrize("name", UNREGISTERED)
-def test_unregistered_module_leading_dims(name, api):
-    args, kw, arrays, call = UNREGISTERED[name]
+@pytest.mark.parametrize("name", MODULE_VARIANTS)
+def test_module_variant_leading_dims(name, api):
+    args, kw, arrays, call = MODULE_VARIANTS[name]
     cls = name.split("(")[0]
     if api == "linen":
         m = getattr(L, cls)(*args, **kw)
@@ -157,13 +171,15 @@ def test_unregistered_module_leading_dims(name, api):
     else:
         mod = _nnx_call(*_nnx(lambda r: getattr(N, cls)(*args, **kw, rngs=r)))
     f = mod if call is None else (lambda *a: call(mod, *a))  # noqa: E731
-    flat = check_leading_dims(f, *arrays)
-    assert bool(jnp.all(jnp.isfinite(flat)))
-    assert flat.shape[0] == math.prod(LEAD)
+    leaves = jax.tree.leaves(check_leading_dims(f, *arrays))
+    assert len(leaves) == (4 if cls == "SpatialTransformer" else 1)  # y, theta, grid, params
+    for a in leaves:
+        assert a.shape[0] == math.prod(LEAD) and bool(jnp.all(jnp.isfinite(a)))
+    assert all(float(jnp.std(y)) > 0.05 for y in leaves[0])  # every output map varies
 
 
 def _has_batch_stats(name: str) -> bool:
-    v = jax.eval_shape(aj.create_attention(name, C).init, jax.random.key(0), X5[0, 0])
+    v = jax.eval_shape(aj.create_attention(name, C).init, jax.random.key(0), X5[0])
     return bool(jax.tree.leaves(v.get("batch_stats", {})))
 
 
