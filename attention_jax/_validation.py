@@ -112,6 +112,12 @@ def check_positive_int(fn: str, arg: str, value: Any, minimum: int = 1) -> None:
         raise fail(fn, arg, f"an integer >= {minimum}", repr(value))
 
 
+def check_bool(fn: str, arg: str, value: Any) -> None:
+    """``value`` is a Python or NumPy bool (a switch, not a truthy number or string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise fail(fn, arg, "True or False", repr(value))
+
+
 def check_odd(fn: str, arg: str, value: Any) -> None:
     check_positive_int(fn, arg, value)
     if value % 2 == 0:

@@ -11,8 +11,9 @@ from typing import Any
 __all__ = ["main", "HelpFormatter"]
 
 _COMMANDS = {
-    "bench": ("benchmarks.__main__", "main", "time every mechanism against PyTorch"),
+    "bench": ("attention_jax.bench.cli", "main", "time every mechanism against PyTorch"),
     "train": ("attention_jax.train.cli", "main", "train a model on a tfds dataset"),
+    "convert": ("attention_jax.interop.convert", "main", "timm weights <-> attention-jax"),
 }
 
 

@@ -1,8 +1,8 @@
-"""Benchmark harness: ``python -m benchmarks`` / ``attention-jax bench`` (run by ``make bench``).
+"""The repository's benchmark scripts, built on the installed harness ``attention_jax.bench``.
 
-``specs`` generates one spec per registered mechanism (plus ``grid_sample`` and ``attention``),
-``runner`` times JAX and the PyTorch reference interleaved, ``report`` writes the table,
-``results.json`` and the plots, ``memprobe`` measures one step's peak memory in a subprocess.
+``python -m benchmarks`` (what ``make bench`` runs) is ``attention-jax bench``; the targeted
+scripts (``bench_grid_sample.py``, ``bench_attention.py``) and ``gpu_check.py`` live beside it.
+This folder is not part of the wheel: only ``attention_jax`` is installed.
 """
 
 __all__: list[str] = []

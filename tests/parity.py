@@ -10,60 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from attention_jax.interop import _merge_collections
+# The weight conversion ships with the references (the benchmark uses it too); re-exported here
+# for the tests.
+from attention_jax.torch_reference.weights import (
+    jax_to_torch_state,
+    kernel_to_torch,
+    load_into_torch,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    to_torch,
+)
 
-# jax leaf name -> torch parameter/buffer name
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var"}
-
-
-def to_torch(a: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float32))
-
-
-def nhwc_to_nchw(a: Any) -> torch.Tensor:
-    return to_torch(a).permute(0, 3, 1, 2).contiguous()
-
-
-def nchw_to_nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.detach().permute(0, 2, 3, 1).numpy()
-
-
-def kernel_to_torch(k: np.ndarray) -> np.ndarray:
-    """Flax kernel layout -> PyTorch weight layout, by rank."""
-    k = np.asarray(k)
-    if k.ndim == 4:  # conv2d (kh, kw, in/g, out) -> (out, in/g, kh, kw)
-        return k.transpose(3, 2, 0, 1)
-    if k.ndim == 3:  # conv1d (k, in/g, out) -> (out, in/g, k)
-        return k.transpose(2, 1, 0)
-    if k.ndim == 2:  # dense (in, out) -> (out, in)
-        return k.T
-    return k
-
-
-def jax_to_torch_state(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """Flatten a (merged) jax parameter tree into a torch state dict, converting layouts."""
-    out: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(jax_to_torch_state(value, f"{prefix}{key}."))
-        elif key == "kernel":
-            out[f"{prefix}weight"] = kernel_to_torch(value)
-        else:
-            out[f"{prefix}{_LEAF.get(key, key)}"] = np.asarray(value)
-    return out
-
-
-def load_into_torch(module: torch.nn.Module, variables: dict[str, Any]) -> None:
-    """Copy linen variables into a torch reference; every torch tensor must be covered."""
-    state = jax_to_torch_state(_merge_collections(variables))
-    own = module.state_dict()
-    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
-    assert set(state) == own_keys, (sorted(set(state) - own_keys), sorted(own_keys - set(state)))
-    for k, v in state.items():
-        assert tuple(own[k].shape) == v.shape, (k, own[k].shape, v.shape)
-    module.load_state_dict({k: torch.tensor(np.array(v, np.float32))
-                            for k, v in state.items()}, strict=False)
+__all__ = ["to_torch", "nhwc_to_nchw", "nchw_to_nhwc", "kernel_to_torch", "jax_to_torch_state",
+           "load_into_torch", "randomize_batch_stats", "assert_close", "check_module_parity",
+           "check_linen_equals_nnx"]
 
 
 def randomize_batch_stats(variables: dict[str, Any], key: jax.Array) -> dict[str, Any]:

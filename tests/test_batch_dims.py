@@ -109,17 +109,35 @@ def check_leading_dims(call, *arrays):
 # ----------------------------------------------------------------------------------------------
 
 
+NO_MAPS = {"aspp"}  # mechanisms that sow no attention map
+
+
 @pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_mechanism_leading_dims(name, api):
+    """The plain call, and the call that collects the sown attention maps
+    (``aj.intermediates``): the maps get the leading dims too."""
     if api == "linen":
-        call, _ = _linen(aj.create_attention(name, C), X5[0, 0])  # init from an unbatched map
+        m = aj.create_attention(name, C)
+        call, v = _linen(m, X5[0, 0])  # init from an unbatched map
+        with_maps = lambda x: aj.intermediates(m, x, variables=v)  # noqa: E731
     else:
-        call = _nnx_call(*_nnx(lambda r: aj.create_attention(name, C, api="nnx", rngs=r)))
-    flat = check_leading_dims(call, X5)
+        graphdef, state = _nnx(lambda r: aj.create_attention(name, C, api="nnx", rngs=r))
+        call = _nnx_call(graphdef, state)
+
+        def with_maps(x):
+            mod = nnx.merge(graphdef, state)
+            mod.eval()
+            return aj.intermediates(mod, x)
+
+    flat, (flat2, maps) = check_leading_dims(lambda x: (call(x), with_maps(x)), X5)
     assert flat.shape == (6, H, W, C)
     assert bool(jnp.all(jnp.isfinite(flat)))
     assert all(float(jnp.std(y)) > 0.05 for y in flat)  # every output map varies
+    np.testing.assert_array_equal(flat2, flat)
+    leaves = jax.tree.leaves(maps)
+    assert leaves or name in NO_MAPS
+    assert all(a.shape[0] == 6 and bool(jnp.all(jnp.isfinite(a))) for a in leaves)
 
 
 HIGH5 = RNG.normal(size=(*LEAD, 3, 3, 4)).astype(np.float32)
@@ -307,6 +325,8 @@ FUNCTIONS = {
                           (X5,)),
     "cbam_spatial_gate": (lambda x: F.cbam_spatial_gate(x, conv=d(2, 1)), (X5,)),
     "cbam": (lambda x: F.cbam(x, reduce=d(C, 2), expand=d(2, C), conv=d(2, 1)), (X5,)),
+    "cbam(return_maps)": (lambda x: F.cbam(x, reduce=d(C, 2), expand=d(2, C), conv=d(2, 1),
+                                           return_maps=True), (X5,)),
     "bam": (lambda x: F.bam(x, fc1=d(C, 2), bn1=_ident, fc2=d(2, C), conv_reduce=d(C, 2, 1),
                             bn_reduce=_ident, convs_di=[d(2, 2, 2)], bns_di=[_ident],
                             conv_final=d(2, 1)), (X5,)),
@@ -337,6 +357,9 @@ FUNCTIONS = {
         conv52=d(2, 2, 4), conv8=d(2, 3)), (X5,)),
     "criss_cross_attention": (lambda x: F.criss_cross_attention(
         x, query=d(C, 2), key=d(C, 2, 1), value=d(C, C, 2), gamma=GAMMA), (X5,)),
+    "criss_cross_attention(return_maps)": (lambda x: F.criss_cross_attention(
+        x, query=d(C, 2), key=d(C, 2, 1), value=d(C, C, 2), gamma=GAMMA, recurrence=3,
+        return_maps=True), (X5,)),
     "multi_head_self_attention_2d": (lambda x: F.multi_head_self_attention_2d(
         x, qkv=d(C, 3 * C), proj=d(C, C, 1), num_heads=2,
         rel_pos_table=REL_TABLE), (X5,)),

@@ -118,9 +118,6 @@ def test_package_layering(rule):
     assert REAL[rule] == []
 
 
-@pytest.mark.xfail(strict=True, reason="models/resnet_nnx.py imports _BN, _named and other "
-                   "privates of models/resnet.py; the model-zoo work (issue #13) writes the "
-                   "ResNet once and removes them. Delete this mark when it lands.")
 def test_package_layering_models():
     assert REAL["models"] == []
 

@@ -10,13 +10,13 @@ import pytest
 from flax import nnx
 
 import attention_jax as aj
+from attention_jax.torch_reference.registry import REFERENCES
 from tests.parity import (
     check_linen_equals_nnx,
     check_module_parity,
     perturb_params,
     randomize_batch_stats,
 )
-from tests.reference.registry import REFERENCES
 
 NAMES = aj.list_attention()
 C = 32

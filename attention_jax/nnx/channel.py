@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -31,8 +32,14 @@ __all__ = [
 class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation block (Hu et al., CVPR 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -63,15 +70,23 @@ class SqueezeExcite(nnx.Module):
         """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("SqueezeExcite", "x", x, p.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
-                                add_maxpool=p.add_maxpool)
+        return call_and_sow(
+            self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+            add_maxpool=p.add_maxpool,
+        )
 
 
 class EfficientChannelAttention(nnx.Module):
     """Efficient channel attention (ECA-Net, Wang et al., CVPR 2020), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameter as the linen module: ``conv``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameter as the linen module: ``conv``
     (1D conv over channels, kernel (k, 1, 1), no bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -96,14 +111,25 @@ class EfficientChannelAttention(nnx.Module):
         """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("EfficientChannelAttention", "x", x, p.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
+        return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nnx.Module):
     """Gather-excite (Hu et al., NeurIPS 2018), nnx, as timm's ``GatherExcite``.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: gather
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: gather
     ``conv1..convK``/``norm1..normK`` when ``extra_params``, MLP ``fc1``/``fc2`` when ``use_mlp``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, h, w, C), the gate at the gathered resolution ((1, 1) for ``extent=0``, else
+    (ceil(H / extent), ceil(W / extent))), which is nearest-resized to (H, W) and multiplies
+    ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics; with
+    ``extra_params`` only). A new module is in training mode (batch statistics, running ones
+    updated in place); ``module.eval()`` switches to the running statistics, ``module.train()``
+    back.
     """
 
     def __init__(
@@ -147,18 +173,27 @@ class GatherExcite(nnx.Module):
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
             norms=[getattr(self, f"norm{i}") for i in idx], act=p.act,
         ) if p.gather_convs else None
-        return F.gather_excite(
-            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
-            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.gather_excite, x, extent=p.extent, gather=gather,
+            reduce=self.fc1 if p.use_mlp else None, expand=self.fc2 if p.use_mlp else None,
+            act=p.act, gate=p.gate,
         )
 
 
 class GlobalContext(nnx.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module:
-    ``conv_attn``; ``add_fc1``/``add_norm``/``add_fc2`` and/or ``scale_fc1``/``scale_norm``/
-    ``scale_fc2``.
+    Input (..., H, W, C) -> output (..., H, W, C). Same fields and parameters as the linen module:
+    ``conv_attn`` (with a bias if ``attn_bias``); ``add_fc1``/``add_norm``/``add_fc2`` and/or
+    ``scale_fc1``/``scale_norm``/``scale_fc2``; ``eps`` is the LayerNorm epsilon.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``context_weights``
+    (N, H, W, 1), the attention-pooling softmax over the H * W positions (sums to 1); with
+    ``fuse_add`` ``channel_add`` (N, 1, 1, C), the term added to ``x``; with ``fuse_scale``
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -170,6 +205,8 @@ class GlobalContext(nnx.Module):
         rd_ratio: float = 1.0 / 16,
         rd_channels: int | None = None,
         rd_divisor: int = 8,
+        eps: float = 1e-5,
+        attn_bias: bool = False,
         act: Activation = "relu",
         gate: Activation = "sigmoid",
         dtype: Dtype | None = None,
@@ -179,14 +216,15 @@ class GlobalContext(nnx.Module):
     ) -> None:
         p = self.plan = GlobalContextPlan.create(
             channels, fuse_add=fuse_add, fuse_scale=fuse_scale, rd_ratio=rd_ratio,
-            rd_channels=rd_channels, rd_divisor=rd_divisor, act=act, gate=gate)
+            rd_channels=rd_channels, rd_divisor=rd_divisor, eps=eps, attn_bias=attn_bias,
+            act=act, gate=gate)
         c, rd = p.channels, p.rd_channels
         conv1x1 = partial(conv, kernel_size=1, dtype=dtype, param_dtype=param_dtype,
                           precision=precision, rngs=rngs)
-        norm = partial(nnx.LayerNorm, rd, epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+        norm = partial(nnx.LayerNorm, rd, epsilon=p.eps, use_fast_variance=False, dtype=dtype,
                        param_dtype=param_dtype, rngs=rngs)
-        # No bias: a constant logit cancels in the softmax over H*W (zero gradient).
-        self.conv_attn = conv1x1(c, 1, use_bias=False)
+        # A bias is a constant logit: it cancels in the softmax over H*W (zero gradient).
+        self.conv_attn = conv1x1(c, 1, use_bias=p.attn_bias)
         if p.fuse_add:
             self.add_fc1, self.add_norm, self.add_fc2 = conv1x1(c, rd), norm(), conv1x1(rd, c)
         if p.fuse_scale:
@@ -199,15 +237,23 @@ class GlobalContext(nnx.Module):
         check_feature_map("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
-        return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.global_context, x, attn=self.conv_attn, add_transform=add,
+            scale_transform=scale, act=p.act, gate=p.gate,
+        )
 
 
 class SecondOrderChannel(nnx.Module):
     """Second-order channel attention (SOCA, Dai et al., CVPR 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R, bias) and ``fc2`` (1x1 conv R -> C, bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -237,5 +283,7 @@ class SecondOrderChannel(nnx.Module):
         """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("SecondOrderChannel", "x", x, p.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
-                                      gate=p.gate, iterations=p.iterations)
+        return call_and_sow(
+            self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
+            gate=p.gate, iterations=p.iterations,
+        )

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from attention_jax import functional as F
 from attention_jax._types import Activation
-from attention_jax._validation import check_odd, check_positive_int, check_power_of_two, fail
+from attention_jax._validation import (
+    check_bool,
+    check_odd,
+    check_positive_int,
+    check_power_of_two,
+    fail,
+)
 from attention_jax.plans._common import check_channels, same_padding
 
 __all__ = [
@@ -143,7 +149,8 @@ class GlobalContextPlan:
     """GCNet: ``conv_attn`` (1x1 C -> 1) and the add and/or scale transforms (C -> R -> C).
 
     Fields: ``channels``, ``fuse_add``, ``fuse_scale`` (at least one True), ``rd_channels`` R,
-    ``act``, ``gate``.
+    ``act``, ``gate``, ``eps`` (the LayerNorms' epsilon: 1e-5 as the official code, timm
+    1e-6), ``attn_bias`` (``conv_attn`` has a bias; it cancels in the softmax, timm keeps it).
     """
 
     channels: int
@@ -152,20 +159,28 @@ class GlobalContextPlan:
     rd_channels: int
     act: Activation
     gate: Activation
+    eps: float = 1e-5
+    attn_bias: bool = False
 
     @classmethod
     def create(
         cls, channels: int, *, fuse_add: bool = True, fuse_scale: bool = False,
         rd_ratio: float = 1.0 / 16, rd_channels: int | None = None, rd_divisor: int = 8,
-        act: Activation = "relu", gate: Activation = "sigmoid", fn: str = "GlobalContext",
+        eps: float = 1e-5, attn_bias: bool = False, act: Activation = "relu",
+        gate: Activation = "sigmoid", fn: str = "GlobalContext",
     ) -> GlobalContextPlan:
         """Validate the options (errors name ``fn``) and derive R. Returns the plan."""
         c = check_channels(fn, channels)
         if not (fuse_add or fuse_scale):
             raise fail(fn, "fuse_add / fuse_scale", "at least one True", "both False")
+        if (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                or not 0 < eps < float("inf")):
+            raise fail(fn, "eps", "a finite number > 0", repr(eps))
+        check_bool(fn, "attn_bias", attn_bias)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
-        return cls(c, bool(fuse_add), bool(fuse_scale), rd, act, gate)
+        return cls(c, bool(fuse_add), bool(fuse_scale), rd, act, gate, float(eps),
+                   bool(attn_bias))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from attention_jax import functional as F
 from attention_jax._types import Activation
-from attention_jax._validation import check_divides, check_odd, check_positive_int
+from attention_jax._validation import check_bool, check_divides, check_odd, check_positive_int
 from attention_jax.plans._common import check_channels, check_optional_channels, same_padding
 
 __all__ = ["SelectiveKernelPlan", "SplitAttentionPlan"]
@@ -22,7 +22,9 @@ class SelectiveKernelPlan:
 
     Fields: ``channels``, ``out_channels`` (resolved), ``num_paths`` M, ``groups`` G,
     ``stride``, ``rd_channels`` the attention width d (``rd_channels`` if given, else
-    ``max(reduced_channels(out), rd_min_channels)``), ``dilations`` (per branch), ``act``.
+    ``max(reduced_channels(out), rd_min_channels)``), ``dilations`` (per branch), ``act``,
+    ``split_input`` (branch m convolves the m-th of M channel slices, timm's SK-ResNet-18/34),
+    ``branch_channels`` (each branch conv's input width: C, or C / M with ``split_input``).
     """
 
     channels: int
@@ -33,13 +35,15 @@ class SelectiveKernelPlan:
     rd_channels: int
     dilations: tuple[int, ...]
     act: Activation
+    split_input: bool = False
+    branch_channels: int = 0
 
     @classmethod
     def create(
         cls, channels: int, *, out_channels: int | None = None, num_paths: int = 2,
         groups: int = 1, stride: int = 1, rd_ratio: float = 1.0 / 16,
         rd_channels: int | None = None, rd_divisor: int = 8, rd_min_channels: int = 32,
-        act: Activation = "relu", fn: str = "SelectiveKernel",
+        split_input: bool = False, act: Activation = "relu", fn: str = "SelectiveKernel",
     ) -> SelectiveKernelPlan:
         """Validate the options (errors name ``fn``) and derive the widths. Returns the plan."""
         c = check_channels(fn, channels)
@@ -47,7 +51,13 @@ class SelectiveKernelPlan:
         check_positive_int(fn, "num_paths", num_paths)
         check_positive_int(fn, "groups", groups)
         check_positive_int(fn, "stride", stride)
-        check_divides(fn, "channels", c, "groups", groups)
+        check_bool(fn, "split_input", split_input)
+        branch_in = c
+        if split_input:
+            check_divides(fn, "channels", c, "num_paths (split_input)", num_paths)
+            branch_in = c // num_paths
+        check_divides(fn, "channels / num_paths" if split_input else "channels", branch_in,
+                      "groups", groups)
         check_divides(fn, "out_channels", out, "groups", groups)
         check_positive_int(fn, "rd_min_channels", rd_min_channels)
         rd = F.reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
@@ -55,7 +65,8 @@ class SelectiveKernelPlan:
         if rd_channels is None:
             rd = max(rd, int(rd_min_channels))
         dilations = tuple(m + 1 for m in range(num_paths))
-        return cls(c, out, int(num_paths), int(groups), int(stride), rd, dilations, act)
+        return cls(c, out, int(num_paths), int(groups), int(stride), rd, dilations, act,
+                   bool(split_input), branch_in)
 
 
 @dataclass(frozen=True)

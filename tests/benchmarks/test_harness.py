@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import attention_jax as aj
-from benchmarks.__main__ import build_parser, main
-from benchmarks.report import SCHEMA_VERSION, format_table
-from benchmarks.runner import rel_diff
-from benchmarks.specs import (
+from attention_jax.bench.cli import build_parser, main
+from attention_jax.bench.report import SCHEMA_VERSION, format_table
+from attention_jax.bench.runner import rel_diff
+from attention_jax.bench.specs import (
     FUNCTIONAL_SPECS,
     MEMORY_BOUND,
     QUICK_SHAPE,
@@ -29,8 +30,8 @@ from benchmarks.specs import (
     parse_shape,
     shapes_for,
 )
-from benchmarks.timing import roofline, summarize
-from tests.reference.registry import REFERENCES
+from attention_jax.bench.timing import roofline, summarize
+from attention_jax.torch_reference.registry import REFERENCES
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--shape", "9x9x32", "--repeats", "1", "--warmup", "0", "--min-repeat-ms", "0",
@@ -124,7 +125,7 @@ def test_sharded_run_equals_single_device(tmp_path):
     parameter gradients).
     """
     names = [n for n in ("se", "cbam", "nl") if n in aj.list_attention()] + FUNCTIONS
-    code = ("import sys; from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from attention_jax.bench import main; sys.exit(main(sys.argv[1:]))")
     argv = [*TINY, "--devices", "4", "--torch", "off", "--no-plots", "--no-progress",
             "--only", ",".join(names), "--batch-sizes", "2,4", "--out", str(tmp_path)]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
@@ -216,7 +217,7 @@ def test_table_shows_skipped_and_error_rows():
 
 
 def test_time_limit_skips_rows_and_says_so():
-    from benchmarks.runner import Config, run_sweep
+    from attention_jax.bench.runner import Config, run_sweep
 
     specs, _ = build_specs(["se"])
     cfg = Config(batch_sizes=(1, 2), shape=(9, 9, 32), time_limit_s=1e-9, bandwidth_mb=0)
@@ -230,7 +231,7 @@ def test_time_limit_skips_rows_and_says_so():
 def test_rel_diff_bulk_ignores_a_few_elements_not_many():
     import numpy as np
 
-    from benchmarks.runner import rel_diff_bulk
+    from attention_jax.bench.runner import rel_diff_bulk
 
     b = np.random.default_rng(0).normal(size=(4, 50, 50))
     few, many = b.copy(), b.copy()
@@ -247,9 +248,9 @@ def test_float64_referee_flags_only_real_disagreement(damage):
     wrong in bulk is flagged, as is any wrong forward."""
     import numpy as np
 
-    from benchmarks.runner import _check_against_torch
-    from benchmarks.specs import make_case
-    from benchmarks.torch_side import load_torch_side
+    from attention_jax.bench.runner import _check_against_torch
+    from attention_jax.bench.specs import make_case
+    from attention_jax.bench.torch_side import load_torch_side
 
     torch_side, _ = load_torch_side("cpu", "cpu")
     (spec,), _ = build_specs(["se"])
@@ -274,3 +275,189 @@ def test_float64_referee_flags_only_real_disagreement(damage):
         assert "disagree" not in row and "ReLU kink" in notes[0]
     else:
         assert row["disagree"] == ["grad_input"] and "disagree" in notes[0]
+
+
+class _FakeTimer:
+    """A Timer stand-in that records the order of its calls (no real timing)."""
+
+    def __init__(self, name: str, log: list, repeat_s: float):
+        self.name, self.log, self.repeat_s = name, log, repeat_s
+        self.settled = []
+
+    def settle(self, seconds):
+        self.settled.append(seconds)
+        self.log.append(("settle", self.name))
+
+    def repeat(self):
+        self.log.append(("repeat", self.name))
+
+
+def test_plan_repeats_gives_short_steps_more_and_everyone_the_minimum():
+    from attention_jax.bench.timing import plan_repeats
+
+    log = []
+    timers = [_FakeTimer("short", log, 0.003), _FakeTimer("long", log, 0.2),
+              _FakeTimer("tiny", log, 1e-6)]
+    assert plan_repeats(timers, fixed=None, min_repeats=7, max_repeats=100,
+                        budget_s=0.3) == [33, 7, 100]
+    assert plan_repeats(timers, fixed=3, min_repeats=7, max_repeats=100, budget_s=9) == [3] * 3
+
+
+def test_time_blocks_runs_abba_blocks_each_after_a_settle():
+    from attention_jax.bench.timing import time_blocks
+
+    log = []
+    a, b = _FakeTimer("jax", log, 0.01), _FakeTimer("torch", log, 0.01)
+    assert time_blocks([a, b], [3, 2], settle_s=0.01) is True
+    assert log == [("settle", "jax"), *[("repeat", "jax")] * 2,
+                   ("settle", "torch"), ("repeat", "torch"),
+                   ("settle", "torch"), ("repeat", "torch"),
+                   ("settle", "jax"), ("repeat", "jax")]
+    assert a.settled == [0.01, 0.01]
+    log.clear()  # past the deadline: round one only, and it says so
+    assert time_blocks([a, b], [4, 4], settle_s=0.0, deadline=0.0) is False
+    assert [e for e in log if e[0] == "repeat"] == [("repeat", "jax")] * 2 + [
+        ("repeat", "torch")] * 2
+
+
+def test_settle_keeps_the_step_busy_for_the_time_asked():
+    import time
+
+    from attention_jax.bench.timing import Timer
+
+    calls = []
+    t = Timer(lambda: calls.append(time.perf_counter()), min_repeat_s=0.0)
+    t0 = time.perf_counter()
+    t.settle(0.02)
+    assert time.perf_counter() - t0 >= 0.02 and len(calls) > 10
+    calls.clear()
+    t.settle(0.0)  # at least one call even with no time asked
+    assert len(calls) == 1
+
+
+def test_budgeted_row_gets_at_least_the_minimum_repeats(tmp_path, capsys):
+    rc = main(["--shape", "9x9x32", "--only", "se", "--batch-sizes", "2", "--min-repeats", "7",
+               "--repeat-budget", "0.2", "--min-repeat-ms", "1", "--bandwidth-mb", "0",
+               "--no-plots", "--no-progress", "--torch-threads", "1", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    res = _load(tmp_path)
+    (row,) = res["rows"]
+    counts = [row[side][mode]["repeats"] for side in ("jax", "torch") for mode in ("fwd", "fwdbwd")]
+    assert min(counts) >= 7 and max(counts) <= 100, counts
+    assert res["config"]["min_repeats"] == 7 and res["config"]["repeats"] is None
+    cpu = res["environment"]["cpu"]
+    assert cpu["model_name"] and cpu["isa_summary"] in ("AMX", "AVX-512", "AVX2", "baseline")
+    assert set(cpu["isa"]) >= {"avx2", "avx512f", "amx_tile"}
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    assert cpu["isa"]["avx512f"] == ("avx512f" in flags) and cpu["isa"]["avx2"] == (
+        "avx2" in flags)
+    assert res["environment"]["torch"]["openmp"]["effective"] is True
+
+
+def test_sweeps_report_each_rows_spread(tmp_path, capsys):
+    rc = main([*TINY, "--only", "se", "--batch-sizes", "1", "--sweeps", "2", "--no-plots",
+               "--no-progress", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    res = _load(tmp_path)
+    sp = res["spread"]
+    assert sp["sweeps"] == 2 and len(res["sweeps"]) == 1
+    assert {(e["name"], e["mode"]) for e in sp["rows"]} == {("se", "fwd"), ("se", "fwdbwd")}
+    for e in sp["rows"]:
+        assert len(e["ratio"]) == len(e["jax_s"]) == len(e["torch_s"]) == 2
+        lo, hi = min(e["ratio"]), max(e["ratio"])
+        assert e["ratio_spread"] == pytest.approx((hi - lo) / ((hi + lo) / 2))
+    assert sp["summary"]["rows"] == 2 and "Spread over 2 back-to-back sweeps" in printed
+
+
+def test_spread_of_known_ratios():
+    from attention_jax.bench.cli import spread
+
+    def row(batch, jax_s, torch_s):
+        return {"name": "se", "shape_label": "9x9x32", "batch": batch, "dtype": "float32",
+                "status": "ok", "jax": {"fwd": {"median_s": jax_s}},
+                "torch": {"fwd": {"median_s": torch_s}}, "ratio": {"fwd": jax_s / torch_s}}
+
+    sweeps = [[row(1, 1.0, 1.0), row(8, 2.0, 1.0)], [row(1, 1.2, 1.0), row(8, 2.0, 1.0)],
+              [row(1, 0.9, 1.0), row(8, 2.0, 1.0)]]
+    sp = spread(sweeps)
+    b1, b8 = sp["rows"]
+    assert b1["ratio"] == [1.0, 1.2, 0.9] and b1["ratio_spread"] == pytest.approx(0.3)
+    assert b8["ratio_spread"] == 0.0 and b8["torch_s_spread"] == 0.0
+    assert sp["summary"] == {"rows": 2, "median": pytest.approx(0.15), "p90": pytest.approx(0.3),
+                             "max": pytest.approx(0.3)}
+
+
+def _synthetic_results(names, batches=(1, 8, 32)):
+    rows = []
+    for i, name in enumerate(names):
+        for b in batches:
+            j, t = 1e-4 * b * (1 + i), 1e-4 * b * (1 + i) / (0.5 + 0.1 * i)
+            rows.append({"name": name, "shape_label": "28x28x64", "batch": b,
+                         "dtype": "float32", "status": "ok",
+                         "jax": {"fwd": {"median_s": j}, "fwdbwd": {"median_s": 3 * j}},
+                         "torch": {"fwd": {"median_s": t}, "fwdbwd": {"median_s": 3 * t}},
+                         "ratio": {"fwd": j / t, "fwdbwd": j / t}})
+    return {"rows": rows, "environment": {"device": {"kind": "cpu", "backend": "cpu"},
+                                          "versions": {"jax": "0.x", "torch": "2.x"}}}
+
+
+@pytest.mark.parametrize("n", [2, 21])
+def test_plots_are_legible(tmp_path, n):
+    """time_vs_batch: fonts of at least 9 pt, x ticks at the measured batch sizes in plain
+    numbers, y tick labels without exponents, and a legend inside the figure that overlaps no
+    panel; ratio: every row's ratio written in its cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attention_jax.bench import report
+
+    names = [f"mech{i}" for i in range(n)]
+    res = _synthetic_results(names)
+    with plt.rc_context(report._PLOT_STYLE):
+        fig = report._time_vs_batch(plt, res, res["rows"])
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        panels = [ax for ax in fig.axes if ax.has_data()]
+        assert len(panels) == n
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+        for ax in panels:
+            assert not box.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8", "32"]
+            lo, hi = ax.get_ylim()
+            shown = [t for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi]
+            assert len(shown) >= 2 and all(
+                re.fullmatch(r"\d+(\.\d+)?", t.get_text()) for t in shown), ax.get_title()
+            for t in [ax.title, *ax.get_xticklabels(), *shown]:
+                assert t.get_fontsize() >= 9
+        plt.close(fig)
+        fig = report._ratio_heatmap(plt, res, res["rows"])
+        fig.canvas.draw()
+        (ax, bar) = fig.axes
+        for label in (bar.xaxis.label, bar.yaxis.label):  # the colour bar's label fits
+            if label.get_text():
+                box = label.get_window_extent(fig.canvas.get_renderer())
+                assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0
+        cells = {t.get_text() for t in ax.texts}
+        assert {f"{r['ratio']['fwd']:.2f}" for r in res["rows"]} <= cells
+        assert len(ax.texts) == n * 6
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{n}  28x28x64" for n in names]
+        plt.close(fig)
+    assert [p.name for p in report.write_plots(tmp_path, res)] == ["time_vs_batch.png",
+                                                                   "ratio.png"]
+
+
+def test_busy_machine_is_said():
+    from attention_jax.bench.report import busy_note
+
+    quiet = {"machine": {"cpu_count": 2, "load_average_start": [1.5, 1, 1],
+                         "load_average_end": [1.9, 1, 1]}}
+    busy = {"machine": {"cpu_count": 2, "load_average_start": [1.0, 1, 1],
+                        "load_average_end": [7.5, 1, 1]}}
+    assert busy_note(quiet) is None
+    assert busy_note(busy).endswith("load average up to 7.5 on 2 CPUs): timings are unreliable")
+    assert "--omp-passive" in busy_note({**busy, "torch": {"device": "cpu"}})

@@ -10,8 +10,8 @@ import torch.nn.functional as tF
 from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from attention_jax.torch_reference import channel as R
 from tests.parity import assert_close, nchw_to_nhwc, nhwc_to_nchw
-from tests.reference import channel as R
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 7, 5, 6)).astype(np.float32)

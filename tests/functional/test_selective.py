@@ -8,8 +8,8 @@ import torch
 from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from attention_jax.torch_reference.selective import RSoftMax
 from tests.parity import assert_close, kernel_to_torch, to_torch
-from tests.reference.selective import RSoftMax
 
 RNG = np.random.default_rng(0)
 

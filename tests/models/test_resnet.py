@@ -14,9 +14,9 @@ from attention_jax import functional as F
 from attention_jax import load_linen_variables
 from attention_jax.models import resnet as RL
 from attention_jax.models import resnet_nnx as RN
+from attention_jax.torch_reference import resnet as RT
+from attention_jax.torch_reference.registry import REFERENCES
 from tests.parity import check_linen_equals_nnx, check_module_parity
-from tests.reference import resnet as RT
-from tests.reference.registry import REFERENCES
 
 TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
                "resnet101": 44_549_160}
@@ -195,12 +195,35 @@ def test_bad_groups_on_basic_block():
 
 
 def test_bad_spatial_conv():
-    with pytest.raises(ValueError, match=r"ResNetBlock: spatial_conv must be one of 'conv', "
+    with pytest.raises(ValueError, match=r"ResNet: spatial_conv must be one of 'conv', "
                                          r"'sk', 'splat'"):
         _init(RL.resnet_tiny(spatial_conv="selective"))
-    with pytest.raises(ValueError, match=r"ResNetBlock: spatial_kwargs must be empty when "
+    with pytest.raises(ValueError, match=r"ResNet: spatial_kwargs must be empty when "
                                          r"spatial_conv='conv'"):
         RN.resnet_tiny(spatial_kwargs={"radix": 2}, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ResNetBlock: spatial_kwargs must be free of "
+                                         r"channels/out_channels/stride"):
+        RN.ResNetBlock(8, 8, spatial_conv="sk", spatial_kwargs={"stride": 2}, rngs=nnx.Rngs(0))
+
+
+def test_bad_stem_and_block_options():
+    with pytest.raises(ValueError, match=r"ResNet: stem_type must be one of 'plain', 'deep', "
+                                         r"'tiered', got 'd'"):
+        _init(RL.resnet18(stem_type="d"))
+    with pytest.raises(ValueError, match=r"ResNet: small_stem must be False with stem_type other "
+                                         r"than 'plain' or stem_pool=False"):
+        RN.resnet_tiny(stem_type="deep", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ResNet: stem_pool must be True for stem_type='plain'"):
+        _init(RL.resnet18(stem_pool=False))
+    with pytest.raises(ValueError, match=r"ResNet: stem_width // 4 \* 3 \(tiered stem\) must be "
+                                         r"an integer >= 1, got 0"):
+        _init(RL.resnet18(stem_type="tiered", stem_width=2))
+    with pytest.raises(ValueError, match=r"ResNet: attention_position must be one of 'last', "
+                                         r"'mid', got 'first'"):
+        RN.resnet18(attention="se", attention_position="first", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ResNetBlock: x must be 8 channels"):
+        blk = RL.ResNetBlock(8, 8)
+        blk.init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
 
 
 def test_bad_attention_name():

@@ -12,8 +12,8 @@ from flax import nnx
 
 from attention_jax import linen as L
 from attention_jax import nnx as N
+from attention_jax.torch_reference import channel as R
 from tests.parity import assert_close, check_linen_equals_nnx, check_module_parity
-from tests.reference import channel as R
 
 X = np.random.default_rng(0).normal(size=(2, 6, 5, 32)).astype(np.float32)
 
@@ -98,6 +98,9 @@ CASES = {
                  lambda: R.GlobalContext(32, 4, fuse_add=False, fuse_scale=True), XS),
     "gc_both": ("GlobalContext", {"fuse_scale": True},
                 lambda: R.GlobalContext(32, 8, fuse_scale=True), XS),
+    # timm's byobnet 'gca': r = 8, rd_divisor 1, LayerNorm eps 1e-6 (its conv_attn bias: below).
+    "gc_timm": ("GlobalContext", {"rd_ratio": 1 / 8, "rd_divisor": 1, "eps": 1e-6},
+                lambda: R.GlobalContext(32, 4, eps=1e-6), XS),
     "soca": ("SecondOrderChannel", {}, lambda: R.SecondOrderChannel(32, 8), XS),
     "soca_it1_silu": ("SecondOrderChannel", {"iterations": 1, "act": "silu"},
                       lambda: R.SecondOrderChannel(32, 8, iterations=1, act=torch.nn.SiLU), XS),
@@ -238,7 +241,44 @@ def test_ge_bad_options():
         L.GatherExcite(32, extra_params=True).init(jax.random.key(0), XS)
 
 
+def test_gc_eps_is_the_layer_norms():
+    """At small inputs (LayerNorm variance ~1e-7) eps 1e-6 and 1e-5 give different outputs;
+    ours follows torch's LayerNorm with the eps given."""
+    x = XS * 1e-3
+    m = L.GlobalContext(32, rd_channels=4, eps=1e-6)
+    v = check_module_parity(m, R.GlobalContext(32, 4, eps=1e-6), x)
+    default_eps = L.GlobalContext(32, rd_channels=4)
+    assert not np.allclose(default_eps.apply(v, x), m.apply(v, x), rtol=1e-3, atol=0)
+
+
+def test_gc_attn_bias_is_held_and_cancels():
+    """timm's conv_attn has a bias (so its weights load): a constant logit, it cancels in the
+    softmax over H*W, so the output ignores it and its gradient is rounding noise."""
+    from tests.parity import load_into_torch
+
+    m = L.GlobalContext(32, rd_channels=4, attn_bias=True)
+    v = m.init(jax.random.key(0), XS)
+    assert v["params"]["conv_attn"]["bias"].shape == (1,)
+    shifted = jax.tree.map(lambda a: a, v)
+    shifted["params"]["conv_attn"]["bias"] = jnp.full((1,), 3.0)
+    np.testing.assert_allclose(m.apply(shifted, XS), m.apply(v, XS), rtol=1e-5, atol=1e-6)
+    ref = R.GlobalContext(32, 4, attn_bias=True)
+    load_into_torch(ref, shifted)
+    out = ref(torch.from_numpy(XS).permute(0, 3, 1, 2)).detach().permute(0, 2, 3, 1).numpy()
+    assert_close(m.apply(shifted, XS), out)
+    g = jax.grad(lambda p: jnp.sum(m.apply({"params": p}, XS) ** 2))(shifted["params"])
+    assert float(jnp.abs(g["conv_attn"]["bias"]).max()) <= 1e-5 * float(
+        jnp.abs(g["conv_attn"]["kernel"]).max())
+    check_linen_equals_nnx(m, N.GlobalContext(32, rd_channels=4, attn_bias=True,
+                                              rngs=nnx.Rngs(0)), XS, shifted)
+
+
 def test_gc_and_soca_bad_options():
+    with pytest.raises(ValueError, match=r"GlobalContext: eps must be a finite number > 0, "
+                                         r"got 0"):
+        N.GlobalContext(32, eps=0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"GlobalContext: eps must be a finite number > 0"):
+        L.GlobalContext(32, eps=float("nan")).init(jax.random.key(0), XS)
     with pytest.raises(ValueError, match=r"GlobalContext: fuse_add / fuse_scale must be at least "
                                          r"one True, got both False"):
         N.GlobalContext(32, fuse_add=False, rngs=nnx.Rngs(0))

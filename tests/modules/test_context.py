@@ -9,8 +9,8 @@ from flax import nnx
 from attention_jax import linen as L
 from attention_jax import load_linen_variables
 from attention_jax import nnx as N
+from attention_jax.torch_reference import context as R
 from tests.parity import check_linen_equals_nnx, check_module_parity, randomize_batch_stats
-from tests.reference import context as R
 
 C = 8
 X = np.random.default_rng(0).normal(size=(2, 9, 7, C)).astype(np.float32)

@@ -10,8 +10,8 @@ from flax import nnx
 from attention_jax import linen as L
 from attention_jax import nnx as N
 from attention_jax import nnx_to_linen_variables
+from attention_jax.torch_reference import hybrid as R
 from tests.parity import check_linen_equals_nnx, check_module_parity, randomize_batch_stats
-from tests.reference import hybrid as R
 
 X = np.random.default_rng(0).normal(size=(2, 6, 6, 32)).astype(np.float32)
 XS = np.random.default_rng(1).normal(size=(2, 7, 5, 32)).astype(np.float32)  # H != W

@@ -10,6 +10,7 @@ from flax import nnx
 from attention_jax import linen as L
 from attention_jax import load_linen_variables
 from attention_jax import nnx as N
+from attention_jax.torch_reference import saliency as R
 from tests.parity import (
     assert_close,
     check_linen_equals_nnx,
@@ -20,7 +21,6 @@ from tests.parity import (
     nhwc_to_nchw,
     randomize_batch_stats,
 )
-from tests.reference import saliency as R
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 9, 8, 16)).astype(np.float32)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from attention_jax import functional as F
 from attention_jax import linen as L
 from attention_jax import load_linen_variables
 from attention_jax import nnx as N
+from attention_jax.torch_reference import selective as R
 from tests.parity import (
     assert_close,
     check_linen_equals_nnx,
@@ -18,7 +20,6 @@ from tests.parity import (
     nchw_to_nhwc,
     nhwc_to_nchw,
 )
-from tests.reference import selective as R
 
 X = np.random.default_rng(0).normal(size=(2, 7, 6, 16)).astype(np.float32)
 
@@ -33,6 +34,31 @@ def test_sk_parity_and_nnx(num_paths, groups, stride, out):
                             rd_channels=32)
     v = check_module_parity(m, ref, X)
     check_linen_equals_nnx(m, N.SelectiveKernel(16, **kw, rngs=nnx.Rngs(1)), X, v)
+
+
+@pytest.mark.parametrize("groups,stride", [(1, 1), (2, 2)])
+def test_sk_split_input_parity_and_nnx(groups, stride):
+    """timm's split_input (its SK-ResNet-18/34): branch m convolves the m-th channel half."""
+    kw = {"split_input": True, "groups": groups, "stride": stride, "rd_channels": 8}
+    m = L.SelectiveKernel(16, **kw)
+    ref = R.SelectiveKernel(16, groups=groups, stride=stride, rd_channels=8, split_input=True)
+    v = check_module_parity(m, ref, X)
+    assert v["params"]["conv1"]["kernel"].shape == (3, 3, 8 // groups, 16)
+    check_linen_equals_nnx(m, N.SelectiveKernel(16, **kw, rngs=nnx.Rngs(3)), X, v)
+
+
+def test_sk_split_input_bad_channels():
+    with pytest.raises(ValueError, match=r"SelectiveKernel: channels must be divisible by "
+                                         r"num_paths \(split_input\)=3, got 16"):
+        _init(L.SelectiveKernel(16, num_paths=3, split_input=True))
+    with pytest.raises(ValueError, match=r"SelectiveKernel: channels / num_paths must be "
+                                         r"divisible by groups=16, got 8"):
+        N.SelectiveKernel(16, groups=16, split_input=True, rngs=nnx.Rngs(0))
+    conv = lambda h: h  # noqa: E731
+    with pytest.raises(ValueError, match=r"selective_kernel: x must be channels divisible by "
+                                         r"the number of branches M=2 \(split_input\)"):
+        F.selective_kernel(jnp.ones((1, 4, 4, 5)), convs=[conv, conv], reduce=conv,
+                           select=conv, split_input=True)
 
 
 def test_sk_paper_fields_width():

@@ -9,6 +9,7 @@ from flax import nnx
 
 from attention_jax import linen as L
 from attention_jax import nnx as N
+from attention_jax.torch_reference import self_attention as R
 from tests.parity import (
     assert_close,
     check_linen_equals_nnx,
@@ -18,7 +19,6 @@ from tests.parity import (
     nhwc_to_nchw,
     randomize_batch_stats,
 )
-from tests.reference import self_attention as R
 
 C = 16
 X = np.random.default_rng(0).normal(size=(2, 6, 5, C)).astype(np.float32)

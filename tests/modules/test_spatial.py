@@ -10,8 +10,8 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax import linen as L
 from attention_jax import nnx as N
+from attention_jax.torch_reference import spatial as R
 from tests.parity import check_linen_equals_nnx, check_module_parity, load_into_torch
-from tests.reference import spatial as R
 
 X = np.random.default_rng(0).normal(size=(2, 9, 10, 3)).astype(np.float32)
 TRANSFORMS = ["affine", "similarity", "translation", "perspective", "tps"]
