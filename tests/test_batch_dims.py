@@ -145,27 +145,30 @@ _PFA = dict(features=2, mid_channels=4, kernel_size=3)
 
 # Public modules outside the registry, and registered ones with options that change what
 # they do with the input: name -> (positional and keyword options, inputs with the leading dims
-# LEAD, call(module, *inputs) or None). Same class name and options in linen and nnx.
+# LEAD, call options (inputs -> (args, kwargs)) or None), the maps the call sows. Same class
+# name and options in linen and nnx.
 MODULE_VARIANTS = {
-    "ChannelGate": ((C,), {}, (X5,), None),
-    "SpatialGate": ((C,), {}, (X5,), None),
-    "PyramidSpatialAttention": ((4,), dict(kernel_size=3), (HIGH5,), None),
+    "ChannelGate": ((C,), {}, (X5,), None, {"channel_weights"}),
+    "SpatialGate": ((C,), {}, (X5,), None, {"spatial_map"}),
+    "PyramidSpatialAttention": ((4,), dict(kernel_size=3), (HIGH5,), None, {"spatial_map"}),
     # ... with a guide: the map from one input rescales another of the same leading dims.
     "PyramidSpatialAttention(guide)": ((4,), dict(kernel_size=3), (HIGH5, HIGH5[..., ::-1]),
-                                       lambda m, x, g: m(x, guide=g)),
-    # two maps (same leading dims, different H, W, C)
-    "PyramidFeatureAttention": ((C, 4), _PFA, (X5, HIGH5), None),
+                                       lambda x, g: ((x,), dict(guide=g)), {"spatial_map"}),
+    # two maps (same leading dims, different H, W, C); its submodules sow
+    "PyramidFeatureAttention": ((C, 4), _PFA, (X5, HIGH5), None, {"cpfe", "sa"}),
     # (..., P) output
-    "LocalisationNet": ((C,), dict(pool_size=(2, 2)), (X5,), None),
+    "LocalisationNet": ((C,), dict(pool_size=(2, 2)), (X5,), None, set()),
     # a fixed input_size (H, W), read from the end of the shape
     "MultiHeadSelfAttention2d(relative)": (
-        (C,), dict(num_heads=2, position="relative", input_size=(H, W)), (X5,), None),
+        (C,), dict(num_heads=2, position="relative", input_size=(H, W)), (X5,), None,
+        {"attention"}),
     "MultiHeadSelfAttention2d(absolute)": (
-        (C,), dict(num_heads=2, position="absolute", input_size=(H, W)), (X5,), None),
+        (C,), dict(num_heads=2, position="absolute", input_size=(H, W)), (X5,), None,
+        {"attention"}),
     # the transform (theta, grid) comes back with the same leading dims
     "SpatialTransformer(return_transform)": (
         (C,), dict(transform="tps", tps_grid_size=(2, 2), out_size=(4, 3)), (X5,),
-        lambda m, x: m(x, return_transform=True)),
+        lambda x: ((x,), dict(return_transform=True)), {"grid", "control_points", "params", "sampled"}),
 }
 
 
@@ -180,20 +183,37 @@ def test_every_public_module_is_covered():
 @pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("name", MODULE_VARIANTS)
 def test_module_variant_leading_dims(name, api):
-    args, kw, arrays, call = MODULE_VARIANTS[name]
+    """The plain call and the one collecting the sown maps, as for the registered ones."""
+    args, kw, arrays, options, map_names = MODULE_VARIANTS[name]
+    options = options or (lambda *a: (a, {}))
     cls = name.split("(")[0]
     if api == "linen":
         m = getattr(L, cls)(*args, **kw)
-        example = tuple(a[0, 0] for a in arrays)  # init from unbatched maps
-        mod, _ = _linen(m, *(example if call is None else example[:1]))
+        example = options(*(a[0, 0] for a in arrays))  # init from unbatched maps
+        v = _fill(jax.eval_shape(lambda *a: m.init(jax.random.key(0), *a, **example[1]),
+                                 *example[0]), 1)
+
+        def call(*a):
+            a, k = options(*a)
+            return m.apply(v, *a, **k), aj.intermediates(m, *a, variables=v, **k)
     else:
-        mod = _nnx_call(*_nnx(lambda r: getattr(N, cls)(*args, **kw, rngs=r)))
-    f = mod if call is None else (lambda *a: call(mod, *a))  # noqa: E731
-    leaves = jax.tree.leaves(check_leading_dims(f, *arrays))
+        graphdef, state = _nnx(lambda r: getattr(N, cls)(*args, **kw, rngs=r))
+
+        def call(*a):
+            a, k = options(*a)
+            mod = nnx.merge(graphdef, state)
+            mod.eval()
+            return mod(*a, **k), aj.intermediates(mod, *a, **k)
+
+    out, (out2, maps) = check_leading_dims(call, *arrays)
+    jax.tree.map(np.testing.assert_array_equal, out2, out)
+    leaves = jax.tree.leaves(out)
     assert len(leaves) == (4 if cls == "SpatialTransformer" else 1)  # y, theta, grid, params
     for a in leaves:
         assert a.shape[0] == math.prod(LEAD) and bool(jnp.all(jnp.isfinite(a)))
     assert all(float(jnp.std(y)) > 0.05 for y in leaves[0])  # every output map varies
+    assert set(maps) == map_names
+    assert all(a.shape[0] == math.prod(LEAD) for a in jax.tree.leaves(maps))
 
 
 def _has_batch_stats(name: str) -> bool:

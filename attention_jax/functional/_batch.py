@@ -19,6 +19,9 @@ Consequences, stated once:
 * Every output array of a decorated forward has the flattened batch as its first axis
   (feature maps, transform parameters, grids, attention maps), so all of them get the leading
   dimensions back.
+* A module that passes a whole attention module as a layer (DANet's PAM/CAM, PFA's CPFE and
+  spatial attention) wraps it in ``keep_leading``: it then sees the caller's leading dims, so
+  the maps it sows itself have them too (not the flattened batch).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import jax
 
 from attention_jax._validation import check_feature_map, fail, layout_rank, shape_of
 
-__all__ = ["NHWC", "batch_dims", "flatten_leading", "restore_leading"]
+__all__ = ["NHWC", "batch_dims", "flatten_leading", "keep_leading", "restore_leading"]
 
 NHWC = "(..., H, W, C)"
 """The layout of a feature map: any leading batch dims, then height, width, channels."""
@@ -60,6 +63,25 @@ def restore_leading(out: Any, lead: tuple[int, ...]) -> Any:
         return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
     return jax.tree.map(restore, out)
+
+
+def keep_leading(layer: Callable[..., Any], lead: tuple[int, ...]) -> Callable[..., Any]:
+    """``layer`` called from inside a flattened forward, on the caller's leading dims ``lead``.
+
+    The forward calls it with (prod(lead), ...); the wrapper gives the input the dims ``lead``,
+    calls ``layer`` (which takes any leading dims) and flattens every output array again. For
+    a submodule that sows its own attention maps: they get the caller's leading dims. With
+    exactly one leading dimension it returns ``layer`` itself.
+    """
+    lead = tuple(lead)
+    if len(lead) == 1:
+        return layer
+
+    def call(t: jax.Array, *args: Any, **kwargs: Any) -> Any:
+        y = layer(restore_leading(t, lead), *args, **kwargs)
+        return jax.tree.map(lambda a: a.reshape((math.prod(lead),) + a.shape[len(lead):]), y)
+
+    return call
 
 
 def batch_dims(**layouts: str) -> Callable[[Fn], Fn]:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.linen.layers import batch_norm, conv
@@ -220,14 +221,15 @@ class PyramidFeatureAttention(nn.Module):
         check_feature_map(fn, "low", low, p.low_channels)
         check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
+        lead = low.shape[:-3]  # CPFE and SA sow their maps with the caller's leading dims
         return F.pyramid_feature_attention(
             low, high,
-            cpfe=partial(self.cpfe, train=train),
+            cpfe=keep_leading(partial(self.cpfe, train=train), lead),
             high_proj=partial(cna, conv=self.high_conv,
                               norm=partial(self.high_bn, use_running_average=ura)),
             low_proj=partial(cna, conv=self.low_conv,
                              norm=partial(self.low_bn, use_running_average=ura)),
-            spatial_map=partial(self.sa.attention_map, train=train),
+            spatial_map=keep_leading(partial(self.sa.attention_map, train=train), lead),
             head=self.head_conv,
             gate=p.gate,
         )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
@@ -223,8 +224,10 @@ class DualAttentionHead(nn.Module):
         """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, Co)."""
         check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
         c = lambda m: partial(m, train=train)
+        lead = x.shape[:-3]  # PAM and CAM sow their maps with the caller's leading dims
         return F.dual_attention_head(x, conv5a=c(self.conv5a), conv5c=c(self.conv5c),
-                                     pam=self.sa, cam=self.sc, conv51=c(self.conv51),
+                                     pam=keep_leading(self.sa, lead),
+                                     cam=keep_leading(self.sc, lead), conv51=c(self.conv51),
                                      conv52=c(self.conv52), conv8=self.conv8)
 
 

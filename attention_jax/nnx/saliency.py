@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.nnx.layers import batch_norm, conv
@@ -207,12 +208,13 @@ class PyramidFeatureAttention(nnx.Module):
         check_feature_map(fn, "low", low, p.low_channels)
         check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
+        lead = low.shape[:-3]  # CPFE and SA sow their maps with the caller's leading dims
         return F.pyramid_feature_attention(
             low, high,
-            cpfe=self.cpfe,
+            cpfe=keep_leading(self.cpfe, lead),
             high_proj=partial(cna, conv=self.high_conv, norm=self.high_bn),
             low_proj=partial(cna, conv=self.low_conv, norm=self.low_bn),
-            spatial_map=self.sa.attention_map,
+            spatial_map=keep_leading(self.sa.attention_map, lead),
             head=self.head_conv,
             gate=p.gate,
         )

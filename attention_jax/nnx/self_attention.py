@@ -14,6 +14,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.context import ConvBNAct
 from attention_jax.nnx.layers import batch_norm, conv
@@ -219,9 +220,11 @@ class DualAttentionHead(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (..., H, W, C). Returns (..., H, W, Co)."""
         check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
-        return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c, pam=self.sa,
-                                     cam=self.sc, conv51=self.conv51, conv52=self.conv52,
-                                     conv8=self.conv8)
+        lead = x.shape[:-3]  # PAM and CAM sow their maps with the caller's leading dims
+        return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c,
+                                     pam=keep_leading(self.sa, lead),
+                                     cam=keep_leading(self.sc, lead), conv51=self.conv51,
+                                     conv52=self.conv52, conv8=self.conv8)
 
 
 class CrissCrossAttention(nnx.Module):
