@@ -168,7 +168,8 @@ MODULE_VARIANTS = {
     # the transform (theta, grid) comes back with the same leading dims
     "SpatialTransformer(return_transform)": (
         (C,), dict(transform="tps", tps_grid_size=(2, 2), out_size=(4, 3)), (X5,),
-        lambda x: ((x,), dict(return_transform=True)), {"grid", "control_points", "params", "sampled"}),
+        lambda x: ((x,), dict(return_transform=True)),
+        {"grid", "control_points", "params", "sampled"}),
 }
 
 
