@@ -179,7 +179,7 @@ class MultiHeadSelfAttention2dPlan:
 
     def check_input(self, x: Any, fn: str = "MultiHeadSelfAttention2d") -> None:
         """With a position, ``x`` must have the spatial size ``input_size``."""
-        if self.position != "none" and tuple(x.shape[1:3]) != self.input_size:
+        if self.position != "none" and tuple(x.shape[-3:-1]) != self.input_size:
             raise fail(fn, "x", f"spatial size {self.input_size} (input_size, for "
                        f"position={self.position!r})", f"shape {tuple(x.shape)}")
 
