@@ -22,8 +22,9 @@ non-local block (``layer1_0``, on the 11x11 feature map) attends to: its attenti
 block sows them (``attention_jax.intermediates``, name ``attention``), for three query cells of
 each of the first ``--map-digits`` RTS test digits (two on the ink, one on the background),
 saved as PATH (PNG) with a JSON beside it (same name, ``.json``) that holds a measured fact the
-picture illustrates, over all 1,000 test digits: the attention mass that ink and background
-queries put on ink cells, against the fraction of cells that are ink (see ``ink_attention``).
+picture illustrates, over the test digits (those with both ink and background cells): the
+attention mass that ink and background queries put on ink cells, against the fraction of cells
+that are ink (see ``ink_attention``).
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ def cell_intensity(images: Any, map_size: tuple[int, int]) -> np.ndarray:
 
     The map's (h, w) cells are stretched over the (H, W) image as ``viz.overlay`` and
     ``viz.query_attention`` draw them: cell (i, j) covers rows [i H / h, (i + 1) H / h) and
-    columns [j W / w, (j + 1) W / w), partial pixels weighted by the area covered.
+    columns [j W / w, (j + 1) W / w), partial pixels weighted by the area covered. (For the
+    tiny ResNet's 11x11 map of 42x42 digits, the stem's true cell centres, 4 i + 0.5 px, lie
+    within 1.4 px of these stretched ones, (i + 0.5) 42 / 11; a cell is 3.8 px wide.)
 
     Args:
       images: (N, H, W, 1) or (N, H, W) images.
@@ -263,7 +266,8 @@ def ink_attention(attention: np.ndarray, cells: np.ndarray) -> dict[str, float]:
 
     Returns:
       ``{"digits": digits used, "ink_fraction": mean fraction of ink cells,
-      "ink_query_mass_on_ink", "background_query_mass_on_ink": the means over digits,
+      "ink_query_mass_on_ink", "background_query_mass_on_ink": the means over digits (and
+      ``..._std``: their standard deviations over digits),
       "digits_ink_query_above_fraction": share of digits whose ink queries put more than the
       ink fraction on ink}``.
 
@@ -282,7 +286,9 @@ def ink_attention(attention: np.ndarray, cells: np.ndarray) -> dict[str, float]:
     on_bg = (mass * bg).sum(1) / bg.sum(1)
     return {"digits": int(keep.sum()), "ink_fraction": float(frac.mean()),
             "ink_query_mass_on_ink": float(on_ink.mean()),
+            "ink_query_mass_on_ink_std": float(on_ink.std()),
             "background_query_mass_on_ink": float(on_bg.mean()),
+            "background_query_mass_on_ink_std": float(on_bg.std()),
             "digits_ink_query_above_fraction": float((on_ink > frac).mean())}
 
 
@@ -353,7 +359,8 @@ def write_maps(path: pathlib.Path, run: dict[str, Any], data: Data, budget: Budg
     """
     x_test, y_test = data.test["RTS"]
     preds, att, size = nonlocal_attention(run["variables"], x_test)
-    stats = ink_attention(att, cell_intensity(x_test, size))
+    cells = cell_intensity(x_test, size)
+    stats = ink_attention(att, cells)
     facts = {
         "network": "resnet_tiny+nl (examples/attention_rts.py)",
         "block": "/".join(MAP_BLOCK), "map_size": list(size), "seed": seed,
@@ -361,9 +368,9 @@ def write_maps(path: pathlib.Path, run: dict[str, Any], data: Data, budget: Budg
         "sown_map_shape": list(att.shape), "max_row_sum_error": float(
             np.abs(att.sum(-1, dtype=np.float64) - 1).max()),
         "ink_threshold": INK, "background_threshold": BACKGROUND,
-        "drawn_digits": list(range(digits)),
-        "queries": [[kind, list(q)] for i in range(digits)
-                    for kind, q in pick_queries(cell_intensity(x_test[i:i + 1], size)[0])],
+        "drawn": [{"test_index": i, "label": int(y_test[i]), "predicted": int(preds[i]),
+                   "queries": [[kind, list(q)] for kind, q in pick_queries(cells[i])]}
+                  for i in range(digits)],
         **stats, "cpu": _cpu(), "date": time.strftime("%Y-%m-%d"),
     }
     title = (f"resnet_tiny+nl on RTS ({budget.epochs} epochs, seed {seed}, test error "
@@ -379,8 +386,9 @@ def write_maps(path: pathlib.Path, run: dict[str, Any], data: Data, budget: Budg
     print(f"non-local attention over {stats['digits']} RTS test digits: ink queries put "
           f"{stats['ink_query_mass_on_ink']:.3f} of their attention on ink cells, background "
           f"queries {stats['background_query_mass_on_ink']:.3f}; ink cells are "
-          f"{stats['ink_fraction']:.3f} of the map (uniform attention); ink queries above that "
-          f"in {100 * stats['digits_ink_query_above_fraction']:.1f}% of the digits")
+          f"{stats['ink_fraction']:.3f} of the map (what uniform attention would put there); "
+          f"ink queries above that in {100 * stats['digits_ink_query_above_fraction']:.1f}% "
+          "of the digits")
     print(f"wrote {path}, {path.with_suffix('.json')}")
     return fig, facts
 

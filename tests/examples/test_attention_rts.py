@@ -98,6 +98,10 @@ def test_smoke_run(examples, tmp_path, mnist_data_dir, capsys, monkeypatch):
               "digits_ink_query_above_fraction"):
         assert 0 <= written[k] <= 1
     assert written["test_error"] == summary["nl"]["test_error_mean"]
+    assert [d["test_index"] for d in written["drawn"]] == [0, 1, 2]
+    assert [d["predicted"] for d in written["drawn"]] == preds[:3].tolist()
+    assert written["drawn"][0]["queries"] == [[k, list(q)] for k, q in
+                                              attention_rts.pick_queries(cells[0])]
     assert "ink queries put" in out and str(png) in out
 
 
