@@ -30,6 +30,7 @@ from attention_jax._validation import (
     check_choice,
     check_floating,
     check_nhwc,
+    check_number,
     check_positive_int,
     check_rank,
     fail,
@@ -140,12 +141,13 @@ def perspective_grid(
       matrix: (N, 3, 3) homographies (the identity is ``eye(3)``).
       size: output size (N, H, W, C).
       align_corners: as in ``affine_grid``.
-      eps: smallest magnitude of the homogeneous denominator.
+      eps: smallest magnitude of the homogeneous denominator (a positive finite number).
 
     Returns:
       (N, H, W, 2) grid of normalised (x, y), float32 (float64 for float64 input).
     """
     fn = "perspective_grid"
+    check_number(fn, "eps", eps, positive=True)
     check_rank(fn, "matrix", matrix, 3, "(N, 3, 3)")
     check_floating(fn, "matrix", matrix)
     if tuple(matrix.shape[1:]) != (3, 3):

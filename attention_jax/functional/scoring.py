@@ -265,7 +265,7 @@ def _masked_exp(s: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Ar
     """exp(s - rowmax) and its row sum (1 where the row is empty), for float32 ``s``."""
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     e = jnp.exp(s - m)  # exp(-inf) = 0 with a zero gradient: no NaN from masked entries
     denom = jnp.sum(e, axis=-1, keepdims=True)

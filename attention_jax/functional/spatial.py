@@ -21,6 +21,7 @@ from attention_jax.functional.pooling import adaptive_avg_pool2d
 from attention_jax.functional.sampling import (
     MODES,
     PADDING_MODES,
+    _check_size,
     affine_grid,
     grid_sample,
     perspective_grid,
@@ -120,14 +121,17 @@ def transform_grid(
     """
     fn = "transform_grid"
     check_choice(fn, "transform", transform, TRANSFORMS)
+    if transform == "tps":
+        _check_tps_grid_size(fn, tps_grid_size)
     p_count = transform_num_params(transform, tps_grid_size=tps_grid_size)
     if params.ndim != 2 or params.shape[1] != p_count:
         raise fail(fn, "params", f"shape (N, {p_count}) for transform={transform!r}",
                    f"shape {tuple(params.shape)}")
+    _check_size(fn, size, params.shape[0])
     p = params.astype(jnp.promote_types(params.dtype, jnp.float32))
     n = p.shape[0]
     if transform == "tps":
-        cp = p.reshape(n, -1, 2)
+        cp = p.reshape(n, p_count // 2, 2)
         grid = tps_grid(cp, size, base_points=tps_base_points(tuple(tps_grid_size)),
                         align_corners=align_corners)
         return grid, {"control_points": cp}

@@ -87,6 +87,7 @@ class NonLocal(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("NonLocal", "x", x, p.channels)
+        p.check_input(x)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
         return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
                            out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,

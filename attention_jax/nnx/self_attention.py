@@ -83,6 +83,7 @@ class NonLocal(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("NonLocal", "x", x, p.channels)
+        p.check_input(x)
         return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
                            out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn,
                                        act="identity"),

@@ -102,6 +102,7 @@ class SpatialTransformer(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, Ho, Wo, C) (and the transform)."""
         p = self.plan
         check_nhwc("SpatialTransformer", "x", x, p.channels)
+        p.check_input(x)
         return F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
             mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
