@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -n 2
 # timm's pure-torch layers only, so it is installed without them.
 TIMM := timm==1.0.31
 
-.PHONY: test bench lint clean
+.PHONY: test bench lint notebooks clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(VENV)/.installed-test
 # The installed command (attention-jax bench); python -m benchmarks is the same from a checkout.
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/attention-jax bench $(BENCH_ARGS)
+
+# Re-execute the teaching notebooks in place (they are stored with their outputs).
+notebooks: $(VENV)/.installed-test
+	$(PY) notebooks/execute.py
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check attention_jax benchmarks tests

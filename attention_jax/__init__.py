@@ -1,12 +1,14 @@
 """attention-jax: the attention mechanisms of computer vision in JAX, linen and nnx.
 
 ``attention_jax.functional`` holds the pure math; ``attention_jax.linen`` and
-``attention_jax.nnx`` the modules; ``create_attention`` builds any of them by name.
+``attention_jax.nnx`` the modules; ``create_attention`` builds any of them by name;
+``intermediates`` returns a model's output with the attention maps its modules sowed.
 """
 
 from attention_jax import functional, linen, nnx
 from attention_jax._native import native_disabled
 from attention_jax.interop import load_linen_variables, nnx_to_linen_variables
+from attention_jax.maps import INTERMEDIATES, intermediates
 from attention_jax.registry import (
     SHARED_DEFAULTS,
     create_attention,
@@ -27,4 +29,6 @@ __all__ = [
     "load_linen_variables",
     "nnx_to_linen_variables",
     "native_disabled",
+    "intermediates",
+    "INTERMEDIATES",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from attention_jax._extras import require
 from attention_jax._validation import fail
 
 __all__ = [
@@ -30,9 +31,7 @@ __all__ = [
 
 
 def _pyplot():
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", "bench", "attention_jax.viz")
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> Any:

@@ -7,7 +7,8 @@ minutes on 2 CPU cores; ``--quick`` for a smoke run, ``--json FILE`` to save the
    forward + backward (gradients w.r.t. the input and all parameters): peak resident memory and
    time of ``implementation="xla"`` (direct: builds the (4096, 4096) scores),
    ``implementation="chunked"`` (the pure-JAX blocked path), ``"auto"`` (on the CPU: the C++
-   FlashAttention kernel) and the PyTorch reference (``attention_jax.torch_reference``, the same weights).
+   FlashAttention kernel) and the PyTorch reference (``attention_jax.torch_reference``, the
+   same weights).
    Targets: chunked peak <= 1.0 GB and time <= 1.3x direct.
 2. The same block at 128x128 (16,384 tokens), batch 2, chunked and auto: it must run (the
    direct scores alone would be 2 GB per copy).

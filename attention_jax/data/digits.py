@@ -23,11 +23,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
+from attention_jax._extras import require
 from attention_jax._validation import check_choice
 from attention_jax.data.mnist import split_sources
 from attention_jax.data.transforms import get_distortion
+
+tfds = require("tensorflow_datasets", "train", "attention_jax.data")
 
 __all__ = ["Digits", "DigitsConfig", "CONFIG_NAMES", "source_digits"]
 

@@ -50,10 +50,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
+from attention_jax._extras import require
 from attention_jax._validation import check_choice, fail
 from attention_jax.data.transforms import VARIANTS, get_distortion, output_size
+
+tfds = require("tensorflow_datasets", "train", "attention_jax.data")
 
 __all__ = [
     "MNIST_5K_SHA256",

@@ -49,7 +49,8 @@ def squeeze_excite(
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
     add_maxpool: bool = False,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Squeeze-and-excitation: global pool -> reduce -> act -> expand -> gate -> rescale.
 
     Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018. With ``add_maxpool`` the squeeze is
@@ -62,9 +63,11 @@ def squeeze_excite(
       act: hidden activation (name or callable).
       gate: gate (name or callable).
       add_maxpool: average the avg- and max-pooled descriptors.
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, 1, 1, C), the gate that multiplies ``x``.
     """
     check_nhwc("squeeze_excite", "x", x)
     act_fn, gate_fn = get_act(act), get_gate(gate)
@@ -72,12 +75,13 @@ def squeeze_excite(
     if add_maxpool:
         s = 0.5 * s + 0.5 * global_max_pool(x, keepdims=True)
     w = gate_fn(expand(act_fn(reduce(s))))
-    return rescale(x, w)
+    y = rescale(x, w)
+    return (y, {"channel_weights": w}) if return_maps else y
 
 
 def efficient_channel_attention(
-    x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid"
-) -> jax.Array:
+    x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid", return_maps: bool = False
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """ECA: global avg pool -> 1D conv across channels (no bias) -> gate -> rescale.
 
     Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
@@ -88,9 +92,11 @@ def efficient_channel_attention(
       x: (N, H, W, C) feature map.
       conv: layer mapping (N, C, 1) -> (N, C, 1) (a 1D conv, "same" padding, odd kernel).
       gate: gate (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, 1, 1, C), the gate that multiplies ``x``.
     """
     fn = "efficient_channel_attention"
     check_nhwc(fn, "x", x)
@@ -98,7 +104,9 @@ def efficient_channel_attention(
     n, c = x.shape[0], x.shape[-1]
     y = conv(global_avg_pool(x)[..., None])
     check_layer_shape(fn, "conv", y, (n, c, 1))
-    return rescale(x, gate_fn(y.reshape(n, 1, 1, c)))
+    w = gate_fn(y.reshape(n, 1, 1, c))
+    out = rescale(x, w)
+    return (out, {"channel_weights": w}) if return_maps else out
 
 
 def ge_gather(
@@ -172,7 +180,8 @@ def gather_excite(
     expand: Layer | None = None,
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Gather-excite: gather context over an extent, excite by a gate interpolated back.
 
     Hu et al., "Gather-Excite: Exploiting Feature Context in CNNs", NeurIPS 2018, as in timm's
@@ -190,9 +199,12 @@ def gather_excite(
       expand: layer (N, h, w, R) -> (N, h, w, C), or None.
       act: hidden activation of the MLP (name or callable).
       gate: gate (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, h, w, C): the gate at the gathered resolution ((1, 1) for the
+      global gather), which is nearest-resized to (H, W) and multiplies ``x``.
     """
     fn = "gather_excite"
     check_nhwc(fn, "x", x)
@@ -216,9 +228,13 @@ def gather_excite(
                    f"C={x.shape[-1]}", f"shape {tuple(g.shape)}")
     if reduce is not None:
         g = expand(act_fn(reduce(g)))
+    gathered = g
     if g.shape[1:3] != (1, 1):
         g = interpolate_nearest(g, x.shape[1:3])
-    return rescale(x, gate_fn(g))
+    y = rescale(x, gate_fn(g))
+    # The gate commutes with the nearest resize: the map at the gathered size, computed only
+    # when asked for.
+    return (y, {"channel_weights": gate_fn(gathered)}) if return_maps else y
 
 
 def global_context(
@@ -229,7 +245,8 @@ def global_context(
     scale_transform: Sequence[Layer] | None = None,
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Global context block (GCNet): attention pooling, bottleneck transform, add/scale fusion.
 
     Cao et al., "GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond", ICCVW
@@ -244,9 +261,14 @@ def global_context(
       scale_transform: (fc1, norm, fc2) layers, same shapes, or None.
       act: activation between the norm and fc2 (name or callable).
       gate: gate of the scale fusion (name or callable).
+      return_maps: also return the attention maps (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"context_weights"`` (N, H, W, 1), the attention-pooling softmax ``p`` (float32 or
+      wider; sums to 1 over H and W), and ``"channel_weights"`` (N, 1, 1, C), the scale
+      fusion's gate (with ``scale_transform``), and ``"channel_add"`` (N, 1, 1, C), the term
+      the add fusion adds (with ``add_transform``).
     """
     fn = "global_context"
     check_nhwc(fn, "x", x)
@@ -268,11 +290,15 @@ def global_context(
         fc1, norm, fc2 = layers
         return fc2(act_fn(norm(fc1(context))))
 
-    out = x
+    out, maps = x, {}
     if scale_transform is not None:
-        out = rescale(out, gate_fn(transform(scale_transform)))
+        maps["channel_weights"] = gate_fn(transform(scale_transform))
+        out = rescale(out, maps["channel_weights"])
     if add_transform is not None:
-        out = out + transform(add_transform).astype(x.dtype)
+        maps["channel_add"] = transform(add_transform)
+        out = out + maps["channel_add"].astype(x.dtype)
+    if return_maps:
+        return out, {"context_weights": p.reshape(n, h, w, 1), **maps}
     return out
 
 
@@ -284,7 +310,8 @@ def second_order_channel(
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
     iterations: int = 5,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Second-order channel attention (SOCA): covariance pooling -> sqrt -> SE-style gate.
 
     Dai et al., "Second-order Attention Network for Single Image Super-Resolution", CVPR 2019,
@@ -300,9 +327,11 @@ def second_order_channel(
       act: hidden activation (name or callable).
       gate: gate (name or callable).
       iterations: Newton-Schulz steps (>= 1).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, 1, 1, C), the gate that multiplies ``x``.
     """
     fn = "second_order_channel"
     check_nhwc(fn, "x", x)
@@ -311,4 +340,6 @@ def second_order_channel(
     n, c = x.shape[0], x.shape[-1]
     root = newton_schulz_sqrt(covariance_pool(x), iterations=iterations)
     z = jnp.mean(root, axis=1).astype(x.dtype).reshape(n, 1, 1, c)
-    return rescale(x, gate_fn(expand(act_fn(reduce(z)))))
+    w = gate_fn(expand(act_fn(reduce(z))))
+    y = rescale(x, w)
+    return (y, {"channel_weights": w}) if return_maps else y

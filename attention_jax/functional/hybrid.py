@@ -45,7 +45,8 @@ def cbam_channel_gate(
     expand: Layer,
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """CBAM channel attention: shared MLP on avg- and max-pooled descriptors, summed, gated.
 
     Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018, Eq. 2:
@@ -57,9 +58,11 @@ def cbam_channel_gate(
       expand: layer (N, 1, 1, R) -> (N, 1, 1, C).
       act: hidden activation (name or callable).
       gate: gate (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C) ``x * Mc``, dtype of ``x``.
+      (N, H, W, C) ``x * Mc``, dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, 1, 1, C), ``Mc``.
     """
     check_nhwc("cbam_channel_gate", "x", x)
     act_fn, gate_fn = get_act(act), get_gate(gate)
@@ -68,7 +71,9 @@ def cbam_channel_gate(
         return expand(act_fn(reduce(s)))
 
     logits = mlp(global_avg_pool(x, keepdims=True)) + mlp(global_max_pool(x, keepdims=True))
-    return rescale(x, gate_fn(logits))
+    w = gate_fn(logits)
+    y = rescale(x, w)
+    return (y, {"channel_weights": w}) if return_maps else y
 
 
 def cbam_spatial_gate(
@@ -77,7 +82,8 @@ def cbam_spatial_gate(
     conv: Layer,
     norm: Layer | None = None,
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """CBAM spatial attention: channel-wise [avg; max] -> conv (k x k) -> norm -> gate -> rescale.
 
     Woo et al., ECCV 2018, Eq. 3, with the BatchNorm of the official code (``BasicConv`` with
@@ -89,16 +95,20 @@ def cbam_spatial_gate(
       conv: layer (N, H, W, 2) -> (N, H, W, 1) ("same" padding).
       norm: layer on the (N, H, W, 1) map (BatchNorm), or None.
       gate: gate (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, C) ``x * Ms``, dtype of ``x``.
+      (N, H, W, C) ``x * Ms``, dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"spatial_map"`` (N, H, W, 1), ``Ms``.
     """
     fn = "cbam_spatial_gate"
     check_nhwc(fn, "x", x)
     gate_fn = get_gate(gate)
     logits = (norm or _identity)(conv(channel_avg_max_pool(x)))
     check_layer_shape(fn, "conv", logits, (*x.shape[:3], 1))
-    return rescale(x, gate_fn(logits))
+    m = gate_fn(logits)
+    y = rescale(x, m)
+    return (y, {"spatial_map": m}) if return_maps else y
 
 
 def cbam(
@@ -110,7 +120,8 @@ def cbam(
     norm: Layer | None = None,
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """CBAM: channel gate then spatial gate, in series.
 
     Woo et al., ECCV 2018, Eq. 1: ``x' = Mc(x) * x``, ``out = Ms(x') * x'``.
@@ -122,13 +133,20 @@ def cbam(
       norm: the spatial gate's norm on (N, H, W, 1), or None.
       act: channel MLP activation (name or callable).
       gate: gate of both sub-modules (name or callable).
+      return_maps: also return the attention maps (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_weights"`` (N, 1, 1, C), ``Mc``, and ``"spatial_map"`` (N, H, W, 1), ``Ms``.
     """
     check_nhwc("cbam", "x", x)
-    y = cbam_channel_gate(x, reduce=reduce, expand=expand, act=act, gate=gate)
-    return cbam_spatial_gate(y, conv=conv, norm=norm, gate=gate)
+    if not return_maps:
+        y = cbam_channel_gate(x, reduce=reduce, expand=expand, act=act, gate=gate)
+        return cbam_spatial_gate(y, conv=conv, norm=norm, gate=gate)
+    y, channel = cbam_channel_gate(x, reduce=reduce, expand=expand, act=act, gate=gate,
+                                   return_maps=True)
+    out, spatial = cbam_spatial_gate(y, conv=conv, norm=norm, gate=gate, return_maps=True)
+    return out, {**channel, **spatial}
 
 
 def bam(
@@ -145,7 +163,8 @@ def bam(
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
     combine: str = "paper",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Bottleneck attention module: parallel channel and spatial branches, residual gate.
 
     Park et al., "BAM: Bottleneck Attention Module", BMVC 2018. Layers as in the official code:
@@ -163,9 +182,13 @@ def bam(
       act: activation after every norm (name or callable).
       gate: gate (name or callable).
       combine: ``"paper"`` (sum) or ``"official"`` (product).
+      return_maps: also return the attention maps (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"channel_logits"`` (N, 1, 1, C), ``Mc``; ``"spatial_logits"`` (N, H, W, 1), ``Ms``;
+      and ``"attention_map"`` (N, H, W, C), ``gate(Mc + Ms)`` (or ``gate(Mc * Ms)``), so that
+      the output is ``x * (1 + attention_map)``.
     """
     fn = "bam"
     check_nhwc(fn, "x", x)
@@ -183,7 +206,11 @@ def bam(
     ms = conv_final(s)
     check_layer_shape(fn, "conv_final", ms, (n, h, w, 1))
     logits = mc + ms if combine == "paper" else mc * ms
-    return rescale(x, 1.0 + gate_fn(logits))
+    a = gate_fn(logits)
+    y = rescale(x, 1.0 + a)
+    if return_maps:
+        return y, {"channel_logits": mc, "spatial_logits": ms, "attention_map": a}
+    return y
 
 
 def coordinate_attention(
@@ -195,7 +222,8 @@ def coordinate_attention(
     conv_w: Layer,
     act: str | Layer = "relu",
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Coordinate attention: directional pools, shared transform, two directional gates.
 
     Hou et al., "Coordinate Attention for Efficient Mobile Network Design", CVPR 2021 (official
@@ -212,9 +240,12 @@ def coordinate_attention(
       conv_w: 1x1 layer (N, 1, W, R) -> (N, 1, W, C).
       act: activation of the shared transform (the official code uses h-swish).
       gate: gate (name or callable).
+      return_maps: also return the attention maps (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"height_weights"`` (N, H, 1, C), ``gate(conv_h(f^h))``, and ``"width_weights"``
+      (N, 1, W, C), ``gate(conv_w(f^w))``.
     """
     fn = "coordinate_attention"
     check_nhwc(fn, "x", x)
@@ -226,4 +257,5 @@ def coordinate_attention(
     a_h, a_w = gate_fn(conv_h(f_h)), gate_fn(conv_w(f_w))
     check_layer_shape(fn, "conv_h", a_h, (n, h, 1, c))
     check_layer_shape(fn, "conv_w", a_w, (n, 1, w, c))
-    return rescale(rescale(x, a_w), a_h)
+    y = rescale(rescale(x, a_w), a_h)
+    return (y, {"height_weights": a_h, "width_weights": a_w}) if return_maps else y

@@ -31,7 +31,8 @@ def context_aware_pyramid(
     reduce: Layer | None = None,
     expand: Layer | None = None,
     gate: str | Layer = "sigmoid",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Context-aware pyramid feature extraction (CPFE): parallel convs, concat, norm, act.
 
     Zhao and Wu, "Pyramid Feature Attention Network for Saliency Detection", CVPR 2019: a 1x1
@@ -48,9 +49,12 @@ def context_aware_pyramid(
       reduce: CA layer (N, 1, 1, C) -> (N, 1, 1, R), C = sum C_b, or None (no CA).
       expand: CA layer (N, 1, 1, R) -> (N, 1, 1, C), or None (with ``reduce``).
       gate: CA gate (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H, W, sum_b C_b), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H, W, sum_b C_b), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with, when CA is on, ``"channel_weights"``
+      (N, 1, 1, sum_b C_b), CA's gate (no maps without CA).
     """
     fn = "context_aware_pyramid"
     check_nhwc(fn, "x", x)
@@ -66,8 +70,9 @@ def context_aware_pyramid(
                    f"reduce={reduce!r}, expand={expand!r}")
     y = get_act(act)((norm or _identity)(jnp.concatenate(feats, axis=-1))).astype(x.dtype)
     if reduce is None:
-        return y
-    return squeeze_excite(y, reduce=reduce, expand=expand, act=act, gate=gate)
+        return (y, {}) if return_maps else y
+    return squeeze_excite(y, reduce=reduce, expand=expand, act=act, gate=gate,
+                          return_maps=return_maps)
 
 
 def pyramid_spatial_map(

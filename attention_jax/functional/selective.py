@@ -26,6 +26,14 @@ from attention_jax.functional.pooling import global_avg_pool
 __all__ = ["radix_softmax", "selective_kernel", "split_attention"]
 
 
+def _sum(parts: Sequence[jax.Array]) -> jax.Array:
+    """Left-to-right sum of a short list of arrays (as ``jnp.sum`` over a new axis would)."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
 def radix_softmax(logits: jax.Array, *, radix: int, cardinality: int = 1) -> jax.Array:
     """ResNeSt's r-softmax: softmax across the radix splits within each cardinal group.
 
@@ -67,7 +75,8 @@ def selective_kernel(
     select: Layer,
     act: str | Layer = "relu",
     split_input: bool = False,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Selective kernel: split into M branches, fuse by sum, select by softmax over branches.
 
     Li et al., "Selective Kernel Networks", CVPR 2019: ``U_m = act(norm_m(conv_m(x_m)))``;
@@ -87,9 +96,12 @@ def selective_kernel(
       select: layer (N, 1, 1, d) -> (N, 1, 1, M * C), branch-major (the paper's A, B, ...).
       act: activation after each norm (name or callable).
       split_input: feed branch m the m-th channel slice of ``x`` instead of all of ``x``.
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, M, C), the softmax
+      over the M branches (sums to 1 over axis 1), in the layers' dtype.
     """
     fn = "selective_kernel"
     check_nhwc(fn, "x", x)
@@ -124,7 +136,8 @@ def selective_kernel(
     out = feats[0] * a[:, 0, None, None, :].astype(u.dtype)
     for i in range(1, m):
         out = out + feats[i] * a[:, i, None, None, :].astype(u.dtype)
-    return out.astype(x.dtype)
+    out = out.astype(x.dtype)
+    return (out, {"branch_weights": a}) if return_maps else out
 
 
 def split_attention(
@@ -138,7 +151,8 @@ def split_attention(
     radix: int = 2,
     cardinality: int = 1,
     act: str | Layer = "relu",
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """ResNeSt split attention: R splits from one grouped conv, r-softmax weights, weighted sum.
 
     Zhang et al., "ResNeSt: Split-Attention Networks", 2020 (official ``SplAtConv2d``):
@@ -156,9 +170,13 @@ def split_attention(
       radix: number of splits R >= 1.
       cardinality: number of cardinal groups K >= 1 (C divisible by K).
       act: activation (name or callable).
+      return_maps: also return the attention map (see Returns).
 
     Returns:
-      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype).
+      (N, H', W', C), dtype of ``x`` (layers may compute in a wider dtype); with
+      ``return_maps`` a pair (output, maps) with ``"branch_weights"`` (N, R, C): split r's
+      weights, the r-softmax over the R splits (sums to 1 over axis 1 for R > 1; a sigmoid
+      for R = 1), in the layers' dtype.
     """
     fn = "split_attention"
     check_nhwc(fn, "x", x)
@@ -171,13 +189,18 @@ def split_attention(
                    f"cardinality = {radix * cardinality}", f"shape {tuple(y.shape)}")
     n, h, w, rc = y.shape
     c = rc // radix
-    splits = y.reshape(n, h, w, radix, c)
-    gap = global_avg_pool(jnp.sum(splits, axis=3) if radix > 1 else y, keepdims=True)
+    # The R splits as R channel slices, summed by explicit adds: XLA:CPU hands a sum over a
+    # small middle axis (jnp.sum(y.reshape(n, h, w, R, C), 3)) to YNNPACK's reduction, which
+    # took 4x the grouped convolution itself; the adds fuse into one elementwise loop.
+    splits = [y[..., r * c:(r + 1) * c] for r in range(radix)]
+    gap = global_avg_pool(_sum(splits) if radix > 1 else y, keepdims=True)
     logits = expand(act_fn((norm1 or _identity)(reduce(gap))))
     if logits.shape != (n, 1, 1, rc):
         raise fail(fn, "expand", f"a layer returning shape {(n, 1, 1, rc)}",
                    f"shape {tuple(logits.shape)}")
     a = radix_softmax(logits, radix=radix, cardinality=cardinality).astype(y.dtype)
     if radix == 1:
-        return (y * a).astype(x.dtype)
-    return jnp.sum(splits * a.reshape(n, 1, 1, radix, c), axis=3).astype(x.dtype)
+        out = (y * a).astype(x.dtype)
+    else:
+        out = _sum([s * a[..., r * c:(r + 1) * c] for r, s in enumerate(splits)]).astype(x.dtype)
+    return (out, {"branch_weights": a.reshape(n, radix, c)}) if return_maps else out

@@ -52,6 +52,14 @@ def _max_pool_2x2(a: jax.Array) -> jax.Array:
     return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
+def _weights(q: jax.Array, k: jax.Array, scale: float, precision: Any,
+             **mask_bias: Any) -> jax.Array:
+    """Softmax rows of ``scale * q . k`` (float32 or wider): the maps the forwards return."""
+    acc = jnp.promote_types(acc_dtype(q), acc_dtype(k))
+    s = jnp.einsum("...qd,...kd->...qk", q, k, precision=precision, preferred_element_type=acc)
+    return attention_weights(s * scale, **mask_bias)
+
+
 def _check_gamma(fn: str, gamma: Any) -> None:
     check_array(fn, "gamma", gamma)
     if gamma.size != 1:
@@ -71,7 +79,8 @@ def non_local(
     sub_sample: bool = False,
     implementation: str = "auto",
     precision: Any = None,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Non-local block: ``x + out(sum_j f(theta_i, phi_j) g_j / C(x))``.
 
     Wang et al., "Non-local Neural Networks", CVPR 2018. Modes (Sec. 3.2):
@@ -97,9 +106,15 @@ def non_local(
       sub_sample: 2x2 max-pool ``phi(x)`` and ``g(x)`` (keys/values) as in the paper, Sec. 4.
       implementation: passed to ``attention`` (``"auto"``, ``"xla"``, ``"chunked"``).
       precision: ``jax.lax.Precision`` of the attention matmuls.
+      return_maps: also return the attention rows (see Returns). They are computed for it
+        (an (N, H*W, Nk) array): the default call never builds them.
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"attention"`` (N, H*W, Nk), float32 (or wider): row ``i * W + j`` holds pixel
+      (i, j)'s pairwise weights ``f / C(x)`` over the Nk key pixels (row-major; Nk = H*W, or
+      (H//2)*(W//2) with ``sub_sample``); softmax rows summing to 1 for
+      ``"embedded_gaussian"``.
     """
     fn = "non_local"
     check_nhwc(fn, "x", x)
@@ -118,11 +133,14 @@ def non_local(
         scale = tq.shape[-1] ** -0.5 if use_scale else 1.0
         y = attention(tq, pk, gv, score="scaled_dot", scale=scale,
                       implementation=implementation, precision=precision)
+        f = _weights(tq, pk, scale, precision) if return_maps else None
     elif mode == "dot_product":
         acc = jnp.promote_types(acc_dtype(tq), acc_dtype(gv))
         ctx = jnp.einsum("nkc,nkd->ncd", pk, gv, precision=precision,
                          preferred_element_type=acc)
         y = jnp.einsum("nqc,ncd->nqd", tq.astype(acc), ctx, precision=precision) / nk
+        f = (jnp.einsum("nqc,nkc->nqk", tq, pk, precision=precision,
+                        preferred_element_type=acc) / nk) if return_maps else None
     else:
         a = _tokens(concat_project(jnp.concatenate([t, jnp.zeros_like(t)], -1)))
         b = _tokens(concat_project(jnp.concatenate([jnp.zeros_like(p), p], -1)))
@@ -130,7 +148,8 @@ def non_local(
         f = jax.nn.relu(a.astype(acc) + jnp.swapaxes(b, 1, 2).astype(acc)) / nk
         y = jnp.einsum("nqk,nkd->nqd", f, gv.astype(acc), precision=precision)
     y = y.reshape(n, h, w, y.shape[-1]).astype(t.dtype)  # -1 fails for N = 0
-    return (out(y) + x).astype(x.dtype)
+    z = (out(y) + x).astype(x.dtype)
+    return (z, {"attention": f}) if return_maps else z
 
 
 def position_attention(
@@ -142,7 +161,8 @@ def position_attention(
     gamma: jax.Array,
     implementation: str = "auto",
     precision: Any = None,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """DANet position attention module (PAM): ``gamma * softmax(q k^T) v + x`` over pixels.
 
     Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019, Sec. 3.2 (no logit
@@ -155,20 +175,28 @@ def position_attention(
       gamma: scalar or (1,) learned residual weight (initialised to 0).
       implementation: passed to ``attention``.
       precision: ``jax.lax.Precision`` of the attention matmuls.
+      return_maps: also return the attention rows (see Returns). They are computed for it
+        (an (N, H*W, H*W) array): the default call never builds them.
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"attention"`` (N, H*W, H*W), float32 (or wider): row ``i * W + j`` is pixel (i, j)'s
+      softmax over all pixels (row-major), summing to 1.
     """
     fn = "position_attention"
     check_nhwc(fn, "x", x)
     _check_gamma(fn, gamma)
-    y = attention(_tokens(query(x)), _tokens(key(x)), _tokens(value(x)), score="dot",
-                  implementation=implementation, precision=precision)
+    q, k = _tokens(query(x)), _tokens(key(x))
+    y = attention(q, k, _tokens(value(x)), score="dot", implementation=implementation,
+                  precision=precision)
     y = y.reshape(x.shape[:3] + y.shape[-1:])
-    return (gamma.reshape(()) * y + x).astype(x.dtype)
+    out = (gamma.reshape(()) * y + x).astype(x.dtype)
+    return (out, {"attention": _weights(q, k, 1.0, precision)}) if return_maps else out
 
 
-def channel_self_attention(x: jax.Array, *, gamma: jax.Array) -> jax.Array:
+def channel_self_attention(
+    x: jax.Array, *, gamma: jax.Array, return_maps: bool = False
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """DANet channel attention module (CAM): ``gamma * softmax(max(E) - E) X + x``, E = X X^T.
 
     Fu et al., CVPR 2019, Sec. 3.3, with the official code's energy: the softmax runs over
@@ -181,9 +209,12 @@ def channel_self_attention(x: jax.Array, *, gamma: jax.Array) -> jax.Array:
     Args:
       x: (N, H, W, C) feature map.
       gamma: scalar or (1,) learned residual weight (initialised to 0).
+      return_maps: also return the attention rows (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"attention"`` (N, C, C), float32 (or wider): row c is channel c's softmax over the
+      channels, summing to 1.
     """
     fn = "channel_self_attention"
     check_nhwc(fn, "x", x)
@@ -194,9 +225,11 @@ def channel_self_attention(x: jax.Array, *, gamma: jax.Array) -> jax.Array:
     xc = jnp.swapaxes(_tokens(x), 1, 2).astype(acc)  # (N, C, HW)
     energy = dot_scores(xc, xc)  # (N, C, C)
     energy = jax.lax.stop_gradient(jnp.max(energy, -1, keepdims=True)) - energy
-    y = attend(attention_weights(energy), xc)  # (N, C, HW)
+    a = attention_weights(energy)  # (N, C, C)
+    y = attend(a, xc)  # (N, C, HW)
     y = jnp.swapaxes(y, 1, 2).reshape(x.shape)
-    return (gamma.reshape(()).astype(acc) * y + x).astype(x.dtype)
+    out = (gamma.reshape(()).astype(acc) * y + x).astype(x.dtype)
+    return (out, {"attention": a}) if return_maps else out
 
 
 def dual_attention_head(
@@ -249,7 +282,7 @@ def _criss_cross_once(x, query, key, value, gamma, precision):
     vf = v.astype(acc)
     out = (jnp.einsum("nhwg,ngwc->nhwc", a[..., :h], vf, precision=precision)
            + jnp.einsum("nhwv,nhvc->nhwc", a[..., h:], vf, precision=precision))
-    return (gamma.reshape(()) * out + x).astype(x.dtype)
+    return (gamma.reshape(()) * out + x).astype(x.dtype), a
 
 
 def criss_cross_attention(
@@ -261,7 +294,8 @@ def criss_cross_attention(
     gamma: jax.Array,
     recurrence: int = 2,
     precision: Any = None,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Criss-cross attention, applied ``recurrence`` times with the same weights (RCCA).
 
     Huang et al., "CCNet: Criss-Cross Attention for Semantic Segmentation", ICCV 2019. Each
@@ -277,17 +311,24 @@ def criss_cross_attention(
       gamma: scalar or (1,) learned residual weight (initialised to 0).
       recurrence: number of passes R (the paper uses 2).
       precision: ``jax.lax.Precision`` of the einsums.
+      return_maps: also return the attention rows (see Returns).
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"attention"`` (N, R, H, W, H + W), float32 (or wider): pass r's softmax of pixel
+      (i, j) over the H pixels of its column (index g < H: pixel (g, j); its own entry g = i
+      is masked, weight 0) then the W pixels of its row (index H + v: pixel (i, v)); each
+      row sums to 1.
     """
     fn = "criss_cross_attention"
     check_nhwc(fn, "x", x)
     _check_gamma(fn, gamma)
     check_positive_int(fn, "recurrence", recurrence)
+    maps = []
     for _ in range(recurrence):
-        x = _criss_cross_once(x, query, key, value, gamma, precision)
-    return x
+        x, a = _criss_cross_once(x, query, key, value, gamma, precision)
+        maps.append(a)
+    return (x, {"attention": jnp.stack(maps, axis=1)}) if return_maps else x
 
 
 def _check_pair(fn: str, size: Any) -> tuple[int, int]:
@@ -347,7 +388,8 @@ def multi_head_self_attention_2d(
     rel_pos_table: jax.Array | None = None,
     implementation: str = "auto",
     precision: Any = None,
-) -> jax.Array:
+    return_maps: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Multi-head self-attention with the pixels as tokens: ``proj(MHSA(x + pos))``.
 
     Vaswani et al., NeurIPS 2017 applied to a feature map, as in ViT (Dosovitskiy et al., ICLR
@@ -365,9 +407,13 @@ def multi_head_self_attention_2d(
       rel_pos_table: optional ((2H-1)(2W-1), heads) relative-position bias table.
       implementation: passed to ``attention``.
       precision: ``jax.lax.Precision`` of the attention matmuls.
+      return_maps: also return the attention rows (see Returns). They are computed for it
+        (an (N, heads, H*W, H*W) array): the default call never builds them.
 
     Returns:
-      (N, H, W, C), dtype of ``x``.
+      (N, H, W, C), dtype of ``x``; with ``return_maps`` a pair (output, maps) with
+      ``"attention"`` (N, heads, H*W, H*W), float32 (or wider): row ``i * W + j`` is pixel
+      (i, j)'s softmax over all pixels (row-major) in each head, summing to 1.
     """
     fn = "multi_head_self_attention_2d"
     check_nhwc(fn, "x", x)
@@ -395,4 +441,7 @@ def multi_head_self_attention_2d(
     y = attention(q, k, v, score="scaled_dot", bias=bias, implementation=implementation,
                   precision=precision)
     y = jnp.swapaxes(y, 1, 2).reshape(n, h, w, c)
-    return proj(y).astype(x.dtype)
+    out = proj(y).astype(x.dtype)
+    if return_maps:
+        return out, {"attention": _weights(q, k, (c // num_heads) ** -0.5, precision, bias=bias)}
+    return out

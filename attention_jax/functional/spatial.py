@@ -211,6 +211,7 @@ def spatial_transformer(
     align_corners: bool = False,
     tps_grid_size: Sequence[int] = (3, 3),
     return_transform: bool = False,
+    return_maps: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
     """Spatial transformer: localisation -> transform parameters -> grid -> sample.
 
@@ -226,10 +227,14 @@ def spatial_transformer(
       align_corners: as in ``affine_grid`` / ``grid_sample``.
       tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
       return_transform: also return the transform.
+      return_maps: also return the transform and the sampled image (see Returns).
 
     Returns:
       (N, Ho, Wo, C) in ``x``'s dtype; with ``return_transform`` a pair (output, dict with
-      ``"params"`` (N, P), ``"grid"`` (N, Ho, Wo, 2) and ``"matrix"`` or ``"control_points"``).
+      ``"params"`` (N, P), the regressed parameters (the paper's theta), ``"grid"``
+      (N, Ho, Wo, 2), the sampling grid, and ``"matrix"`` ((N, 2, 3), or (N, 3, 3) for
+      perspective) or, for tps, ``"control_points"`` (N, K, 2)); with ``return_maps`` the
+      same pair whose dict also holds ``"sampled"`` (N, Ho, Wo, C), the output.
     """
     fn = "spatial_transformer"
     check_nhwc(fn, "x", x)
@@ -249,6 +254,7 @@ def spatial_transformer(
     grid, aux = transform_grid(params, (n, ho, wo, c), transform=transform,
                                tps_grid_size=tps_grid_size, align_corners=align_corners)
     y = grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    if return_transform:
-        return y, {"params": params, "grid": grid, **aux}
+    if return_transform or return_maps:
+        maps = {"params": params, "grid": grid, **aux}
+        return y, ({**maps, "sampled": y} if return_maps else maps)
     return y

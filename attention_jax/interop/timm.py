@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax._extras import require
 from attention_jax._validation import check_choice, fail
 
 __all__ = [
@@ -428,9 +429,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise fail(fn, "path", "an existing file", repr(path))
     if ext == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
+        st = require("safetensors.numpy", "weights", "reading .safetensors files")
+        return dict(st.load_file(path))
     try:
         import torch
     except ImportError as err:

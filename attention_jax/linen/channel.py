@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -33,6 +34,12 @@ class SqueezeExcite(nn.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), R from ``rd_ratio``/``rd_channels``/``rd_divisor``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -61,8 +68,10 @@ class SqueezeExcite(nn.Module):
         """Args: x (N, H, W, C); train: unused (no batch statistics). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SqueezeExcite", "x", x, p.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
-                                add_maxpool=p.add_maxpool)
+        return call_and_sow(
+            self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+            add_maxpool=p.add_maxpool,
+        )
 
 
 class EfficientChannelAttention(nn.Module):
@@ -71,6 +80,12 @@ class EfficientChannelAttention(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameter: ``conv`` (1D conv over channels,
     kernel (k, 1, 1), no bias), k = ``kernel_size`` or the adaptive odd
     ``eca_kernel_size(C, gamma=gamma, beta=beta)``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -94,7 +109,7 @@ class EfficientChannelAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("EfficientChannelAttention", "x", x, p.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
+        return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nn.Module):
@@ -106,6 +121,17 @@ class GatherExcite(nn.Module):
     ``norm1..normK`` (BatchNorm, act between), or for ``extent=0`` one depthwise conv with a
     ``feat_size`` kernel (the input's (H, W)) and ``norm1``. ``use_mlp``: ``fc1``/``fc2`` (1x1
     convs with bias, C -> R -> C) on the gathered context.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, h, w, C), the gate at the gathered resolution ((1, 1) for
+    ``extent=0``, else (ceil(H / extent), ceil(W / extent))), which is nearest-resized to (H, W)
+    and multiplies ``x``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics; with
+    ``extra_params`` only). ``train=False`` (default) normalises with the running statistics;
+    ``train=True`` with the batch's, updating the running ones: ``apply(v, x, train=True,
+    mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -148,9 +174,10 @@ class GatherExcite(nn.Module):
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
             norms=[partial(getattr(self, f"norm{i}"), use_running_average=not train)
                    for i in idx], act=p.act) if p.gather_convs else None
-        return F.gather_excite(
-            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
-            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.gather_excite, x, extent=p.extent, gather=gather,
+            reduce=self.fc1 if p.use_mlp else None, expand=self.fc2 if p.use_mlp else None,
+            act=p.act, gate=p.gate,
         )
 
 
@@ -164,6 +191,14 @@ class GlobalContext(nn.Module):
     official code, timm 1e-6) and ``add_fc2`` (1x1 R -> C); for ``fuse_scale`` the same as
     ``scale_*``. Defaults follow the paper and the official code (fusion by add, r = 16; timm
     defaults to scale fusion, r = 8).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``context_weights`` (N, H, W, 1), the attention-pooling softmax over the H * W positions
+    (sums to 1); with ``fuse_add`` ``channel_add`` (N, 1, 1, C), the term added to ``x``; with
+    ``fuse_scale`` ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -204,8 +239,10 @@ class GlobalContext(nn.Module):
         check_nhwc("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
-        return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.global_context, x, attn=self.conv_attn, add_transform=add,
+            scale_transform=scale, act=p.act, gate=p.gate,
+        )
 
 
 class SecondOrderChannel(nn.Module):
@@ -214,6 +251,12 @@ class SecondOrderChannel(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R, bias) and
     ``fc2`` (1x1 conv R -> C, bias) on the covariance-square-root descriptor; ``iterations``
     Newton-Schulz steps (5 as in the official SAN code).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -241,5 +284,7 @@ class SecondOrderChannel(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SecondOrderChannel", "x", x, p.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
-                                      gate=p.gate, iterations=p.iterations)
+        return call_and_sow(
+            self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
+            gate=p.gate, iterations=p.iterations,
+        )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
 
@@ -38,7 +39,7 @@ class ConvBNAct(nn.Module):
         k, d = self.kernel_size, self.dilation
         self.conv = conv(self.features, k, padding=same_padding(k, d), kernel_dilation=d,
                          use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                         precision=self.precision)
+                         precision=self.precision, conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -56,6 +57,14 @@ class ASPP(nn.Module):
     on the global average), ``project`` (1x1 conv-BN-ReLU fusing the concatenation).
     ``out_channels`` defaults to ``channels`` (shape-preserving; DeepLabv3 uses 256). The
     paper's dropout after the projection (training only) is left to the caller.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    (ASPP computes no attention map).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int

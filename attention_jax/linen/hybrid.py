@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     BAMPlan,
@@ -29,6 +31,12 @@ class ChannelGate(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), the MLP shared by the avg- and max-pooled descriptors; no bias by default
     (as timm; the official code's ``nn.Linear`` has one: ``bias=True``).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the gate Mc that multiplies ``x``.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -55,7 +63,9 @@ class ChannelGate(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("ChannelGate", "x", x, p.channels)
-        return F.cbam_channel_gate(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam_channel_gate, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+        )
 
 
 class SpatialGate(nn.Module):
@@ -64,6 +74,14 @@ class SpatialGate(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv`` (k x k conv 2 -> 1, no bias,
     "same" padding; k = ``kernel_size``, odd) and ``bn`` (BatchNorm on the one-channel map, as in
     the official code, torch momentum 0.01).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``spatial_map`` (N, H, W, 1), the gate Ms that multiplies ``x``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -77,7 +95,8 @@ class SpatialGate(nn.Module):
         p = self.plan = SpatialGatePlan.create(self.channels, kernel_size=self.kernel_size,
                                                gate=self.gate)
         self.conv = conv(1, p.kernel_size, padding=p.padding, use_bias=False, dtype=self.dtype,
-                         param_dtype=self.param_dtype, precision=self.precision)
+                         param_dtype=self.param_dtype, precision=self.precision,
+                         conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(momentum=p.norm_momentum, dtype=self.dtype,
                              param_dtype=self.param_dtype)
 
@@ -85,9 +104,10 @@ class SpatialGate(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SpatialGate", "x", x, p.channels)
-        return F.cbam_spatial_gate(x, conv=self.conv,
-                                   norm=partial(self.bn, use_running_average=not train),
-                                   gate=p.gate)
+        return call_and_sow(
+            self, F.cbam_spatial_gate, x, conv=self.conv,
+            norm=partial(self.bn, use_running_average=not train), gate=p.gate,
+        )
 
 
 class CBAM(nn.Module):
@@ -95,6 +115,16 @@ class CBAM(nn.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C): ``channel`` (a ``ChannelGate``: ``fc1``, ``fc2``)
     then ``spatial`` (a ``SpatialGate``: ``conv``, ``bn``), in series.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_weights`` (N, 1, 1, C), the channel gate Mc, and ``spatial_map`` (N, H, W, 1), the
+    spatial gate Ms computed on ``x * Mc`` (both sown by CBAM itself, not under
+    ``channel``/``spatial``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -125,10 +155,11 @@ class CBAM(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CBAM", "x", x, p.channels)
-        return F.cbam(x, reduce=self.channel.fc1, expand=self.channel.fc2,
-                      conv=self.spatial.conv,
-                      norm=partial(self.spatial.bn, use_running_average=not train),
-                      act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.cbam, x, reduce=self.channel.fc1, expand=self.channel.fc2,
+            conv=self.spatial.conv, norm=partial(self.spatial.bn, use_running_average=not train),
+            act=p.act, gate=p.gate,
+        )
 
 
 class BAM(nn.Module):
@@ -139,6 +170,16 @@ class BAM(nn.Module):
     ``conv_di_0``/``bn_di_0`` and ``conv_di_1``/``bn_di_1`` (3x3, dilation ``dilation``),
     ``conv_final`` (1x1 R -> 1); all with bias, as the official code. ``combine="paper"``:
     ``x * (1 + sigmoid(Mc + Ms))``; ``"official"``: ``x * (1 + sigmoid(Mc * Ms))``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``channel_logits`` (N, 1, 1, C), Mc; ``spatial_logits`` (N, H, W, 1), Ms; ``attention_map``
+    (N, H, W, C), ``gate(Mc + Ms)`` (``combine="official"``: ``gate(Mc * Ms)``), so that the
+    output is ``x * (1 + attention_map)``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -165,7 +206,8 @@ class BAM(nn.Module):
         bn = partial(batch_norm, **common)
         self.fc1, self.bn1, self.fc2 = dense(rd), bn(), dense(c)
         self.conv_reduce, self.bn_reduce = conv_(rd, 1), bn()
-        di = partial(conv_, rd, 3, padding=d, kernel_dilation=d)
+        di = partial(conv_, rd, 3, padding=d, kernel_dilation=d,
+                     conv_general_dilated=conv_general_dilated)
         self.conv_di_0, self.bn_di_0 = di(), bn()
         self.conv_di_1, self.bn_di_1 = di(), bn()
         self.conv_final = conv_(1, 1)
@@ -175,8 +217,8 @@ class BAM(nn.Module):
         p = self.plan
         check_nhwc("BAM", "x", x, p.channels)
         mode = dict(use_running_average=not train)
-        return F.bam(
-            x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
+        return call_and_sow(
+            self, F.bam, x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
             conv_reduce=self.conv_reduce, bn_reduce=partial(self.bn_reduce, **mode),
             convs_di=(self.conv_di_0, self.conv_di_1),
             bns_di=(partial(self.bn_di_0, **mode), partial(self.bn_di_1, **mode)),
@@ -192,6 +234,15 @@ class CoordinateAttention(nn.Module):
     official code uses ``act`` h-swish (``act="hard_swish"``) and width ``max(8, C // 32)``;
     the defaults here are the family's (``act="relu"``, ``rd_ratio=1/16``, ``rd_divisor=8``),
     and ``rd_ratio=1/32`` reproduces the official width whenever C <= 256 or C % 256 == 0.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``height_weights`` (N, H, 1, C), one gate per row, and ``width_weights`` (N, 1, W, C), one
+    gate per column; the output is ``x * height_weights * width_weights``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -219,7 +270,8 @@ class CoordinateAttention(nn.Module):
         """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CoordinateAttention", "x", x, p.channels)
-        return F.coordinate_attention(
-            x, conv1=self.conv1, norm=partial(self.bn1, use_running_average=not train),
-            conv_h=self.conv_h, conv_w=self.conv_w, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.coordinate_attention, x, conv1=self.conv1,
+            norm=partial(self.bn1, use_running_average=not train), conv_h=self.conv_h,
+            conv_w=self.conv_w, act=p.act, gate=p.gate,
         )

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.linen._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -32,6 +34,15 @@ class ContextAwarePyramid(nn.Module):
     wide, concatenated, ``bn`` + ReLU; then, with ``channel_attention``, the paper's SE-like CA:
     ``ca_fc1`` (1x1, -> R) + ReLU, ``ca_fc2`` (1x1, -> out) + sigmoid, rescale. The paper's CA
     reduces by 4: pass ``rd_ratio=0.25, rd_divisor=1`` (the family default is 1/16).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): with
+    ``channel_attention`` (the default), ``channel_weights`` (N, 1, 1, out_channels), CA's gate
+    on the concatenated pyramid; none without it.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -58,7 +69,8 @@ class ContextAwarePyramid(nn.Module):
         self.conv0 = conv_(p.branch_channels, 1, use_bias=False)
         for i, d in enumerate(p.dilations, start=1):
             setattr(self, f"conv{i}", conv_(p.branch_channels, 3, padding=d, kernel_dilation=d,
-                                            use_bias=False))
+                                            use_bias=False,
+                                            conv_general_dilated=conv_general_dilated))
         self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
         if p.channel_attention:
             self.ca_fc1 = conv_(p.rd_channels, 1)
@@ -69,11 +81,12 @@ class ContextAwarePyramid(nn.Module):
         p = self.plan
         check_nhwc("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
-        return F.context_aware_pyramid(
-            x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
+        return call_and_sow(
+            self, F.context_aware_pyramid, x,
+            convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
             norm=partial(self.bn, use_running_average=not train), act=p.act,
-            reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None,
-            gate=p.gate)
+            reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None, gate=p.gate,
+        )
 
 
 class PyramidSpatialAttention(nn.Module):
@@ -85,6 +98,14 @@ class PyramidSpatialAttention(nn.Module):
     low-level ones). Parameters: ``b1_conv1`` (1xk, C -> mid), ``b1_bn1``, ``b1_conv2``
     (kx1, mid -> 1), ``b1_bn2`` and the mirrored ``b2_*``; k = ``kernel_size`` (paper: 9),
     mid = ``mid_channels`` (default C / 2, as the official code).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``spatial_map`` (N, H, W, 1), the gate computed from ``guide`` that multiplies ``x``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -120,7 +141,10 @@ class PyramidSpatialAttention(nn.Module):
 
         branches = [[stage(self.b1_conv1, self.b1_bn1), stage(self.b1_conv2, self.b1_bn2)],
                     [stage(self.b2_conv1, self.b2_bn1), stage(self.b2_conv2, self.b2_bn2)]]
-        return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        m = F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        if wants_maps(self):
+            sow_maps(self, {"spatial_map": m})
+        return m
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
@@ -140,6 +164,15 @@ class PyramidFeatureAttention(nn.Module):
     concatenation, then ``gate`` (sigmoid; ``"identity"`` gives logits for a BCE loss).
     Output (N, H, W, 1). One low- and one high-level input: concatenate several levels (C1-C2,
     C3-C5 in the paper) before calling if wanted.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    of its own; its parts sow under their names: ``cpfe`` ``channel_weights`` (N, 1, 1, (1 +
+    len(dilations)) * features) and ``sa`` ``spatial_map`` (N, H, W, 1).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     low_channels: int

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -29,6 +31,15 @@ class SelectiveKernel(nn.Module):
     ``fc_select`` (1x1, d -> M * C, branch-major). ``split_input``: branch m convolves only the
     m-th of M equal channel slices of the input (timm's SK-ResNet-18/34), so each ``conv{m}``
     takes C / M channels.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``branch_weights`` (N, M, C), the softmax over the M = ``num_paths`` branches
+    (sums to 1 over axis 1) with which their outputs are summed (C = ``out_channels``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -53,7 +64,7 @@ class SelectiveKernel(nn.Module):
             rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             rd_min_channels=self.rd_min_channels, split_input=self.split_input, act=self.act)
         conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         for m, d in enumerate(p.dilations):
             setattr(self, f"conv{m}", conv_(p.out_channels, 3, strides=p.stride, padding=d,
@@ -68,8 +79,8 @@ class SelectiveKernel(nn.Module):
         p = self.plan
         check_nhwc("SelectiveKernel", "x", x, p.channels)
         ura = not train
-        return F.selective_kernel(
-            x,
+        return call_and_sow(
+            self, F.selective_kernel, x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[partial(getattr(self, f"bn{m}"), use_running_average=ura)
                    for m in range(p.num_paths)],
@@ -91,6 +102,15 @@ class SplitAttention(nn.Module):
     R = 1). Width ``d = max(make_divisible(C * R * rd_ratio, rd_divisor), rd_min_channels)``
     unless ``rd_channels`` is given; ResNeSt uses ``rd_ratio=1/4`` (its reduction_factor 4) and
     ``rd_min_channels=32``; the family default ``rd_ratio`` is 1/16.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``branch_weights`` (N, R, C), the r-softmax over the R = ``radix`` splits (sums to 1 over
+    axis 1; a sigmoid for R = 1) with which they are summed (C = ``out_channels``).
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -117,7 +137,7 @@ class SplitAttention(nn.Module):
             rd_ratio=self.rd_ratio, rd_channels=self.rd_channels, rd_divisor=self.rd_divisor,
             rd_min_channels=self.rd_min_channels, bias=self.bias, act=self.act)
         conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                        precision=self.precision)
+                        precision=self.precision, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=self.dtype, param_dtype=self.param_dtype)
         width = p.out_channels * p.radix
         self.conv = conv_(width, p.kernel_size, strides=p.stride, padding=p.padding,
@@ -133,8 +153,9 @@ class SplitAttention(nn.Module):
         p = self.plan
         check_nhwc("SplitAttention", "x", x, p.channels)
         ura = not train
-        return F.split_attention(
-            x, conv=self.conv, norm0=partial(self.bn0, use_running_average=ura),
-            reduce=self.fc1, norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2,
-            radix=p.radix, cardinality=p.groups, act=p.act,
+        return call_and_sow(
+            self, F.split_attention, x, conv=self.conv,
+            norm0=partial(self.bn0, use_running_average=ura), reduce=self.fc1,
+            norm1=partial(self.bn1, use_running_average=ura), expand=self.fc2, radix=p.radix,
+            cardinality=p.groups, act=p.act,
         )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -54,6 +55,17 @@ class NonLocal(nn.Module):
     ``mode`` is ``"embedded_gaussian"``, ``"dot_product"`` or ``"concatenation"``;
     ``use_scale`` divides embedded-Gaussian logits by sqrt(Ci) (official code, mmcv);
     ``sub_sample`` max-pools keys and values 2x2.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, H * W, Nk): row ``i * W + j`` holds pixel (i, j)'s pairwise weights over
+    the Nk key pixels (Nk = H * W, or (H // 2) * (W // 2) with ``sub_sample``), softmax rows
+    summing to 1 for ``"embedded_gaussian"``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics; with ``use_bn``
+    only). ``train=False`` (default) normalises with the running statistics; ``train=True`` with
+    the batch's, updating the running ones: ``apply(v, x, train=True,
+    mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -89,12 +101,13 @@ class NonLocal(nn.Module):
         check_nhwc("NonLocal", "x", x, p.channels)
         p.check_input(x)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
-                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm,
-                                       act="identity"),
-                           concat_project=self.concat_project if p.has_concat_project else None,
-                           mode=p.mode, use_scale=p.use_scale, sub_sample=p.sub_sample,
-                           implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
+            out=partial(F.conv_norm_act, conv=self.out_proj, norm=norm, act="identity"),
+            concat_project=self.concat_project if p.has_concat_project else None, mode=p.mode,
+            use_scale=p.use_scale, sub_sample=p.sub_sample, implementation=p.implementation,
+            precision=self.precision,
+        )
 
 
 class PositionAttention(nn.Module):
@@ -103,6 +116,13 @@ class PositionAttention(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8 as the official code), ``value`` (1x1 conv C -> C)
     and ``gamma`` (shape (1,), initialised to 0, so the module starts as the identity).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, H * W, H * W): row ``i * W + j`` is pixel (i, j)'s softmax over all pixels
+    (row-major), summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -125,9 +145,10 @@ class PositionAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("PositionAttention", "x", x, p.channels)
-        return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma, implementation=p.implementation,
-                                    precision=self.precision)
+        return call_and_sow(
+            self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, implementation=p.implementation, precision=self.precision,
+        )
 
 
 class ChannelSelfAttention(nn.Module):
@@ -136,6 +157,12 @@ class ChannelSelfAttention(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). One parameter: ``gamma`` (shape (1,),
     initialised to 0). Softmax over ``rowmax(E) - E`` with E = X X^T, as the official code
     (see ``functional.channel_self_attention``).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, C, C): row c is channel c's softmax over the channels, summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -150,7 +177,7 @@ class ChannelSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
-        return F.channel_self_attention(x, gamma=self.gamma)
+        return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma)
 
 
 class DualAttentionHead(nn.Module):
@@ -163,6 +190,16 @@ class DualAttentionHead(nn.Module):
     shape-preserving (the paper maps to the number of classes); the official per-branch
     auxiliary outputs (``conv6``/``conv7``, deep supervision) and the dropout before ``conv8``
     (training only) are left out.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    of its own; its PAM ``sa`` sows ``attention`` (N, H * W, H * W) and its CAM ``sc`` sows
+    ``attention`` (N, Ci, Ci), found at ``maps["sa"]["attention"]`` and
+    ``maps["sc"]["attention"]``.
+
+    Variables: ``params`` and ``batch_stats`` (BatchNorm running statistics). ``train=False``
+    (default) normalises with the running statistics; ``train=True`` with the batch's, updating
+    the running ones: ``apply(v, x, train=True, mutable=["batch_stats"])``.
     """
 
     channels: int
@@ -198,6 +235,14 @@ class CrissCrossAttention(nn.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8), ``value`` (1x1 conv C -> C), ``gamma`` ((1,),
     initialised to 0); the same weights are applied ``recurrence`` times (R = 2).
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, R, H, W, H + W): pass r's softmax of pixel (i, j) over the H pixels of its
+    column (index g: pixel (g, j); its own entry g = i is masked to 0), then the W pixels of its
+    row (index H + v: pixel (i, v)); sums to 1 over the last axis.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -220,9 +265,10 @@ class CrissCrossAttention(nn.Module):
         """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CrissCrossAttention", "x", x, p.channels)
-        return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma, recurrence=p.recurrence,
-                                       precision=self.precision)
+        return call_and_sow(
+            self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma, recurrence=p.recurrence, precision=self.precision,
+        )
 
 
 class MultiHeadSelfAttention2d(nn.Module):
@@ -233,6 +279,13 @@ class MultiHeadSelfAttention2d(nn.Module):
     ``proj`` (Dense C -> C), and with ``position="relative"`` the Swin-style
     ``relative_position_bias_table`` ((2H-1)(2W-1), heads), or with ``position="absolute"``
     ``pos_embed`` (1, H, W, C), both for a fixed ``input_size=(H, W)``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``attention`` (N, heads, H * W, H * W): each head's softmax of query pixel ``i * W + j``
+    over all pixels (row-major), summing to 1.
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -266,9 +319,9 @@ class MultiHeadSelfAttention2d(nn.Module):
         p = self.plan
         check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
-        return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
-            pos_embed=self.pos_embed if p.position == "absolute" else None,
-            rel_pos_table=(self.relative_position_bias_table if p.position == "relative"
-                           else None),
-            implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,
+            num_heads=p.num_heads, pos_embed=self.pos_embed if p.position == "absolute" else None,
+            rel_pos_table=(self.relative_position_bias_table if p.position == "relative" else None),
+            implementation=p.implementation, precision=self.precision,
+        )

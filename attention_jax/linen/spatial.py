@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.linen._maps import sow_maps, wants_maps
 from attention_jax.linen.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -26,6 +28,12 @@ class LocalisationNet(nn.Module):
     ``pool_size`` (a grid, so position survives; None = global average), flattened, ``fc1``
     (-> hidden, ReLU) and ``fc2`` (-> out_features) whose kernel starts at zero and bias at
     ``final_bias`` (the identity transform's parameters), so training starts from the identity.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same): none
+    (it regresses parameters; ``SpatialTransformer`` sows them).
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -43,7 +51,8 @@ class LocalisationNet(nn.Module):
             self.channels, out_features=self.out_features, features=self.features,
             hidden=self.hidden, pool_size=self.pool_size, final_bias=self.final_bias)
         conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=self.dtype,
-                          param_dtype=self.param_dtype, precision=self.precision)
+                          param_dtype=self.param_dtype, precision=self.precision,
+                          conv_general_dilated=conv_general_dilated)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision)
         self.conv1 = conv3x3(p.features[0])
@@ -67,6 +76,15 @@ class SpatialTransformer(nn.Module):
     ``LocalisationNet`` ``loc`` regresses the ``transform``'s parameters (initialised to the
     identity), which give a sampling grid for ``grid_sample``. With ``return_transform=True``
     the call returns ``(output, {"params", "grid", "matrix" | "control_points"})``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(module, x, variables=v)``; the output is the same):
+    ``params`` (N, P), the regressed transform parameters (the paper's theta: P = 6 affine, 8
+    perspective, 2K tps); ``grid`` (N, Ho, Wo, 2), the normalised (x, y) sampling grid;
+    ``matrix`` ((N, 2, 3) affine, (N, 3, 3) perspective) or, for tps, ``control_points``
+    (N, K, 2); ``sampled`` (N, Ho, Wo, C), the sampled image (the output).
+
+    Variables: ``params`` only (no batch statistics; ``train`` is accepted and changes nothing).
     """
 
     channels: int
@@ -102,8 +120,14 @@ class SpatialTransformer(nn.Module):
         p = self.plan
         check_nhwc("SpatialTransformer", "x", x, p.channels)
         p.check_input(x)
-        return F.spatial_transformer(
+        sow = wants_maps(self)
+        out = F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
             mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
-            tps_grid_size=p.tps_grid_size, return_transform=return_transform,
+            tps_grid_size=p.tps_grid_size, return_transform=return_transform, return_maps=sow,
         )
+        if not sow:
+            return out
+        y, maps = out
+        sow_maps(self, maps)
+        return (y, {k: v for k, v in maps.items() if k != "sampled"}) if return_transform else y

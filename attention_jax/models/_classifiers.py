@@ -121,6 +121,7 @@ def rectify(
     out_size: Sequence[int] | None,
     tps_grid_size: Sequence[int],
     return_transform: bool = False,
+    return_maps: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
     """The spatial transformer of an ST classifier: what its classifier sees.
 
@@ -131,27 +132,34 @@ def rectify(
       out_size: (Ho, Wo) of the output, or None for (H, W).
       tps_grid_size: control-point lattice of ``"tps"``.
       return_transform: also return the transform (see ``F.spatial_transformer``).
+      return_maps: also return the transform and the sampled image (``F.spatial_transformer``'s
+        maps: ``"params"``, ``"grid"``, ``"matrix"`` or ``"control_points"``, ``"sampled"``).
 
     Returns:
-      (N, Ho, Wo, C) (and the transform dict).
+      (N, Ho, Wo, C) (and the transform dict, or the maps).
     """
     return F.spatial_transformer(x, localisation=localisation, transform=transform,
                                  out_size=out_size, tps_grid_size=tps_grid_size,
-                                 return_transform=return_transform)
+                                 return_transform=return_transform, return_maps=return_maps)
 
 
-def st_forward(x: jax.Array, *, classifier: Layer, **rectify_options: Any) -> jax.Array:
+def st_forward(x: jax.Array, *, classifier: Layer, return_maps: bool = False,
+               **rectify_options: Any) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
     """ST classifier: the spatial transformer's output, classified.
 
     Args:
       x: images (N, H, W, C).
       classifier: (N, Ho, Wo, C) -> (N, num_classes).
+      return_maps: also return the spatial transformer's maps (see ``rectify``).
       **rectify_options: keyword arguments of ``rectify`` (localisation, transform, ...).
 
     Returns:
-      logits (N, num_classes).
+      logits (N, num_classes); with ``return_maps`` a pair (logits, maps).
     """
-    return classifier(rectify(x, **rectify_options))
+    if not return_maps:
+        return classifier(rectify(x, **rectify_options))
+    y, maps = rectify(x, return_maps=True, **rectify_options)
+    return classifier(y), maps
 
 
 def identity_bias(transform: str, tps_grid_size: Sequence[int]) -> tuple[float, ...]:

@@ -26,6 +26,7 @@ from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int
 from attention_jax.linen import LocalisationNet
+from attention_jax.linen._maps import call_and_sow
 from attention_jax.models import _classifiers as C
 
 __all__ = ["FCN", "CNN", "ConvLocalisation", "FCLocalisation", "STCNN", "STFCN",
@@ -194,6 +195,12 @@ class STCNN(nn.Module):
     Submodules ``loc`` (the localisation net) and ``cnn`` (the classifier, on the transformer's
     ``out_size`` output). ``rectify`` gives what the classifier sees.
 
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(model, x, variables=v)``; the output is the same): the
+    spatial transformer's, as ``SpatialTransformer``'s: ``params`` (N, P), ``grid``
+    (N, Ho, Wo, 2), ``matrix`` (or ``control_points`` for tps) and ``sampled`` (N, Ho, Wo, C),
+    what the classifier sees.
+
     Attributes:
       num_classes: outputs (default 10).
       channels: input channels C (default 1).
@@ -257,13 +264,19 @@ class STCNN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns logits (N, num_classes)."""
         check_nhwc("STCNN", "x", x, self.channels)
-        return C.st_forward(x, classifier=self.cnn, **_st_options(self))
+        return call_and_sow(self, C.st_forward, x, classifier=self.cnn, **_st_options(self))
 
 
 class STFCN(nn.Module):
     """ST-FCN: a spatial transformer (``FCLocalisation``) in front of ``FCN``.
 
     (N, H, W, C) -> (N, num_classes). Submodules ``loc`` and ``fcn``.
+
+    Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
+    e.g. ``attention_jax.intermediates(model, x, variables=v)``; the output is the same): the
+    spatial transformer's, as ``SpatialTransformer``'s: ``params`` (N, P), ``grid``
+    (N, Ho, Wo, 2), ``matrix`` (or ``control_points`` for tps) and ``sampled`` (N, Ho, Wo, C),
+    what the classifier sees.
 
     Attributes:
       num_classes, channels, transform, out_size, tps_grid_size: as ``STCNN``.
@@ -304,4 +317,4 @@ class STFCN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Args: x (N, H, W, C); train: unused. Returns logits (N, num_classes)."""
         check_nhwc("STFCN", "x", x, self.channels)
-        return C.st_forward(x, classifier=self.fcn, **_st_options(self))
+        return call_and_sow(self, C.st_forward, x, classifier=self.fcn, **_st_options(self))

@@ -19,6 +19,7 @@ from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
 from attention_jax.models import _classifiers as C
 from attention_jax.nnx import LocalisationNet
+from attention_jax.nnx._maps import call_and_sow
 
 __all__ = ["FCN", "CNN", "ConvLocalisation", "FCLocalisation", "STCNN", "STFCN"]
 
@@ -212,6 +213,11 @@ class _ST(nnx.Module):
 class STCNN(_ST):
     """ST-CNN, nnx; see the linen ``STCNN`` (same arguments, plus ``in_size``).
 
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(model, x)``; the output is the same): the spatial
+    transformer's, as ``SpatialTransformer``'s: ``params`` (N, P), ``grid`` (N, Ho, Wo, 2),
+    ``matrix`` (or ``control_points`` for tps) and ``sampled`` (N, Ho, Wo, C).
+
     Args:
       num_classes: outputs (default 10).
       channels: input channels C (default 1).
@@ -253,11 +259,16 @@ class STCNN(_ST):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns logits (N, num_classes)."""
         check_nhwc("STCNN", "x", x, self.channels)
-        return C.st_forward(x, classifier=self.cnn, **self._options())
+        return call_and_sow(self, C.st_forward, x, classifier=self.cnn, **self._options())
 
 
 class STFCN(_ST):
     """ST-FCN, nnx; see the linen ``STFCN`` (same arguments, plus ``in_size``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(model, x)``; the output is the same): the spatial
+    transformer's, as ``SpatialTransformer``'s: ``params`` (N, P), ``grid`` (N, Ho, Wo, 2),
+    ``matrix`` (or ``control_points`` for tps) and ``sampled`` (N, Ho, Wo, C).
 
     Args:
       num_classes, channels, transform, out_size, tps_grid_size: as ``STCNN``.
@@ -286,4 +297,4 @@ class STFCN(_ST):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns logits (N, num_classes)."""
         check_nhwc("STFCN", "x", x, self.channels)
-        return C.st_forward(x, classifier=self.fcn, **self._options())
+        return call_and_sow(self, C.st_forward, x, classifier=self.fcn, **self._options())

@@ -11,6 +11,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     EfficientChannelAttentionPlan,
@@ -33,6 +34,12 @@ class SqueezeExcite(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -63,8 +70,10 @@ class SqueezeExcite(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SqueezeExcite", "x", x, p.channels)
-        return F.squeeze_excite(x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
-                                add_maxpool=p.add_maxpool)
+        return call_and_sow(
+            self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
+            add_maxpool=p.add_maxpool,
+        )
 
 
 class EfficientChannelAttention(nnx.Module):
@@ -72,6 +81,12 @@ class EfficientChannelAttention(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameter as the linen module: ``conv``
     (1D conv over channels, kernel (k, 1, 1), no bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -96,7 +111,7 @@ class EfficientChannelAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("EfficientChannelAttention", "x", x, p.channels)
-        return F.efficient_channel_attention(x, conv=self.conv, gate=p.gate)
+        return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nnx.Module):
@@ -104,6 +119,17 @@ class GatherExcite(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: gather
     ``conv1..convK``/``norm1..normK`` when ``extra_params``, MLP ``fc1``/``fc2`` when ``use_mlp``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, h, w, C), the gate at the gathered resolution ((1, 1) for ``extent=0``, else
+    (ceil(H / extent), ceil(W / extent))), which is nearest-resized to (H, W) and multiplies
+    ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics; with
+    ``extra_params`` only). A new module is in training mode (batch statistics, running ones
+    updated in place); ``module.eval()`` switches to the running statistics, ``module.train()``
+    back.
     """
 
     def __init__(
@@ -147,9 +173,10 @@ class GatherExcite(nnx.Module):
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
             norms=[getattr(self, f"norm{i}") for i in idx], act=p.act,
         ) if p.gather_convs else None
-        return F.gather_excite(
-            x, extent=p.extent, gather=gather, reduce=self.fc1 if p.use_mlp else None,
-            expand=self.fc2 if p.use_mlp else None, act=p.act, gate=p.gate,
+        return call_and_sow(
+            self, F.gather_excite, x, extent=p.extent, gather=gather,
+            reduce=self.fc1 if p.use_mlp else None, expand=self.fc2 if p.use_mlp else None,
+            act=p.act, gate=p.gate,
         )
 
 
@@ -159,6 +186,14 @@ class GlobalContext(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Same fields and parameters as the linen module:
     ``conv_attn`` (with a bias if ``attn_bias``); ``add_fc1``/``add_norm``/``add_fc2`` and/or
     ``scale_fc1``/``scale_norm``/``scale_fc2``; ``eps`` is the LayerNorm epsilon.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``context_weights``
+    (N, H, W, 1), the attention-pooling softmax over the H * W positions (sums to 1); with
+    ``fuse_add`` ``channel_add`` (N, 1, 1, C), the term added to ``x``; with ``fuse_scale``
+    ``channel_weights`` (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -202,8 +237,10 @@ class GlobalContext(nnx.Module):
         check_nhwc("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
-        return F.global_context(x, attn=self.conv_attn, add_transform=add,
-                                scale_transform=scale, act=p.act, gate=p.gate)
+        return call_and_sow(
+            self, F.global_context, x, attn=self.conv_attn, add_transform=add,
+            scale_transform=scale, act=p.act, gate=p.gate,
+        )
 
 
 class SecondOrderChannel(nnx.Module):
@@ -211,6 +248,12 @@ class SecondOrderChannel(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R, bias) and ``fc2`` (1x1 conv R -> C, bias).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``channel_weights``
+    (N, 1, 1, C), the gate that multiplies ``x``.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -240,5 +283,7 @@ class SecondOrderChannel(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("SecondOrderChannel", "x", x, p.channels)
-        return F.second_order_channel(x, reduce=self.fc1, expand=self.fc2, act=p.act,
-                                      gate=p.gate, iterations=p.iterations)
+        return call_and_sow(
+            self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
+            gate=p.gate, iterations=p.iterations,
+        )

@@ -12,6 +12,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
 
@@ -32,7 +33,7 @@ class ConvBNAct(nnx.Module):
         self.conv = conv(in_features, features, kernel_size,
                          padding=same_padding(kernel_size, dilation), kernel_dilation=dilation,
                          use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                         precision=precision, rngs=rngs)
+                         precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         self.bn = batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,6 +47,14 @@ class ASPP(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, out_channels or C). Same parameters as the linen
     module: ``b0``, ``b1``.. (one per atrous rate), ``pool``, ``project`` (conv-BN-ReLU each).
     BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none
+    (ASPP computes no attention map).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(

@@ -12,6 +12,8 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.nnx._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
     ContextAwarePyramidPlan,
@@ -29,6 +31,15 @@ class ContextAwarePyramid(nnx.Module):
     ``pfa``). Same fields and parameters as the linen module: ``conv0`` (1x1), ``conv{i}``
     (3x3, dilation ``dilations[i-1]``), ``bn``, and with ``channel_attention`` ``ca_fc1``,
     ``ca_fc2``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): with
+    ``channel_attention`` (the default), ``channel_weights`` (N, 1, 1, out_channels), CA's gate
+    on the concatenated pyramid; none without it.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -58,7 +69,8 @@ class ContextAwarePyramid(nnx.Module):
         self.conv0 = conv_(c, branch, 1, use_bias=False)
         for i, d in enumerate(p.dilations, start=1):
             setattr(self, f"conv{i}", conv_(c, branch, 3, padding=d, kernel_dilation=d,
-                                            use_bias=False))
+                                            use_bias=False,
+                                            conv_general_dilated=conv_general_dilated))
         self.bn = batch_norm(out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if p.channel_attention:
             self.ca_fc1 = conv_(out, p.rd_channels, 1)
@@ -69,10 +81,12 @@ class ContextAwarePyramid(nnx.Module):
         p = self.plan
         check_nhwc("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
-        return F.context_aware_pyramid(
-            x, convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)],
-            norm=self.bn, act=p.act, reduce=self.ca_fc1 if ca else None,
-            expand=self.ca_fc2 if ca else None, gate=p.gate)
+        return call_and_sow(
+            self, F.context_aware_pyramid, x,
+            convs=[getattr(self, f"conv{i}") for i in range(len(p.dilations) + 1)], norm=self.bn,
+            act=p.act, reduce=self.ca_fc1 if ca else None, expand=self.ca_fc2 if ca else None,
+            gate=p.gate,
+        )
 
 
 class PyramidSpatialAttention(nnx.Module):
@@ -81,6 +95,14 @@ class PyramidSpatialAttention(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C): ``x * map(guide)`` with the (N, H, W, 1) map
     computed from ``guide`` (default ``x``). Same fields and parameters as the linen module
     (``b1_conv1``, ``b1_bn1``, ``b1_conv2``, ``b1_bn2``, ``b2_*``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``spatial_map``
+    (N, H, W, 1), the gate computed from ``guide`` that multiplies ``x``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -114,7 +136,10 @@ class PyramidSpatialAttention(nnx.Module):
         check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
         branches = [[(self.b1_conv1, self.b1_bn1), (self.b1_conv2, self.b1_bn2)],
                     [(self.b2_conv1, self.b2_bn1), (self.b2_conv2, self.b2_bn2)]]
-        return F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        m = F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
+        if wants_maps(self):
+            sow_maps(self, {"spatial_map": m})
+        return m
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None) -> jax.Array:
         """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
@@ -128,6 +153,15 @@ class PyramidFeatureAttention(nnx.Module):
     Inputs low (N, H, W, Cl) and high (N, h, w, Ch) -> output (N, H, W, 1). Same fields and
     parameters as the linen module (``cpfe``, ``high_conv``, ``high_bn``, ``low_conv``,
     ``low_bn``, ``sa``, ``head_conv``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none of its own; its
+    parts sow under their names: ``cpfe`` ``channel_weights`` (N, 1, 1, (1 + len(dilations)) *
+    features) and ``sa`` ``spatial_map`` (N, H, W, 1).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(

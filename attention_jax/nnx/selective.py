@@ -11,6 +11,8 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import SelectiveKernelPlan, SplitAttentionPlan
 
@@ -25,6 +27,15 @@ class SelectiveKernel(nnx.Module):
     ``fc_select``); the paper's M, G, r, L are ``num_paths``, ``groups``, ``1 / rd_ratio``,
     ``rd_min_channels``; ``split_input`` feeds branch m the m-th of M channel slices (each
     ``conv{m}`` takes C / M channels). BatchNorm mode via ``module.train()`` / ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``branch_weights``
+    (N, M, C), the softmax over the M = ``num_paths`` branches (sums to 1 over axis 1) with
+    which their outputs are summed (C = ``out_channels``).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -52,7 +63,7 @@ class SelectiveKernel(nnx.Module):
             rd_min_channels=rd_min_channels, split_input=split_input, act=act)
         c, out, rd = p.branch_channels, p.out_channels, p.rd_channels
         conv_ = partial(conv, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                        precision=precision, rngs=rngs)
+                        precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for m, d in enumerate(p.dilations):
             setattr(self, f"conv{m}", conv_(c, out, 3, strides=p.stride, padding=d,
@@ -66,8 +77,8 @@ class SelectiveKernel(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
         p = self.plan
         check_nhwc("SelectiveKernel", "x", x, p.channels)
-        return F.selective_kernel(
-            x,
+        return call_and_sow(
+            self, F.selective_kernel, x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
             norms=[getattr(self, f"bn{m}") for m in range(p.num_paths)],
             reduce=self.fc_reduce, reduce_norm=self.fc_bn, select=self.fc_select, act=p.act,
@@ -82,6 +93,15 @@ class SplitAttention(nnx.Module):
     parameters as the linen module (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``); ``groups`` is
     the cardinality, ``radix`` the number of splits. BatchNorm mode via ``module.train()`` /
     ``module.eval()``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``branch_weights``
+    (N, R, C), the r-softmax over the R = ``radix`` splits (sums to 1 over axis 1; a sigmoid for
+    R = 1) with which they are summed (C = ``out_channels``).
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -111,7 +131,7 @@ class SplitAttention(nnx.Module):
             rd_channels=rd_channels, rd_divisor=rd_divisor, rd_min_channels=rd_min_channels,
             bias=bias, act=act)
         conv_ = partial(conv, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                        rngs=rngs)
+                        rngs=rngs, conv_general_dilated=conv_general_dilated)
         bn = partial(batch_norm, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         out, width, rd = p.out_channels, p.out_channels * p.radix, p.rd_channels
         self.conv = conv_(p.channels, width, p.kernel_size, strides=p.stride,
@@ -126,7 +146,7 @@ class SplitAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H', W', C')."""
         p = self.plan
         check_nhwc("SplitAttention", "x", x, p.channels)
-        return F.split_attention(
-            x, conv=self.conv, norm0=self.bn0, reduce=self.fc1, norm1=self.bn1,
-            expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,
+        return call_and_sow(
+            self, F.split_attention, x, conv=self.conv, norm0=self.bn0, reduce=self.fc1,
+            norm1=self.bn1, expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,
         )

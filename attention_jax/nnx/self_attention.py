@@ -14,6 +14,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.context import ConvBNAct
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -48,6 +49,16 @@ class NonLocal(nnx.Module):
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters and options as the linen
     module: ``theta``, ``phi``, ``g``, ``concat_project`` (concatenation mode), ``out_proj``,
     ``out_bn`` (with ``use_bn``; scale initialised to 0 so the block starts as the identity).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``attention``
+    (N, H * W, Nk): row ``i * W + j`` holds pixel (i, j)'s pairwise weights over the Nk key
+    pixels (Nk = H * W, or (H // 2) * (W // 2) with ``sub_sample``), softmax rows summing to 1
+    for ``"embedded_gaussian"``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics; with
+    ``use_bn`` only). A new module is in training mode (batch statistics, running ones updated
+    in place); ``module.eval()`` switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -84,12 +95,12 @@ class NonLocal(nnx.Module):
         p = self.plan
         check_nhwc("NonLocal", "x", x, p.channels)
         p.check_input(x)
-        return F.non_local(x, theta=self.theta, phi=self.phi, g=self.g,
-                           out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn,
-                                       act="identity"),
-                           concat_project=self.concat_project, mode=p.mode,
-                           use_scale=p.use_scale, sub_sample=p.sub_sample,
-                           implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
+            out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn, act="identity"),
+            concat_project=self.concat_project, mode=p.mode, use_scale=p.use_scale,
+            sub_sample=p.sub_sample, implementation=p.implementation, precision=self.precision,
+        )
 
 
 class PositionAttention(nnx.Module):
@@ -97,6 +108,13 @@ class PositionAttention(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Parameters ``query``, ``key``, ``value``,
     ``gamma`` ((1,), initialised to 0), as the linen module.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``attention``
+    (N, H * W, H * W): row ``i * W + j`` is pixel (i, j)'s softmax over all pixels (row-major),
+    summing to 1.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -123,9 +141,10 @@ class PositionAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("PositionAttention", "x", x, p.channels)
-        return F.position_attention(x, query=self.query, key=self.key, value=self.value,
-                                    gamma=self.gamma[...], implementation=p.implementation,
-                                    precision=self.precision)
+        return call_and_sow(
+            self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma[...], implementation=p.implementation, precision=self.precision,
+        )
 
 
 class ChannelSelfAttention(nnx.Module):
@@ -133,6 +152,12 @@ class ChannelSelfAttention(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). One parameter: ``gamma`` ((1,), initialised
     to 0). The official code's ``rowmax(E) - E`` energy (see the functional docstring).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``attention``
+    (N, C, C): row c is channel c's softmax over the channels, summing to 1.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -150,7 +175,7 @@ class ChannelSelfAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
-        return F.channel_self_attention(x, gamma=self.gamma[...])
+        return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma[...])
 
 
 class DualAttentionHead(nnx.Module):
@@ -158,6 +183,15 @@ class DualAttentionHead(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, out_channels or C). Same parameters as the linen
     module: ``conv5a``, ``conv5c``, ``sa``, ``sc``, ``conv51``, ``conv52``, ``conv8``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none of its own; its
+    PAM ``sa`` sows ``attention`` (N, H * W, H * W) and its CAM ``sc`` sows ``attention``
+    (N, Ci, Ci), found at ``maps["sa"]["attention"]`` and ``maps["sc"]["attention"]``.
+
+    Variables: ``nnx.Param`` and ``nnx.BatchStat`` (BatchNorm running statistics). A new module
+    is in training mode (batch statistics, running ones updated in place); ``module.eval()``
+    switches to the running statistics, ``module.train()`` back.
     """
 
     def __init__(
@@ -196,6 +230,14 @@ class CrissCrossAttention(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Parameters ``query``, ``key``, ``value``,
     ``gamma`` as the linen module; the same weights applied ``recurrence`` times.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``attention``
+    (N, R, H, W, H + W): pass r's softmax of pixel (i, j) over the H pixels of its column (index
+    g: pixel (g, j); its own entry g = i is masked to 0), then the W pixels of its row (index H
+    + v: pixel (i, v)); sums to 1 over the last axis.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -222,9 +264,10 @@ class CrissCrossAttention(nnx.Module):
         """Args: x (N, H, W, C). Returns (N, H, W, C)."""
         p = self.plan
         check_nhwc("CrissCrossAttention", "x", x, p.channels)
-        return F.criss_cross_attention(x, query=self.query, key=self.key, value=self.value,
-                                       gamma=self.gamma[...], recurrence=p.recurrence,
-                                       precision=self.precision)
+        return call_and_sow(
+            self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
+            gamma=self.gamma[...], recurrence=p.recurrence, precision=self.precision,
+        )
 
 
 class MultiHeadSelfAttention2d(nnx.Module):
@@ -232,6 +275,13 @@ class MultiHeadSelfAttention2d(nnx.Module):
 
     Input (N, H, W, C) -> output (N, H, W, C). Same parameters and options as the linen
     module: ``qkv``, ``proj``, and ``relative_position_bias_table`` or ``pos_embed``.
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``attention``
+    (N, heads, H * W, H * W): each head's softmax of query pixel ``i * W + j`` over all pixels
+    (row-major), summing to 1.
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -270,8 +320,9 @@ class MultiHeadSelfAttention2d(nnx.Module):
         p.check_input(x)
         table = getattr(self, "relative_position_bias_table", None)
         pos = getattr(self, "pos_embed", None)
-        return F.multi_head_self_attention_2d(
-            x, qkv=self.qkv, proj=self.proj, num_heads=p.num_heads,
-            pos_embed=None if pos is None else pos[...],
-            rel_pos_table=None if table is None else table[...],
-            implementation=p.implementation, precision=self.precision)
+        return call_and_sow(
+            self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,
+            num_heads=p.num_heads, pos_embed=None if pos is None else pos[...],
+            rel_pos_table=None if table is None else table[...], implementation=p.implementation,
+            precision=self.precision,
+        )

@@ -12,6 +12,8 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_nhwc
+from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.nnx._maps import sow_maps, wants_maps
 from attention_jax.nnx.layers import conv
 from attention_jax.plans import LocalisationNetPlan, SpatialTransformerPlan
 
@@ -24,6 +26,12 @@ class LocalisationNet(nnx.Module):
     Input (N, H, W, C) -> (N, out_features). Same parameters as the linen module: ``conv1``,
     ``conv2`` (3x3), average pool to ``pool_size`` (None = global), ``fc1``, ``fc2`` (zero
     kernel, bias ``final_bias``).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): none (it regresses
+    parameters; ``SpatialTransformer`` sows them).
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -44,7 +52,7 @@ class LocalisationNet(nnx.Module):
             channels, out_features=out_features, features=features, hidden=hidden,
             pool_size=pool_size, final_bias=final_bias)
         conv3x3 = partial(conv, kernel_size=3, padding=1, dtype=dtype, param_dtype=param_dtype,
-                          precision=precision, rngs=rngs)
+                          precision=precision, rngs=rngs, conv_general_dilated=conv_general_dilated)
         dense = partial(nnx.Linear, dtype=dtype, param_dtype=param_dtype, precision=precision,
                         rngs=rngs)
         self.conv1 = conv3x3(p.channels, p.features[0])
@@ -66,6 +74,15 @@ class SpatialTransformer(nnx.Module):
 
     Input (N, H, W, C) -> output (N, Ho, Wo, C). Same fields and parameters as the linen module
     (``loc``: a ``LocalisationNet`` initialised to the identity transform).
+
+    Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
+    ``attention_jax.intermediates(module, x)``; the output is the same): ``params`` (N, P), the
+    regressed transform parameters (the paper's theta: P = 6 affine, 8 perspective, 2K tps);
+    ``grid`` (N, Ho, Wo, 2), the normalised (x, y) sampling grid; ``matrix`` ((N, 2, 3) affine,
+    (N, 3, 3) perspective) or, for tps, ``control_points`` (N, K, 2); ``sampled``
+    (N, Ho, Wo, C), the sampled image (the output).
+
+    Variables: ``nnx.Param`` only (no batch statistics; ``train()``/``eval()`` change nothing).
     """
 
     def __init__(
@@ -103,8 +120,14 @@ class SpatialTransformer(nnx.Module):
         p = self.plan
         check_nhwc("SpatialTransformer", "x", x, p.channels)
         p.check_input(x)
-        return F.spatial_transformer(
+        sow = wants_maps(self)
+        out = F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,
             mode=p.mode, padding_mode=p.padding_mode, align_corners=p.align_corners,
-            tps_grid_size=p.tps_grid_size, return_transform=return_transform,
+            tps_grid_size=p.tps_grid_size, return_transform=return_transform, return_maps=sow,
         )
+        if not sow:
+            return out
+        y, maps = out
+        sow_maps(self, maps)
+        return (y, {k: v for k, v in maps.items() if k != "sampled"}) if return_transform else y

@@ -3,8 +3,9 @@ models, orbax checkpoints with exact resume, strict JSON-lines metrics (``attent
 
 The pieces live in ``config`` (``TrainConfig``, ``make_optimizer``), ``classifier``
 (``as_classifier``, ``init_state``, ``make_train_step``), ``checkpoint`` (``Checkpointer``,
-``restore_or_init``), ``metrics`` (``MetricsWriter``) and ``trainer`` (``train``,
-``evaluate``)."""
+``restore_or_init``), ``metrics`` (``MetricsWriter``), ``finetune`` (``init_from`` and
+``freeze_backbone``: pretrained weights in, head replaced, backbone frozen) and ``trainer``
+(``train``, ``evaluate``)."""
 
 from attention_jax.models.zoo import create_model, list_models
 from attention_jax.train.trainer import *  # noqa: F403

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from attention_jax._extras import require
 from attention_jax._validation import fail
 from attention_jax.train.config import RESUME_KEYS, TrainConfig
 
@@ -76,7 +77,7 @@ class Checkpointer:
     """
 
     def __init__(self, path: str, *, create: bool = True, keep: int = 2) -> None:
-        import orbax.checkpoint as ocp
+        ocp = require("orbax.checkpoint", "train", "attention-jax train's checkpoints")
 
         self.path = os.path.abspath(path)
         options = ocp.CheckpointManagerOptions(
@@ -93,7 +94,7 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The settings saved with ``step`` (raises on a damaged or foreign checkpoint)."""
-        import orbax.checkpoint as ocp
+        ocp = require("orbax.checkpoint", "train", "attention-jax train's checkpoints")
 
         meta = self._manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
@@ -111,14 +112,14 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any) -> dict[str, Any]:
         """The state saved at ``step``, laid out (shapes, dtypes, shardings) as the target."""
-        import orbax.checkpoint as ocp
+        ocp = require("orbax.checkpoint", "train", "attention-jax train's checkpoints")
 
         return self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))["state"]
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Write ``state`` and ``meta`` as ``step`` (an existing step is an error)."""
-        import orbax.checkpoint as ocp
+        ocp = require("orbax.checkpoint", "train", "attention-jax train's checkpoints")
 
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)

@@ -193,6 +193,8 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     key: jax.Array,
+    *,
+    train_mode: bool = True,
 ) -> Callable[..., tuple[dict[str, Any], dict[str, jax.Array]]]:
     """The pure train step (jit it, donating the state).
 
@@ -201,6 +203,9 @@ def make_train_step(
       tx: the optimiser; ``schedule``: its learning rate per step (for the metrics).
       schedule: step -> learning rate.
       key: the run's key; step ``s`` uses ``fold_in(key, s)`` for dropout.
+      train_mode: run the model in training mode (BatchNorm on batch statistics, updating
+        the running ones; dropout on). False runs it in eval mode, as a frozen backbone
+        needs: BatchNorm uses and keeps the running statistics, dropout is off.
 
     Returns:
       ``step(state, images (B, H, W, C), labels (B,)) -> (state, {"loss", "accuracy",
@@ -212,7 +217,7 @@ def make_train_step(
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state["batch_stats"]}
-            logits, stats = classifier.apply(variables, images, train=True, rng=rng)
+            logits, stats = classifier.apply(variables, images, train=train_mode, rng=rng)
             return cross_entropy(logits, labels).mean(), (logits, stats)
 
         (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -8,6 +8,8 @@ Example::
     attention-jax train ... --resume-step 1000                    # from an older step
     attention-jax train ... --steps 4000 --resume --resume-override steps   # train longer
     attention-jax train --model resnet --api nnx --attention se ...           # an nnx model
+    attention-jax train --model seresnet50 --init-from seresnet50.safetensors \\
+        --freeze-backbone ...              # fine-tune timm's weights: new head, frozen backbone
 
 A resume must use the checkpoint's settings (seed, lr, batch size, steps, optimizer, ...): it
 is refused otherwise, since it would not continue the run exactly, unless
@@ -62,12 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="let tensorflow-datasets download a dataset that is not prepared "
                            "(needs network; off: nothing is fetched)")
     model = p.add_argument_group("model")
-    model.add_argument("--model", default=d.model, help="cnn, stcnn or resnet")
+    model.add_argument("--model", default=d.model,
+                       help="a zoo name: cnn, stcnn, resnet (small digit models) or one of "
+                            "timm's attention ResNets, e.g. resnet18, seresnet50, "
+                            "ecaresnet50d (attention-jax convert --help lists them)")
     model.add_argument("--api", default=d.api, choices=APIS,
-                       help="Flax API of the model (nnx: resnet); checkpoints are the same")
+                       help="Flax API of the model; checkpoints are the same")
     model.add_argument("--attention", default=None,
-                       help="attention registry name for --model resnet, e.g. se, eca, cbam "
-                            "(default: none)")
+                       help="attention registry name for a ResNet, e.g. se, eca, cbam "
+                            "(default: the model's own)")
+    model.add_argument("--init-from", default=None, metavar="FILE",
+                       help="start from these weights: a timm state dict (.safetensors, .pth, "
+                            ".pt, .bin) of a timm name or an attention-jax variables file "
+                            "(attention-jax convert). A head of another width is replaced by "
+                            "a fresh one for the dataset's classes, a stem for other input "
+                            "channels is adapted (timm's rule), the rest must match. Not "
+                            "read again on --resume (default: random initialisation)")
+    model.add_argument("--freeze-backbone", action="store_true",
+                       help="with --init-from, train only the classifier head: the other "
+                            "weights and the BatchNorm statistics stay the file's (the model "
+                            "runs in eval mode during training)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps")
     opt.add_argument("--batch-size", type=int, default=d.batch_size,

@@ -23,7 +23,7 @@ ON_NONFINITE = ("stop", "continue")
 
 RESUME_KEYS = ("model", "api", "attention", "model_overrides", "dataset", "distort", "seed",
                "steps", "batch_size", "devices", "optimizer", "lr", "schedule", "momentum",
-               "weight_decay", "clip_norm")
+               "weight_decay", "clip_norm", "init_from", "freeze_backbone")
 """Settings a resumed run must share with its checkpoint (they change the arithmetic)."""
 
 
@@ -64,6 +64,16 @@ class TrainConfig:
       eval: evaluate on the test split at the end.
       progress: show a progress bar (stderr).
       on_nonfinite: ``"stop"`` (default) or ``"continue"`` when the loss is NaN or infinite.
+      init_from: start from the weights in this file (None: a random initialisation): a
+        timm state dict (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) of a timm zoo name or
+        an attention-jax variables file (``attention-jax convert``). The model is built for
+        the dataset; a head of another width is replaced by a fresh one and a stem kernel for
+        other input channels is adapted (see ``attention_jax.train.finetune``); everything
+        else must match. Read only when the run starts: a resume continues from its
+        checkpoint and never reads the file again.
+      freeze_backbone: train only the classifier head (needs ``init_from``); every other
+        parameter and the BatchNorm statistics stay the file's (the model runs in eval mode
+        during training: BatchNorm uses the running statistics, dropout is off).
     """
 
     dataset: str = "digits/RTS"
@@ -94,6 +104,8 @@ class TrainConfig:
     eval: bool = True
     progress: bool = True
     on_nonfinite: str = "stop"
+    init_from: str | None = None
+    freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         fn = "train"
@@ -125,10 +137,10 @@ class TrainConfig:
             from attention_jax.data.transforms import VARIANTS
 
             check_choice(fn, "distort", self.distort, VARIANTS)
-        for name in ("resume", "download", "eval", "progress"):
+        for name in ("resume", "download", "eval", "progress", "freeze_backbone"):
             if not isinstance(getattr(self, name), bool):
                 raise fail(fn, name, "True or False", repr(getattr(self, name)))
-        for name in ("checkpoint_dir", "metrics_file", "data_dir"):
+        for name in ("checkpoint_dir", "metrics_file", "data_dir", "init_from"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
@@ -136,6 +148,9 @@ class TrainConfig:
                 setattr(self, name, os.fspath(value))
         if self.resume and not self.checkpoint_dir:
             raise fail(fn, "checkpoint_dir", "given with resume", None)
+        if self.freeze_backbone and self.init_from is None:
+            raise fail(fn, "freeze_backbone", "used with init_from (a frozen backbone of random "
+                       "weights learns nothing)", True)
         if self.resume_step is not None:
             check_positive_int(fn, "resume_step", self.resume_step)
             if not self.resume:

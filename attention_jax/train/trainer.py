@@ -37,6 +37,13 @@ stopped after a checkpoint and resumed ends with the same parameters as an unint
 A resume with other settings (``RESUME_KEYS``) would not be exact and is refused unless
 ``resume_override`` names the settings that may change.
 
+Fine-tuning (``finetune``): ``init_from`` starts the run from a timm state dict or an
+attention-jax variables file instead of a random initialisation (a head of another width is
+replaced by the run's fresh one, a stem for other input channels adapted, the rest loaded
+strictly, BatchNorm statistics included); ``freeze_backbone`` trains the head alone, with the
+model in eval mode so the frozen BatchNorm statistics stay the file's. A resume continues from
+its checkpoint and never reads the file again.
+
 Non-finite losses: by default the run stops with ``NonFiniteLossError`` at the first logged or
 checkpointed window holding a non-finite loss, before saving that state (``on_nonfinite=
 "continue"`` keeps going). Metric files stay strict JSON either way: non-finite values are
@@ -79,6 +86,15 @@ from attention_jax.train.classifier import (
     make_train_step,
 )
 from attention_jax.train.config import RESUME_KEYS, TrainConfig, make_optimizer
+from attention_jax.train.finetune import (
+    InitFrom,
+    apply_init_from,
+    check_init_from,
+    freeze_backbone,
+    model_parts,
+    read_init_from,
+    say_init_from,
+)
 from attention_jax.train.metrics import (
     MetricsWriter,
     NonFiniteLossError,
@@ -126,8 +142,9 @@ class TrainResult:
 
 def _build_classifier(config: TrainConfig, num_classes: int, input_shape: tuple[int, ...],
                       overrides: dict[str, Any]) -> Classifier:
-    kwargs = dict(num_classes=num_classes, in_channels=input_shape[-1],
-                  attention=config.attention, **overrides)
+    kwargs = dict(num_classes=num_classes, in_channels=input_shape[-1], **overrides)
+    if config.attention is not None:  # None keeps the name's own (seresnet50's "se")
+        kwargs["attention"] = config.attention
     if config.api == "nnx" and config.model in ("cnn", "stcnn"):
         kwargs.setdefault("in_size", tuple(input_shape[:2]))  # nnx declares its dense layers
     if config.api == "linen":
@@ -260,8 +277,9 @@ def train(
     Raises:
       ValueError: unknown model, attention, dataset, optimiser or schedule name (the message
         lists the known ones), batch size not divisible by the device count, an unusable
-        checkpoint directory or metrics path, or a checkpoint of another run
-        (``CheckpointError``). Checked before the first step.
+        checkpoint directory or metrics path, a checkpoint of another run
+        (``CheckpointError``), or an ``init_from`` file that is missing or does not fit the
+        model (the keys and shapes). Checked before the first step.
       NonFiniteLossError: the loss became NaN or infinite (``on_nonfinite="stop"``).
     """
     overrides = dict(model_overrides or {})
@@ -271,6 +289,8 @@ def train(
     if config.metrics_file:
         check_writable("metrics_file", os.path.abspath(config.metrics_file), directory=False)
     ckpt_path = check_checkpoint_dir(config, settings)
+    if config.init_from is not None and not config.resume:
+        check_init_from(config.init_from)  # now, not after loading data and building the model
     source = load(config.dataset, split="train", data_dir=config.data_dir,
                   download=config.download)
     loader = Loader(source, batch_size=config.batch_size, seed=config.seed, shuffle=True,
@@ -282,18 +302,32 @@ def train(
     repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     tx, schedule = make_optimizer(config)
     init_key, key = jax.random.split(jax.random.PRNGKey(config.seed))
+    start_from: InitFrom | None = None
+    if config.init_from is not None or config.freeze_backbone:
+        tx, start_from = _fine_tuning(config, classifier, tx, init_key, num_classes,
+                                      input_shape, overrides)
 
-    def init() -> dict[str, Any]:
+    def fresh() -> dict[str, Any]:
         return init_state(classifier, tx, init_key, input_shape, sharding=repl)
 
+    def init() -> dict[str, Any]:
+        state = fresh()
+        if start_from is None:
+            return state
+        variables = jax.device_put(apply_init_from(state, start_from), repl)
+        opt_state = jax.jit(tx.init, out_shardings=repl)(variables["params"])
+        return {**state, **variables, "opt_state": opt_state}
+
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                            jax.eval_shape(init))
+                            jax.eval_shape(fresh))
     ckpt = Checkpointer(ckpt_path) if ckpt_path else None
     try:
         state = restore_or_init(config, ckpt, init, abstract, settings=settings,
                                 input_shape=input_shape)
-        step_fn = jax.jit(make_train_step(classifier, tx, schedule, key), donate_argnums=(0,),
-                          in_shardings=(repl, data_sh, data_sh), out_shardings=(repl, repl))
+        step_fn = jax.jit(make_train_step(classifier, tx, schedule, key,
+                                          train_mode=not config.freeze_backbone),
+                          donate_argnums=(0,), in_shardings=(repl, data_sh, data_sh),
+                          out_shardings=(repl, repl))
         t0 = time.perf_counter()
         step_fn = step_fn.lower(state, *_global_batch(first, data_sh)).compile()
         compile_time, start = time.perf_counter() - t0, int(state["step"])
@@ -323,6 +357,37 @@ def train(
         num_params=int(sum(np.size(p) for p in jax.tree.leaves(host["params"]))),
         compile_time_s=compile_time, step_time_s=loop_time / max(config.steps - start, 1),
         input_shape=input_shape, state=host)
+
+
+def _fine_tuning(config: TrainConfig, classifier: Classifier, tx: Any, init_key: jax.Array,
+                 num_classes: int, input_shape: tuple[int, ...],
+                 overrides: dict[str, Any]) -> tuple[Any, InitFrom | None]:
+    """``init_from`` and ``freeze_backbone``: the optimiser (head only when frozen) and what
+    the file gives (read and matched now, before anything is written; None on a resume, which
+    continues from its checkpoint and never reads the file)."""
+
+    built: dict[tuple, dict[str, Any]] = {}
+
+    def abstract_of(k: int, shape: tuple[int, ...]) -> dict[str, Any]:
+        if (k, shape) not in built:
+            c = (classifier if (k, shape) == (num_classes, input_shape)
+                 else _build_classifier(config, k, shape, overrides))
+            built[k, shape] = jax.eval_shape(lambda key: c.init(key, shape), init_key)
+        return built[k, shape]
+
+    parts = model_parts(abstract_of, num_classes, input_shape)
+    if config.freeze_backbone:
+        tx = freeze_backbone(tx, parts)
+    if config.init_from is None or config.resume:
+        return tx, None
+    arch = dict(overrides)
+    if config.attention is not None:
+        arch["attention"] = config.attention
+    start_from = read_init_from(config.init_from, model=config.model,
+                                abstract=abstract_of(num_classes, input_shape), parts=parts,
+                                overrides=arch)
+    say_init_from(start_from)
+    return tx, start_from
 
 
 def _echo() -> Callable[[str], None]:

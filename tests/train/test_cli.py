@@ -36,7 +36,7 @@ def test_twenty_step_run_reduces_the_loss(plain_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "vgg"], "model must be one of 'cnn', 'resnet', 'stcnn', got 'vgg'"),
+        (["--model", "vgg"], "model must be one of 'cnn', 'ecaresnet101d', "),
         (["--dataset", "imaginary"], "name must be one of digits/R, digits/RTS, digits/P"),
         (["--model", "resnet", "--attention", "zz"], "attention must be one of"),
         (["--resume", "--checkpoint-dir", "{tmp}/none"], "--resume needs a checkpoint"),
@@ -52,11 +52,16 @@ def test_twenty_step_run_reduces_the_loss(plain_dir, tmp_path, capsys):
         (["--metrics", "{tmp}/file/m.jsonl"], "metrics_file must be a path usable as a file, "
                                               "got '{tmp}/file/m.jsonl', which lies under "
                                               "the file '{tmp}/file'"),
-        (["--api", "nnx"], "create_model: api must be 'linen' for model 'cnn'"),
+        (["--freeze-backbone"], "train: freeze_backbone must be used with init_from"),
+        (["--init-from", "{tmp}/none.safetensors"],
+         "train: init_from must be an existing file (a timm state dict"),
+        (["--model", "cnn", "--init-from", "{tmp}/file"], "train: init_from must be a timm "
+                                                          "state dict (.safetensors, .pth"),
     ],
     ids=["model", "dataset", "attention", "resume-empty", "devices", "clip-norm", "lr-nan",
          "lr-inf", "lr-negative", "momentum-nan", "weight-decay-negative", "checkpoint-file",
-         "metrics-under-file", "nnx-cnn"],
+         "metrics-under-file", "freeze-without-init", "init-from-missing",
+         "init-from-extension"],
 )
 def test_bad_input_exits_2_with_message(plain_dir, tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("a file")

@@ -108,7 +108,8 @@ def test_nnx_model_trains_and_resumes_exactly(plain_dir, tmp_path):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"model": "vgg"}, "train: model must be one of 'cnn', 'resnet', 'stcnn', got 'vgg'"),
+        ({"model": "vgg"}, "train: model must be one of 'cnn', 'ecaresnet101d', .*'resnet', "
+                           ".*'stcnn', got 'vgg'"),
         ({"model": "resnet", "attention": "nope"}, "train: attention must be one of .*'se'"),
         ({"dataset": "nope/R"}, "load: name must be one of digits/R, digits/RTS"),
         ({"optimizer": "lion"}, "train: optimizer must be one of 'adam', 'sgd'"),

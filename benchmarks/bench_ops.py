@@ -1,0 +1,233 @@
+"""Bare-operation speed, JAX vs PyTorch, at the shapes of the quick sweep's rows.
+
+Run: ``.venv/bin/python benchmarks/bench_ops.py`` (``--batch-sizes``, ``--repeats``,
+``--only``, ``--clock``, ``--json``).
+
+A mechanism row of the quick sweep may stay above PyTorch only by the ratio of XLA:CPU's own
+bare operation at the same shapes (issue 15). This script times those operations alone: the
+convolutions of ASPP, SK, split attention, PFA and the STN localisation net, and the attention
+core of the self-attention rows, forward and forward+backward (gradients w.r.t. the input and
+the weights for a fixed random cotangent), each as
+
+* ``xla``: the plain JAX call (``lax.conv_general_dilated``; ``attention(implementation="xla")``
+  for attention), i.e. what XLA:CPU does with the operation;
+* ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
+  ``attention(implementation="auto")``);
+* ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention``.
+
+The three are timed alternately in one process (round-robin repeats, each the mean of enough
+calls to last ``--min-repeat-s``), so a shared machine's drifts hit all of them; the table gives
+medians and the ratios to PyTorch. ``--clock cpu`` measures process CPU time instead of wall
+time: pinned to one core (``taskset -c 0``) it is insensitive to other processes' load, and it
+is how the library's CPU forms were chosen (see ``functional/convolution.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from attention_jax import functional as F
+from attention_jax.functional.convolution import conv_general_dilated
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A 2-D convolution of an (N, H, W, Cin) map: kernel k, dilation, groups (SAME padding)."""
+
+    row: str
+    h: int
+    cin: int
+    cout: int
+    k: int = 3
+    dilation: int = 1
+    groups: int = 1
+
+    @property
+    def label(self) -> str:
+        g = f" g{self.groups}" if self.groups > 1 else ""
+        d = f" d{self.dilation}" if self.dilation > 1 else ""
+        return f"conv{self.k}x{self.k} {self.h}x{self.h} {self.cin}->{self.cout}{d}{g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """Softmax attention over (N, heads, T, D): the core of a self-attention row."""
+
+    row: str
+    heads: int
+    tokens: int
+    depth: int
+    score: str = "scaled_dot"
+
+    @property
+    def label(self) -> str:
+        return f"attention h{self.heads} t{self.tokens} d{self.depth} {self.score}"
+
+
+OPS: tuple[Conv | Attention, ...] = (
+    Conv("aspp", 28, 64, 64, dilation=6),
+    Conv("aspp", 28, 64, 64, dilation=12),
+    Conv("aspp", 28, 64, 64, dilation=18),
+    Conv("aspp", 28, 320, 64, k=1),
+    Conv("sk", 28, 64, 64),
+    Conv("sk", 28, 64, 64, dilation=2),
+    Conv("splat", 28, 64, 128, groups=2),
+    Conv("pfa", 28, 64, 16, dilation=3),
+    Conv("pfa", 28, 64, 16, dilation=7),
+    Conv("stn", 28, 1, 8),
+    Conv("stn", 14, 8, 16),
+    Attention("attention", 1, 256, 64),
+    Attention("mhsa2d", 8, 196, 16),
+    Attention("nl", 1, 196, 64),
+    Attention("pam", 1, 196, 16, "dot"),
+)
+
+
+def _conv_fns(op: Conv, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    x = rng.standard_normal((batch, op.h, op.h, op.cin), dtype=np.float32)
+    w = (rng.standard_normal((op.k, op.k, op.cin // op.groups, op.cout), dtype=np.float32)
+         / np.sqrt(op.k * op.k * op.cin)).astype(np.float32)
+    ct = rng.standard_normal((batch, op.h, op.h, op.cout), dtype=np.float32)
+    p = op.dilation * (op.k - 1) // 2
+    kw = dict(window_strides=(1, 1), padding=((p, p), (p, p)),
+              rhs_dilation=(op.dilation, op.dilation), dimension_numbers=NHWC,
+              feature_group_count=op.groups)
+    fns: dict[str, Callable] = {}
+    xj, wj, cj = (jnp.asarray(a) for a in (x, w, ct))
+    for name, conv in (("xla", jax.lax.conv_general_dilated), ("ours", conv_general_dilated)):
+        f = functools.partial(conv, **kw)
+        fwd = jax.jit(lambda a, b, f=f: f(a, b)).lower(xj, wj).compile()
+        fb = jax.jit(lambda a, b, c, f=f: jax.vjp(f, a, b)[1](c)).lower(xj, wj, cj).compile()
+        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(xj, wj))
+        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(xj, wj, cj))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+    ctt = torch.from_numpy(ct).permute(0, 3, 1, 2).contiguous()
+    conv_t = functools.partial(torch.nn.functional.conv2d, padding=p, dilation=op.dilation,
+                               groups=op.groups)
+
+    def t_fwd():
+        with torch.no_grad():
+            return conv_t(xt, wt)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(conv_t(xt, wt), (xt, wt), ctt)
+    return fns
+
+
+def _attention_fns(op: Attention, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    shape = (batch, op.heads, op.tokens, op.depth)
+    q, k, v, ct = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+    args = tuple(jnp.asarray(a) for a in (q, k, v))
+    cj = jnp.asarray(ct)
+    fns: dict[str, Callable] = {}
+    for name, impl in (("xla", "xla"), ("ours", "auto")):
+        f = functools.partial(F.attention, score=op.score, implementation=impl)
+        fwd = jax.jit(lambda *a, f=f: f(*a)).lower(*args).compile()
+        fb = jax.jit(lambda q, k, v, c, f=f: jax.vjp(f, q, k, v)[1](c)).lower(*args, cj).compile()
+        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
+        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, cj))
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in (q, k, v))
+    ctt = torch.from_numpy(ct)
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention,
+                             scale=None if op.score == "scaled_dot" else 1.0)
+
+    def t_fwd():
+        with torch.no_grad():
+            return sdpa(tq, tk, tv)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(sdpa(tq, tk, tv), (tq, tk, tv), ctt)
+    return fns
+
+
+def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
+          clock: Callable[[], float]) -> dict[str, list[float]]:
+    numbers = {}
+    for name, f in fns.items():  # warm-up and calibration
+        f()
+        t0 = clock()
+        f()
+        numbers[name] = max(1, int(min_repeat_s / max(clock() - t0, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):  # round robin: every repeat visits every callable
+        for name, f in fns.items():
+            t0 = clock()
+            for _ in range(numbers[name]):
+                f()
+            samples[name].append((clock() - t0) / numbers[name])
+    return samples
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--min-repeat-s", type=float, default=0.02)
+    ap.add_argument("--only", default="", help="comma-separated rows (aspp, sk, splat, ...)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--json", default="", help="also write the results to this file")
+    args = ap.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    only = {s for s in args.only.split(",") if s}
+    rng = np.random.default_rng(0)
+    print(f"{_cpu_model()}, jax {jax.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), clock: {args.clock}; medians of "
+          f"{args.repeats} repeats, ratio = JAX / PyTorch")
+    print(f"{'row':10s} {'op':38s} {'B':>3s}  {'fwd ms xla/ours/torch':>25s} "
+          f"{'xla':>5s} {'ours':>5s}  {'f+b ms xla/ours/torch':>25s} {'xla':>5s} {'ours':>5s}")
+    results = []
+    for op in OPS:
+        if only and op.row not in only:
+            continue
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            make = _conv_fns if isinstance(op, Conv) else _attention_fns
+            samples = _time(make(op, batch, rng), args.repeats, args.min_repeat_s, clock)
+            med = {k: statistics.median(v) for k, v in samples.items()}
+            spread = {k: (min(v), max(v)) for k, v in samples.items()}
+            res = {"row": op.row, "op": op.label, "batch": batch, "median_s": med,
+                   "min_max_s": spread}
+            cells = []
+            for mode in ("fwd", "f+b"):
+                x, o, t = (med[f"{n} {mode}"] for n in ("xla", "ours", "torch"))
+                res[f"ratio_xla_{mode}"], res[f"ratio_ours_{mode}"] = x / t, o / t
+                cells.append(f"{x * 1e3:7.2f}/{o * 1e3:7.2f}/{t * 1e3:7.2f} "
+                             f"{x / t:5.2f} {o / t:5.2f}")
+            print(f"{op.row:10s} {op.label:38s} {batch:3d}  {cells[0]}  {cells[1]}", flush=True)
+            results.append(res)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"cpu": _cpu_model(), "clock": args.clock, "results": results}, fh,
+                      indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

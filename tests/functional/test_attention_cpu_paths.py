@@ -1,0 +1,88 @@
+"""The CPU-specific paths of ``attention``: the guard-free direct softmax and the mid-size
+native route of ``implementation="auto"`` (``scoring.CPU_NATIVE_THRESHOLD``)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from attention_jax import _native
+from attention_jax import functional as F
+from attention_jax.functional import scoring as S
+from tests.parity import assert_close
+
+RNG = np.random.default_rng(3)
+
+
+def _n(*shape):
+    return jnp.asarray(RNG.standard_normal(shape).astype(np.float32))
+
+
+def _selects(fn, *args) -> int:
+    return str(jax.make_jaxpr(fn)(*args)).count("select_n")
+
+
+@pytest.mark.parametrize("score", ["dot", "scaled_dot", "cosine"])
+def test_direct_dot_scores_have_no_guards_and_match_torch(score):
+    # No select in the direct path of dot-product scores without mask or bias: XLA:CPU fuses
+    # the whole attention into one YNNPACK subgraph only then.
+    q, k, v = _n(2, 3, 20, 8), _n(2, 3, 24, 8), _n(2, 3, 24, 5)
+    f = lambda q, k, v: F.attention(q, k, v, score=score, implementation="xla")
+    assert _selects(f, q, k, v) == 0
+    qt, kt, vt = (torch.from_numpy(np.array(a)).requires_grad_(True) for a in (q, k, v))
+    if score == "cosine":
+        qt2 = torch.nn.functional.normalize(qt, dim=-1, eps=1e-6)
+        kt2 = torch.nn.functional.normalize(kt, dim=-1, eps=1e-6)
+        ref = torch.nn.functional.scaled_dot_product_attention(qt2, kt2, vt, scale=1.0)
+    else:
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, scale=None if score == "scaled_dot" else 1.0)
+    assert_close(f(q, k, v), ref.detach().numpy())
+    ct = _n(2, 3, 20, 5)
+    grads = jax.vjp(f, q, k, v)[1](ct)
+    ref.backward(torch.from_numpy(np.array(ct)))
+    for g, t in zip(grads, (qt, kt, vt), strict=True):
+        assert_close(g, t.grad.numpy())
+
+
+def test_guards_stay_with_mask_bias_or_callable_scores():
+    q = _n(1, 6, 4)
+    mask = jnp.ones((6, 6), bool).at[2].set(False)  # one fully masked row
+    assert _selects(lambda q: F.attention(q, q, q, mask=mask, implementation="xla"), q) > 0
+    bias = jnp.zeros((6, 6)).at[3].set(-jnp.inf)  # one fully -inf row
+    out = F.attention(q, q, q, bias=bias, implementation="xla")
+    assert bool(jnp.all(out[:, 3] == 0)) and bool(jnp.all(jnp.isfinite(out)))
+    neg_inf = lambda a, b: jnp.full(a.shape[:-1] + b.shape[-2:-1], -jnp.inf)  # all -inf scores
+    out = F.attention(q, q, q, score=neg_inf, implementation="xla")
+    assert bool(jnp.all(out == 0))
+
+
+def test_direct_huge_logits_finite():
+    # bf16 inputs with |x| ~ 1e4: scores ~1e9 in float32, still finite -> finite softmax.
+    q = (_n(2, 16, 8) * 1e4).astype(jnp.bfloat16)
+    out = F.attention(q, q, q, implementation="xla")
+    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+    g = jax.grad(lambda q: jnp.sum(F.attention(q, q, q, implementation="xla")
+                                   .astype(jnp.float32)))(q)
+    assert bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
+
+
+def test_auto_takes_native_on_cpu_between_the_thresholds():
+    assert S.CPU_NATIVE_THRESHOLD < S.CHUNKED_THRESHOLD
+    mid = jax.ShapeDtypeStruct((8, 8, 320, 16), jnp.float32)  # 6.6M scores
+    assert S.CPU_NATIVE_THRESHOLD < 8 * 8 * 320 * 320 <= S.CHUNKED_THRESHOLD
+    small = jax.ShapeDtypeStruct((1, 8, 256, 16), jnp.float32)
+    f = lambda q, k, v: F.attention(q, k, v)
+    target = _native.attention_target("fwd")
+    assert target in jax.jit(f).lower(mid, mid, mid).as_text()
+    assert target not in jax.jit(f).lower(small, small, small).as_text()
+    grad = jax.jit(jax.grad(lambda q: jnp.sum(f(q, q, q)))).lower(mid).as_text()
+    assert _native.attention_target("bwd") in grad
+    # GPU/TPU keep the direct path (no custom call, no loop)
+    for platform in ("cuda", "tpu"):
+        text = jax.export.export(jax.jit(f), platforms=[platform])(mid, mid, mid).mlir_module()
+        assert "custom_call" not in text and "while" not in text, platform
+    # and the values agree with the direct path
+    q, k, v = _n(8, 8, 320, 16), _n(8, 8, 320, 16), _n(8, 8, 320, 16)
+    assert_close(jax.jit(f)(q, k, v), F.attention(q, k, v, implementation="xla"))
