@@ -47,9 +47,50 @@ def check_min_rank(fn: str, arg: str, x: Any, rank: int, layout: str = "") -> No
 
 
 def check_nhwc(fn: str, arg: str, x: Any, channels: int | None = None) -> None:
-    """A floating NHWC feature map, optionally with a given channel count."""
+    """A floating NHWC feature map of rank exactly 4, optionally with a given channel count.
+
+    For code that needs one batch axis (the models, the data transforms). The attention
+    functions and modules take any number of leading batch dimensions: ``check_feature_map``.
+    """
     check_rank(fn, arg, x, 4, "(N, H, W, C)")
     check_floating(fn, arg, x)
+    check_channels_last(fn, arg, x, channels)
+
+
+def check_feature_map(
+    fn: str, arg: str, x: Any, channels: int | None = None, layout: str = "(..., H, W, C)"
+) -> None:
+    """A floating channels-last map with any number of leading batch dims (rank >= 3).
+
+    ``(H, W, C)``, ``(N, H, W, C)``, ``(N1, N2, H, W, C)``, ... as ``flax.linen.Conv`` takes
+    them; optionally with a given channel count. ``layout`` names the axes in the message (its
+    entries other than ``...`` give the minimum rank; a number is an axis of that fixed size,
+    e.g. ``"(..., Ho, Wo, 2)"``).
+    """
+    axes = layout_axes(layout)
+    check_min_rank(fn, arg, x, len(axes), layout)
+    check_floating(fn, arg, x)
+    tail = x.shape[x.ndim - len(axes):]
+    if any(a.isdigit() and t != int(a) for t, a in zip(tail, axes, strict=True)):
+        raise fail(fn, arg, f"shape {layout}", f"shape {shape_of(x)}")
+    check_channels_last(fn, arg, x, channels)
+
+
+def layout_axes(layout: str) -> tuple[str, ...]:
+    """The named axes of a layout string: ``"(..., Ho, Wo, 2)"`` -> ``("Ho", "Wo", "2")``.
+
+    A number names an axis of that fixed size.
+    """
+    return tuple(a.strip() for a in layout.strip("()").split(",")
+                 if a.strip() not in ("", "..."))
+
+
+def layout_rank(layout: str) -> int:
+    """Number of named axes in a layout string: ``"(..., H, W, C)"`` -> 3."""
+    return len(layout_axes(layout))
+
+
+def check_channels_last(fn: str, arg: str, x: Any, channels: int | None) -> None:
     if channels is not None and x.shape[-1] != channels:
         raise fail(fn, arg, f"{channels} channels (last axis, NHWC)", f"shape {shape_of(x)}")
 

@@ -79,12 +79,14 @@ def create_attention(name: str, channels: int, *, api: str = "linen", **kwargs: 
 
     Args:
       name: registered name, e.g. ``"se"``, ``"eca"``, ``"cbam"`` (see ``list_attention()``).
-      channels: channels C of the (N, H, W, C) feature map it will attend over.
+      channels: channels C of the (..., H, W, C) feature map it will attend over (any
+        leading batch dims, none included).
       api: ``"linen"`` (returns an unbound ``nn.Module``) or ``"nnx"`` (needs ``rngs=``).
       **kwargs: the mechanism's own fields (``rd_ratio``, ``gate``, ...).
 
     Returns:
-      The module; applied to (N, H, W, C) it returns (N, H, W, C).
+      The module; applied to (..., H, W, C) it returns (..., H, W, C) at the defaults
+      (options such as a stride or ``out_channels`` change H, W or C).
     """
     cls = get_attention_class(name, api=api)
     if api == "nnx" and "rngs" not in kwargs:

@@ -20,6 +20,7 @@ from attention_jax._validation import (
     check_power_of_two,
     fail,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
 from attention_jax.functional.gating import get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 
+@batch_dims(x=NHWC)
 def squeeze_excite(
     x: jax.Array,
     *,
@@ -79,6 +81,7 @@ def squeeze_excite(
     return (y, {"channel_weights": w}) if return_maps else y
 
 
+@batch_dims(x=NHWC)
 def efficient_channel_attention(
     x: jax.Array, *, conv: Layer, gate: str | Layer = "sigmoid", return_maps: bool = False
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
@@ -109,6 +112,7 @@ def efficient_channel_attention(
     return (out, {"channel_weights": w}) if return_maps else out
 
 
+@batch_dims(x=NHWC)
 def ge_gather(
     x: jax.Array,
     *,
@@ -144,6 +148,7 @@ def ge_gather(
     return x
 
 
+@batch_dims(x=NHWC)
 def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Nearest-neighbour resize as ``torch.nn.functional.interpolate(mode="nearest")`` (NHWC).
 
@@ -171,6 +176,7 @@ def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return x[:, rows][:, :, cols]
 
 
+@batch_dims(x=NHWC)
 def gather_excite(
     x: jax.Array,
     *,
@@ -237,6 +243,7 @@ def gather_excite(
     return (y, {"channel_weights": gate_fn(gathered)}) if return_maps else y
 
 
+@batch_dims(x=NHWC)
 def global_context(
     x: jax.Array,
     *,
@@ -302,6 +309,7 @@ def global_context(
     return out
 
 
+@batch_dims(x=NHWC)
 def second_order_channel(
     x: jax.Array,
     *,

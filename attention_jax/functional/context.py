@@ -13,12 +13,14 @@ import jax.numpy as jnp
 
 from attention_jax._types import Layer
 from attention_jax._validation import check_nhwc, fail
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional.gating import _identity, get_act
 from attention_jax.functional.pooling import global_avg_pool
 
 __all__ = ["conv_norm_act", "aspp"]
 
 
+@batch_dims(x=NHWC)
 def conv_norm_act(
     x: jax.Array,
     *,
@@ -41,6 +43,7 @@ def conv_norm_act(
     return get_act(act)((norm or _identity)(conv(x)))
 
 
+@batch_dims(x=NHWC)
 def aspp(
     x: jax.Array,
     *,

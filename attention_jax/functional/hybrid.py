@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from attention_jax._types import Layer
 from attention_jax._validation import check_choice, check_layer_shape, check_nhwc, fail
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 from attention_jax.functional.pooling import (
     avg_pool_h,
@@ -38,6 +39,7 @@ BAM_COMBINES = ("paper", "official")
 """BAM's ways of combining the branches: ``1 + sigmoid(Mc + Ms)`` or ``1 + sigmoid(Mc * Ms)``."""
 
 
+@batch_dims(x=NHWC)
 def cbam_channel_gate(
     x: jax.Array,
     *,
@@ -76,6 +78,7 @@ def cbam_channel_gate(
     return (y, {"channel_weights": w}) if return_maps else y
 
 
+@batch_dims(x=NHWC)
 def cbam_spatial_gate(
     x: jax.Array,
     *,
@@ -111,6 +114,7 @@ def cbam_spatial_gate(
     return (y, {"spatial_map": m}) if return_maps else y
 
 
+@batch_dims(x=NHWC)
 def cbam(
     x: jax.Array,
     *,
@@ -149,6 +153,7 @@ def cbam(
     return out, {**channel, **spatial}
 
 
+@batch_dims(x=NHWC)
 def bam(
     x: jax.Array,
     *,
@@ -213,6 +218,7 @@ def bam(
     return y
 
 
+@batch_dims(x=NHWC)
 def coordinate_attention(
     x: jax.Array,
     *,

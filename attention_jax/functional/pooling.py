@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax._validation import check_nhwc, check_positive_int, check_rank, fail
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype, amax, mean
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 
+@batch_dims(x=NHWC)
 def global_avg_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     """Global average pooling over height and width (the SE "squeeze").
 
@@ -46,6 +48,7 @@ def global_avg_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     return mean(x, (1, 2), keepdims=keepdims)
 
 
+@batch_dims(x=NHWC)
 def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     """Global max pooling over height and width.
 
@@ -60,6 +63,7 @@ def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     return amax(x, (1, 2), keepdims=keepdims)
 
 
+@batch_dims(x=NHWC)
 def channel_avg_pool(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
     """Average over channels at every pixel (half of the CBAM spatial descriptor).
 
@@ -74,6 +78,7 @@ def channel_avg_pool(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
     return mean(x, -1, keepdims=keepdims)
 
 
+@batch_dims(x=NHWC)
 def channel_max_pool(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
     """Maximum over channels at every pixel.
 
@@ -88,6 +93,7 @@ def channel_max_pool(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
     return amax(x, -1, keepdims=keepdims)
 
 
+@batch_dims(x=NHWC)
 def channel_avg_max_pool(x: jax.Array) -> jax.Array:
     """CBAM's spatial descriptor: channel-wise average and max, concatenated (avg first).
 
@@ -104,6 +110,7 @@ def channel_avg_max_pool(x: jax.Array) -> jax.Array:
     return jnp.concatenate([mean(x, -1, keepdims=True), amax(x, -1, keepdims=True)], -1)
 
 
+@batch_dims(x=NHWC)
 def avg_pool_h(x: jax.Array) -> jax.Array:
     """Coordinate attention's height descriptor: every row averaged over the width.
 
@@ -120,6 +127,7 @@ def avg_pool_h(x: jax.Array) -> jax.Array:
     return mean(x, 2, keepdims=True)
 
 
+@batch_dims(x=NHWC)
 def avg_pool_w(x: jax.Array) -> jax.Array:
     """Coordinate attention's width descriptor: every column averaged over the height.
 
@@ -135,6 +143,7 @@ def avg_pool_w(x: jax.Array) -> jax.Array:
     return mean(x, 1, keepdims=True)
 
 
+@batch_dims(x=NHWC)
 def avg_pool2d(
     x: jax.Array,
     *,
@@ -192,6 +201,7 @@ def _adaptive_weights(size: int, out: int) -> np.ndarray:
     return w
 
 
+@batch_dims(x=NHWC)
 def adaptive_avg_pool2d(x: jax.Array, output_size: int | tuple[int, int]) -> jax.Array:
     """Average pooling to a fixed output size, as ``torch.nn.functional.adaptive_avg_pool2d``.
 
@@ -223,6 +233,7 @@ def adaptive_avg_pool2d(x: jax.Array, output_size: int | tuple[int, int]) -> jax
     return out.astype(x.dtype)
 
 
+@batch_dims(x=NHWC)
 def covariance_pool(x: jax.Array) -> jax.Array:
     """Global covariance pooling: the C x C covariance of the H*W pixel features.
 

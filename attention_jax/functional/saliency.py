@@ -16,12 +16,14 @@ from attention_jax._validation import (
     check_nhwc,
     fail,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional.channel import squeeze_excite
 from attention_jax.functional.gating import _identity, get_act, get_gate, rescale
 
 __all__ = ["context_aware_pyramid", "pyramid_spatial_map", "pyramid_feature_attention"]
 
 
+@batch_dims(x=NHWC)
 def context_aware_pyramid(
     x: jax.Array,
     *,
@@ -75,6 +77,7 @@ def context_aware_pyramid(
                           return_maps=return_maps)
 
 
+@batch_dims(x=NHWC)
 def pyramid_spatial_map(
     x: jax.Array,
     *,
@@ -116,6 +119,7 @@ def pyramid_spatial_map(
     return gate_fn(total).astype(x.dtype)
 
 
+@batch_dims(low=NHWC, high=NHWC)
 def pyramid_feature_attention(
     low: jax.Array,
     high: jax.Array,

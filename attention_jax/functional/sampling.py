@@ -29,13 +29,13 @@ from attention_jax import _native
 from attention_jax._validation import (
     check_choice,
     check_floating,
-    check_nhwc,
+    check_min_rank,
     check_number,
     check_positive_int,
-    check_rank,
     fail,
     shape_of,
 )
+from attention_jax.functional._batch import NHWC, batch_dims, flatten_leading, restore_leading
 
 __all__ = [
     "affine_grid",
@@ -86,15 +86,32 @@ def _grid_dtype(a: jax.Array) -> jnp.dtype:
     return jnp.promote_types(a.dtype, jnp.float32)
 
 
-def _check_size(fn: str, size: Sequence[int], n: int) -> tuple[int, int]:
-    if not isinstance(size, (tuple, list)) or len(size) != 4:
-        raise fail(fn, "size", "a 4-tuple (N, H, W, C)", repr(size))
-    check_positive_int(fn, "size", size[0], minimum=0)  # an empty batch is fine
-    for v in size[1:]:
+def _check_size(fn: str, size: Sequence[int], lead: tuple[int, ...], arg: str) -> tuple[int, int]:
+    """``size`` is (*lead, H, W, C): the transform's leading (batch) dims, then the output's."""
+    k = len(lead) + 3
+    if not isinstance(size, (tuple, list)) or len(size) != k:
+        what = "(N, H, W, C)" if len(lead) == 1 else f"(*{arg}'s leading dims {lead}, H, W, C)"
+        raise fail(fn, "size", f"a {k}-tuple {what}", repr(size))
+    for v in size[:-3]:
+        check_positive_int(fn, "size", v, minimum=0)  # an empty batch is fine
+    for v in size[-3:]:
         check_positive_int(fn, "size", v)
-    if size[0] != n:
-        raise fail(fn, "size", f"batch {n} (first entry, matching the transform)", repr(size))
-    return int(size[1]), int(size[2])
+    if tuple(size[:-3]) != lead:
+        what = (f"batch {lead[0]} (first entry" if len(lead) == 1
+                else f"leading dims {lead} (the first entries")
+        raise fail(fn, "size", f"{what}, matching the transform)", repr(size))
+    return int(size[-3]), int(size[-2])
+
+
+def _check_transform(fn: str, arg: str, a: jax.Array, core: tuple[int | None, ...],
+                     layout: str) -> tuple[int, ...]:
+    """A floating (..., *core) array (None: any size); returns its leading dims."""
+    check_min_rank(fn, arg, a, len(core), layout)
+    check_floating(fn, arg, a)
+    tail = a.shape[a.ndim - len(core):]
+    if any(c is not None and t != c for t, c in zip(tail, core, strict=True)):
+        raise fail(fn, arg, f"shape {layout}", f"shape {shape_of(a)}")
+    return tuple(a.shape[: a.ndim - len(core)])
 
 
 def affine_grid(theta: jax.Array, size: Sequence[int], *, align_corners: bool = False) -> jax.Array:
@@ -103,8 +120,10 @@ def affine_grid(theta: jax.Array, size: Sequence[int], *, align_corners: bool = 
     Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (eq. 1).
 
     Args:
-      theta: (N, 2, 3) affine matrices mapping output (x, y, 1) to input (x, y).
-      size: output size (N, H, W, C) (NHWC, where PyTorch takes NCHW).
+      theta: (N, 2, 3) affine matrices mapping output (x, y, 1) to input (x, y); N stands for
+        any number of leading batch dims (none included).
+      size: output size (N, H, W, C) (NHWC, where PyTorch takes NCHW), with theta's leading
+        dims first.
       align_corners: as in PyTorch: -1 and 1 are the centres (True) or the outer edges (False)
         of the corner pixels.
 
@@ -112,11 +131,12 @@ def affine_grid(theta: jax.Array, size: Sequence[int], *, align_corners: bool = 
       (N, H, W, 2) grid of normalised (x, y) coordinates, float32 (float64 for float64 theta).
     """
     fn = "affine_grid"
-    check_rank(fn, "theta", theta, 3, "(N, 2, 3)")
-    check_floating(fn, "theta", theta)
-    if tuple(theta.shape[1:]) != (2, 3):
-        raise fail(fn, "theta", "shape (N, 2, 3)", f"shape {shape_of(theta)}")
-    h, w = _check_size(fn, size, theta.shape[0])
+    lead = _check_transform(fn, "theta", theta, (2, 3), "(..., 2, 3)")
+    h, w = _check_size(fn, size, lead, "theta")
+    return restore_leading(_affine_grid(flatten_leading(theta, 2), h, w, align_corners), lead)
+
+
+def _affine_grid(theta: jax.Array, h: int, w: int, align_corners: bool) -> jax.Array:
     theta = theta.astype(_grid_dtype(theta))
     bx, by = (jnp.asarray(a, theta.dtype) for a in _base_xy(h, w, align_corners))
     t = theta[:, :, :, None, None]
@@ -138,8 +158,8 @@ def perspective_grid(
     give large finite coordinates and finite gradients.
 
     Args:
-      matrix: (N, 3, 3) homographies (the identity is ``eye(3)``).
-      size: output size (N, H, W, C).
+      matrix: (N, 3, 3) homographies (the identity is ``eye(3)``); N: any leading batch dims.
+      size: output size (N, H, W, C), with matrix's leading dims first.
       align_corners: as in ``affine_grid``.
       eps: smallest magnitude of the homogeneous denominator (a positive finite number).
 
@@ -147,12 +167,15 @@ def perspective_grid(
       (N, H, W, 2) grid of normalised (x, y), float32 (float64 for float64 input).
     """
     fn = "perspective_grid"
-    check_number(fn, "eps", eps, positive=True)
-    check_rank(fn, "matrix", matrix, 3, "(N, 3, 3)")
-    check_floating(fn, "matrix", matrix)
-    if tuple(matrix.shape[1:]) != (3, 3):
-        raise fail(fn, "matrix", "shape (N, 3, 3)", f"shape {shape_of(matrix)}")
-    h, w = _check_size(fn, size, matrix.shape[0])
+    lead = _check_transform(fn, "matrix", matrix, (3, 3), "(..., 3, 3)")
+    h, w = _check_size(fn, size, lead, "matrix")
+    eps = check_number(fn, "eps", eps, positive=True)
+    grid = _perspective_grid(flatten_leading(matrix, 2), h, w, align_corners, float(eps))
+    return restore_leading(grid, lead)
+
+
+def _perspective_grid(matrix: jax.Array, h: int, w: int, align_corners: bool,
+                      eps: float) -> jax.Array:
     m = matrix.astype(_grid_dtype(matrix))
     bx, by = (jnp.asarray(a, m.dtype) for a in _base_xy(h, w, align_corners))
     t = m[:, :, :, None, None]
@@ -220,8 +243,9 @@ def tps_grid(
     ``control_points == base_points`` gives the identity grid.
 
     Args:
-      control_points: (N, K, 2) normalised (x, y) input positions of the K base points.
-      size: output size (N, H, W, C).
+      control_points: (N, K, 2) normalised (x, y) input positions of the K base points; N:
+        any leading batch dims (none included).
+      size: output size (N, H, W, C), with control_points' leading dims first.
       base_points: concrete (K, 2) array of distinct output positions (x, y), e.g.
         ``tps_base_points((4, 4))``; K >= 3, not all on one line.
       align_corners: as in ``affine_grid``.
@@ -230,8 +254,7 @@ def tps_grid(
       (N, H, W, 2) grid of normalised (x, y), float32 (float64 for float64 input).
     """
     fn = "tps_grid"
-    check_rank(fn, "control_points", control_points, 3, "(N, K, 2)")
-    check_floating(fn, "control_points", control_points)
+    lead = _check_transform(fn, "control_points", control_points, (None, 2), "(..., K, 2)")
     try:
         base = np.asarray(base_points, np.float64)
     except Exception as e:  # a tracer: the spline is solved at trace time
@@ -239,16 +262,18 @@ def tps_grid(
     if base.ndim != 2 or base.shape[1] != 2 or base.shape[0] < 3:
         raise fail(fn, "base_points", "shape (K, 2) with K >= 3", f"shape {base.shape}")
     k = base.shape[0]
-    if tuple(control_points.shape[1:]) != (k, 2):
-        raise fail(fn, "control_points", f"shape (N, {k}, 2) (K from base_points)",
+    if control_points.shape[-2] != k:
+        raise fail(fn, "control_points", f"shape (..., {k}, 2) (K from base_points)",
                    f"shape {shape_of(control_points)}")
-    h, w = _check_size(fn, size, control_points.shape[0])
+    h, w = _check_size(fn, size, lead, "control_points")
+    if not np.all(np.isfinite(base)):
+        raise fail(fn, "base_points", "finite", "non-finite values")
     if np.linalg.matrix_rank(np.concatenate([np.ones((k, 1)), base], 1)) < 3:
         raise fail(fn, "base_points", "not all on one line", "collinear points")
-    cp = control_points.astype(_grid_dtype(control_points))
+    cp = flatten_leading(control_points, 2).astype(_grid_dtype(control_points))
     m = jnp.asarray(_tps_matrix(base, h, w, align_corners), cp.dtype)
     g = jnp.einsum("pk,nkd->npd", m, cp, precision=jax.lax.Precision.HIGHEST)
-    return g.reshape(cp.shape[0], h, w, 2)
+    return restore_leading(g.reshape(cp.shape[0], h, w, 2), lead)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +518,7 @@ def _sample_native(x, grid, padding, align_corners):
                                align_corners).astype(x.dtype)
 
 
+@batch_dims(x=NHWC, grid="(..., Ho, Wo, 2)")
 def grid_sample(
     x: jax.Array,
     grid: jax.Array,
@@ -511,8 +537,9 @@ def grid_sample(
     dtype.
 
     Args:
-      x: (N, H, W, C) image or feature map, floating.
-      grid: (N, Ho, Wo, 2) normalised (x, y) sample points; (-1, -1) is the top-left corner.
+      x: (N, H, W, C) image or feature map, floating (N: any leading dims, none included).
+      grid: (N, Ho, Wo, 2) normalised (x, y) sample points, the same leading dims as ``x``;
+        (-1, -1) is the top-left corner.
       mode: ``"bilinear"``, ``"nearest"`` (ties to even, as PyTorch) or ``"bicubic"``
         (cubic convolution, A = -0.75).
       padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
@@ -533,13 +560,8 @@ def grid_sample(
       (N, Ho, Wo, C), dtype of ``x``.
     """
     fn = "grid_sample"
-    check_nhwc(fn, "x", x)
-    check_rank(fn, "grid", grid, 4, "(N, Ho, Wo, 2)")
-    check_floating(fn, "grid", grid)
-    if grid.shape[-1] != 2:
-        raise fail(fn, "grid", "shape (N, Ho, Wo, 2)", f"shape {shape_of(grid)}")
-    if grid.shape[0] != x.shape[0]:
-        raise fail(fn, "grid", f"batch {x.shape[0]} (as x)", f"shape {shape_of(grid)}")
+    # x and grid are checked (floating, layouts, same leading dims) by batch_dims: here
+    # x (N, H, W, C), grid (N, Ho, Wo, 2).
     if 0 in x.shape[1:]:
         raise fail(fn, "x", "an image with H, W, C >= 1 (nothing to sample otherwise)",
                    f"shape {shape_of(x)}")

@@ -19,6 +19,7 @@ from attention_jax._validation import (
     check_positive_int,
     fail,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
 from attention_jax.functional.gating import _identity, branch_softmax, get_act
 from attention_jax.functional.pooling import global_avg_pool
@@ -65,6 +66,7 @@ def radix_softmax(logits: jax.Array, *, radix: int, cardinality: int = 1) -> jax
     return jnp.swapaxes(w, -3, -2).reshape(*lead, radix * cardinality * width)
 
 
+@batch_dims(x=NHWC)
 def selective_kernel(
     x: jax.Array,
     *,
@@ -140,6 +142,7 @@ def selective_kernel(
     return (out, {"branch_weights": a}) if return_maps else out
 
 
+@batch_dims(x=NHWC)
 def split_attention(
     x: jax.Array,
     *,

@@ -24,6 +24,7 @@ from attention_jax._validation import (
     fail,
     shape_of,
 )
+from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
 from attention_jax.functional.scoring import attend, attention, attention_weights, dot_scores
 
@@ -66,6 +67,7 @@ def _check_gamma(fn: str, gamma: Any) -> None:
         raise fail(fn, "gamma", "a scalar or shape (1,) array", f"shape {shape_of(gamma)}")
 
 
+@batch_dims(x=NHWC)
 def non_local(
     x: jax.Array,
     *,
@@ -152,6 +154,7 @@ def non_local(
     return (z, {"attention": f}) if return_maps else z
 
 
+@batch_dims(x=NHWC)
 def position_attention(
     x: jax.Array,
     *,
@@ -194,6 +197,7 @@ def position_attention(
     return (out, {"attention": _weights(q, k, 1.0, precision)}) if return_maps else out
 
 
+@batch_dims(x=NHWC)
 def channel_self_attention(
     x: jax.Array, *, gamma: jax.Array, return_maps: bool = False
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
@@ -232,6 +236,7 @@ def channel_self_attention(
     return (out, {"attention": a}) if return_maps else out
 
 
+@batch_dims(x=NHWC)
 def dual_attention_head(
     x: jax.Array,
     *,
@@ -285,6 +290,7 @@ def _criss_cross_once(x, query, key, value, gamma, precision):
     return (gamma.reshape(()) * out + x).astype(x.dtype), a
 
 
+@batch_dims(x=NHWC)
 def criss_cross_attention(
     x: jax.Array,
     *,
@@ -378,6 +384,7 @@ def relative_position_bias(table: jax.Array, *, size: tuple[int, int]) -> jax.Ar
     return jnp.moveaxis(table[relative_position_index(size=size)], -1, 0)
 
 
+@batch_dims(x=NHWC)
 def multi_head_self_attention_2d(
     x: jax.Array,
     *,

@@ -15,7 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax._types import Layer
-from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
+from attention_jax._validation import (
+    check_choice,
+    check_floating,
+    check_min_rank,
+    check_nhwc,
+    check_positive_int,
+    fail,
+)
+from attention_jax.functional._batch import NHWC, batch_dims, flatten_leading, restore_leading
 from attention_jax.functional._numerics import mean
 from attention_jax.functional.pooling import adaptive_avg_pool2d
 from attention_jax.functional.sampling import (
@@ -106,11 +114,12 @@ def transform_grid(
     Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (sec. 3.2).
 
     Args:
-      params: (N, P) regressed parameters (see ``transform_num_params``): affine: the row-major
+      params: (N, P) regressed parameters (N: any leading batch dims, none included; see
+        ``transform_num_params``): affine: the row-major
         2x3 matrix; similarity: (scale, angle in radians, tx, ty); translation: (tx, ty);
         perspective: the first 8 entries of the row-major 3x3 homography (h33 = 1); tps: the
         (x, y) input positions of the ``tps_base_points(tps_grid_size)`` control points.
-      size: output size (N, Ho, Wo, C).
+      size: output size (N, Ho, Wo, C), with params' leading dims first.
       transform: one of ``TRANSFORMS``.
       tps_grid_size: (gh, gw) control-point lattice of ``"tps"``.
       align_corners: as in ``affine_grid``.
@@ -124,14 +133,24 @@ def transform_grid(
     if transform == "tps":
         _check_tps_grid_size(fn, tps_grid_size)
     p_count = transform_num_params(transform, tps_grid_size=tps_grid_size)
-    if params.ndim != 2 or params.shape[1] != p_count:
-        raise fail(fn, "params", f"shape (N, {p_count}) for transform={transform!r}",
+    check_min_rank(fn, "params", params, 1, "(..., P)")
+    check_floating(fn, "params", params)
+    if params.shape[-1] != p_count:
+        raise fail(fn, "params", f"shape (..., {p_count}) for transform={transform!r}",
                    f"shape {tuple(params.shape)}")
-    _check_size(fn, size, params.shape[0])
+    lead = tuple(params.shape[:-1])
+    _check_size(fn, size, lead, "params")
+    size = (math.prod(lead), *(int(v) for v in size[-3:]))
+    grid, aux = _transform_grid(flatten_leading(params, 1), size, transform, tps_grid_size,
+                                align_corners)
+    return restore_leading((grid, aux), lead)
+
+
+def _transform_grid(params, size, transform, tps_grid_size, align_corners):
     p = params.astype(jnp.promote_types(params.dtype, jnp.float32))
     n = p.shape[0]
     if transform == "tps":
-        cp = p.reshape(n, p_count // 2, 2)
+        cp = p.reshape(n, p.shape[1] // 2, 2)
         grid = tps_grid(cp, size, base_points=tps_base_points(tuple(tps_grid_size)),
                         align_corners=align_corners)
         return grid, {"control_points": cp}
@@ -157,6 +176,7 @@ def _max_pool2(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pad)
 
 
+@batch_dims(x=NHWC)
 def localisation_net(
     x: jax.Array,
     *,
@@ -200,6 +220,7 @@ def localisation_net(
     return fc2(jax.nn.relu(fc1(h)))
 
 
+@batch_dims(x=NHWC)
 def spatial_transformer(
     x: jax.Array,
     *,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -32,7 +32,7 @@ __all__ = [
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation block (Hu et al., CVPR 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), R from ``rd_ratio``/``rd_channels``/``rd_divisor``.
 
     Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
@@ -65,9 +65,9 @@ class SqueezeExcite(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused (no batch statistics). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused (no batch statistics). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        check_feature_map("SqueezeExcite", "x", x, p.channels)
         return call_and_sow(
             self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
             add_maxpool=p.add_maxpool,
@@ -77,7 +77,7 @@ class SqueezeExcite(nn.Module):
 class EfficientChannelAttention(nn.Module):
     """Efficient channel attention (ECA-Net, Wang et al., CVPR 2020), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameter: ``conv`` (1D conv over channels,
+    Input (..., H, W, C) -> output (..., H, W, C). Parameter: ``conv`` (1D conv over channels,
     kernel (k, 1, 1), no bias), k = ``kernel_size`` or the adaptive odd
     ``eca_kernel_size(C, gamma=gamma, beta=beta)``.
 
@@ -106,16 +106,16 @@ class EfficientChannelAttention(nn.Module):
                          precision=self.precision)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        check_feature_map("EfficientChannelAttention", "x", x, p.channels)
         return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nn.Module):
     """Gather-excite (Hu et al., NeurIPS 2018), linen, as timm's ``GatherExcite``.
 
-    Input (N, H, W, C) -> output (N, H, W, C). ``extra_params=False``: parameter-free gather
+    Input (..., H, W, C) -> output (..., H, W, C). ``extra_params=False``: parameter-free gather
     (global mean for ``extent=0``, else strided average pooling); ``extra_params=True``:
     ``conv1..convK`` depthwise 3x3 stride-2 convs (no bias, K = log2(extent)) each followed by
     ``norm1..normK`` (BatchNorm, act between), or for ``extent=0`` one depthwise conv with a
@@ -166,9 +166,9 @@ class GatherExcite(nn.Module):
             self.fc2 = conv1x1(c)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode of the gather. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode of the gather. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GatherExcite", "x", x, p.channels)
+        check_feature_map("GatherExcite", "x", x, p.channels)
         idx = range(1, len(p.gather_convs) + 1)
         gather = partial(
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
@@ -184,7 +184,7 @@ class GatherExcite(nn.Module):
 class GlobalContext(nn.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv_attn`` (1x1 conv C -> 1; no
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``conv_attn`` (1x1 conv C -> 1; no
     bias by default: the official one cancels in the softmax over H*W, so it is dropped;
     ``attn_bias=True`` keeps it, as timm does, so its weights load); for ``fuse_add``
     ``add_fc1`` (1x1 C -> R), ``add_norm`` (LayerNorm over R, epsilon ``eps``: 1e-5 as the
@@ -234,9 +234,9 @@ class GlobalContext(nn.Module):
             self.scale_fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GlobalContext", "x", x, p.channels)
+        check_feature_map("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return call_and_sow(
@@ -248,7 +248,7 @@ class GlobalContext(nn.Module):
 class SecondOrderChannel(nn.Module):
     """Second-order channel attention (SOCA, Dai et al., CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R, bias) and
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``fc1`` (1x1 conv C -> R, bias) and
     ``fc2`` (1x1 conv R -> C, bias) on the covariance-square-root descriptor; ``iterations``
     Newton-Schulz steps (5 as in the official SAN code).
 
@@ -281,9 +281,9 @@ class SecondOrderChannel(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        check_feature_map("SecondOrderChannel", "x", x, p.channels)
         return call_and_sow(
             self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
             gate=p.gate, iterations=p.iterations,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
@@ -43,7 +43,7 @@ class ConvBNAct(nn.Module):
         self.bn = batch_norm(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, Cin); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, Cin); train: BatchNorm batch statistics. Returns (..., H, W, C)."""
         return F.conv_norm_act(x, conv=self.conv,
                                norm=partial(self.bn, use_running_average=not train),
                                act=self.act)
@@ -52,7 +52,7 @@ class ConvBNAct(nn.Module):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabv3, Chen et al. 2017), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels or C). Parameters: ``b0`` (1x1
+    Input (..., H, W, C) -> output (..., H, W, out_channels or C). Parameters: ``b0`` (1x1
     conv-BN-ReLU), ``b1``.. (3x3 atrous conv-BN-ReLU, one per rate), ``pool`` (1x1 conv-BN-ReLU
     on the global average), ``project`` (1x1 conv-BN-ReLU fusing the concatenation).
     ``out_channels`` defaults to ``channels`` (shape-preserving; DeepLabv3 uses 256). The
@@ -86,9 +86,9 @@ class ASPP(nn.Module):
         self.project = cba(kernel_size=1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, Co)."""
         p = self.plan
-        check_nhwc("ASPP", "x", x, p.channels)
+        check_feature_map("ASPP", "x", x, p.channels)
         call = lambda m: partial(m, train=train)
         branches = [call(getattr(self, f"b{i}")) for i in range(p.num_branches)]
         return F.aspp(x, branches=branches, pool_branch=call(self.pool),

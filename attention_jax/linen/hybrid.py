@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
@@ -28,7 +28,7 @@ __all__ = ["ChannelGate", "SpatialGate", "CBAM", "BAM", "CoordinateAttention"]
 class ChannelGate(nn.Module):
     """CBAM channel attention (Woo et al., ECCV 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``fc1`` (1x1 conv C -> R) and ``fc2``
     (1x1 conv R -> C), the MLP shared by the avg- and max-pooled descriptors; no bias by default
     (as timm; the official code's ``nn.Linear`` has one: ``bias=True``).
 
@@ -60,9 +60,9 @@ class ChannelGate(nn.Module):
         self.fc2 = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("ChannelGate", "x", x, p.channels)
+        check_feature_map("ChannelGate", "x", x, p.channels)
         return call_and_sow(
             self, F.cbam_channel_gate, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
         )
@@ -71,7 +71,7 @@ class ChannelGate(nn.Module):
 class SpatialGate(nn.Module):
     """CBAM spatial attention (Woo et al., ECCV 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``conv`` (k x k conv 2 -> 1, no bias,
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``conv`` (k x k conv 2 -> 1, no bias,
     "same" padding; k = ``kernel_size``, odd) and ``bn`` (BatchNorm on the one-channel map, as in
     the official code, torch momentum 0.01).
 
@@ -101,9 +101,9 @@ class SpatialGate(nn.Module):
                              param_dtype=self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SpatialGate", "x", x, p.channels)
+        check_feature_map("SpatialGate", "x", x, p.channels)
         return call_and_sow(
             self, F.cbam_spatial_gate, x, conv=self.conv,
             norm=partial(self.bn, use_running_average=not train), gate=p.gate,
@@ -113,7 +113,7 @@ class SpatialGate(nn.Module):
 class CBAM(nn.Module):
     """Convolutional block attention module (Woo et al., ECCV 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C): ``channel`` (a ``ChannelGate``: ``fc1``, ``fc2``)
+    Input (..., H, W, C) -> output (..., H, W, C): ``channel`` (a ``ChannelGate``: ``fc1``, ``fc2``)
     then ``spatial`` (a ``SpatialGate``: ``conv``, ``bn``), in series.
 
     Attention maps (sown into ``"intermediates"`` only when the caller collects that collection,
@@ -152,9 +152,9 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(self.channels, kernel_size=self.kernel_size, **common)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CBAM", "x", x, p.channels)
+        check_feature_map("CBAM", "x", x, p.channels)
         return call_and_sow(
             self, F.cbam, x, reduce=self.channel.fc1, expand=self.channel.fc2,
             conv=self.spatial.conv, norm=partial(self.spatial.bn, use_running_average=not train),
@@ -165,7 +165,7 @@ class CBAM(nn.Module):
 class BAM(nn.Module):
     """Bottleneck attention module (Park et al., BMVC 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Channel branch: ``fc1`` (Dense C -> R), ``bn1``,
+    Input (..., H, W, C) -> output (..., H, W, C). Channel branch: ``fc1`` (Dense C -> R), ``bn1``,
     ``fc2`` (Dense R -> C). Spatial branch: ``conv_reduce`` (1x1 C -> R), ``bn_reduce``,
     ``conv_di_0``/``bn_di_0`` and ``conv_di_1``/``bn_di_1`` (3x3, dilation ``dilation``),
     ``conv_final`` (1x1 R -> 1); all with bias, as the official code. ``combine="paper"``:
@@ -213,9 +213,9 @@ class BAM(nn.Module):
         self.conv_final = conv_(1, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("BAM", "x", x, p.channels)
+        check_feature_map("BAM", "x", x, p.channels)
         mode = dict(use_running_average=not train)
         return call_and_sow(
             self, F.bam, x, fc1=self.fc1, bn1=partial(self.bn1, **mode), fc2=self.fc2,
@@ -229,7 +229,7 @@ class BAM(nn.Module):
 class CoordinateAttention(nn.Module):
     """Coordinate attention (Hou et al., CVPR 2021), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters (official names): ``conv1`` (1x1
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters (official names): ``conv1`` (1x1
     C -> R, bias), ``bn1`` (BatchNorm), ``conv_h`` and ``conv_w`` (1x1 R -> C, bias). The
     official code uses ``act`` h-swish (``act="hard_swish"``) and width ``max(8, C // 32)``;
     the defaults here are the family's (``act="relu"``, ``rd_ratio=1/16``, ``rd_divisor=8``),
@@ -267,9 +267,9 @@ class CoordinateAttention(nn.Module):
         self.conv_w = conv1x1(p.channels)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CoordinateAttention", "x", x, p.channels)
+        check_feature_map("CoordinateAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.coordinate_attention, x, conv1=self.conv1,
             norm=partial(self.bn1, use_running_average=not train), conv_h=self.conv_h,

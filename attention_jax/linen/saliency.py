@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.linen.layers import batch_norm, conv
@@ -28,7 +29,7 @@ class ContextAwarePyramid(nn.Module):
     """PFANet's context-aware pyramid (CPFE) plus its channel-wise attention (CA), linen.
 
     Zhao and Wu, "Pyramid Feature Attention Network for Saliency Detection", CVPR 2019.
-    Input (N, H, W, C) -> output (N, H, W, out_channels) (= C by default, which is what the
+    Input (..., H, W, C) -> output (..., H, W, out_channels) (= C by default, which is what the
     registry name ``pfa`` builds). Branches: ``conv0`` (1x1) and ``conv{i}`` (3x3, dilation
     ``dilations[i-1]``; the paper's 3, 5, 7), each ``out_channels / (1 + len(dilations))``
     wide, concatenated, ``bn`` + ReLU; then, with ``channel_attention``, the paper's SE-like CA:
@@ -77,9 +78,9 @@ class ContextAwarePyramid(nn.Module):
             self.ca_fc2 = conv_(p.out_channels, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H, W, C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, C')."""
         p = self.plan
-        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        check_feature_map("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
         return call_and_sow(
             self, F.context_aware_pyramid, x,
@@ -93,7 +94,7 @@ class PyramidSpatialAttention(nn.Module):
     """PFANet's spatial attention: (1xk, kx1) and (kx1, 1xk) conv branches -> sigmoid, linen.
 
     Zhao and Wu, CVPR 2019 (official code: every conv followed by BatchNorm and ReLU). Input
-    (N, H, W, C) -> output (N, H, W, C): ``x * map(guide)``, where the (N, H, W, 1) map is
+    (N, H, W, C) -> output (..., H, W, C): ``x * map(guide)``, where the (N, H, W, 1) map is
     computed from ``guide`` (default ``x``; in PFANet the high-level features guide the
     low-level ones). Parameters: ``b1_conv1`` (1xk, C -> mid), ``b1_bn1``, ``b1_conv2``
     (kx1, mid -> 1), ``b1_bn2`` and the mirrored ``b2_*``; k = ``kernel_size`` (paper: 9),
@@ -131,9 +132,9 @@ class PyramidSpatialAttention(nn.Module):
         self.b2_conv2, self.b2_bn2 = conv_(1, row[0], padding=row[1]), bn()
 
     def attention_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm mode. Returns the (N, H, W, 1) map."""
+        """Args: x (..., H, W, C); train: BatchNorm mode. Returns the (..., H, W, 1) map."""
         p = self.plan
-        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
+        check_feature_map("PyramidSpatialAttention", "x", x, p.channels)
         ura = not train
 
         def stage(conv, bn):
@@ -148,8 +149,8 @@ class PyramidSpatialAttention(nn.Module):
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
+        """Args: x (..., H, W, Cx); guide (..., H, W, C) or None (x). Returns (..., H, W, Cx)."""
+        check_feature_map("PyramidSpatialAttention", "x", x)  # the map checks its input
         return F.rescale(x, self.attention_map(x if guide is None else guide, train=train))
 
 
@@ -212,19 +213,23 @@ class PyramidFeatureAttention(nn.Module):
         self.head_conv = conv_(1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: low (N, H, W, Cl); high (N, h, w, Ch); train: BN mode. Returns (N, H, W, 1)."""
+        """Args: low (..., H, W, Cl); high (..., h, w, Ch); train: BN mode. Returns (..., H, W, 1).
+
+        ``low`` and ``high`` have the same leading dims.
+        """
         p, fn, ura = self.plan, "PyramidFeatureAttention", not train
-        check_nhwc(fn, "low", low, p.low_channels)
-        check_nhwc(fn, "high", high, p.high_channels)
+        check_feature_map(fn, "low", low, p.low_channels)
+        check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
+        lead = low.shape[:-3]  # CPFE and SA sow their maps with the caller's leading dims
         return F.pyramid_feature_attention(
             low, high,
-            cpfe=partial(self.cpfe, train=train),
+            cpfe=keep_leading(partial(self.cpfe, train=train), lead),
             high_proj=partial(cna, conv=self.high_conv,
                               norm=partial(self.high_bn, use_running_average=ura)),
             low_proj=partial(cna, conv=self.low_conv,
                              norm=partial(self.low_bn, use_running_average=ura)),
-            spatial_map=partial(self.sa.attention_map, train=train),
+            spatial_map=keep_leading(partial(self.sa.attention_map, train=train), lead),
             head=self.head_conv,
             gate=p.gate,
         )

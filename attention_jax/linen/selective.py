@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.layers import batch_norm, conv
@@ -22,7 +22,7 @@ __all__ = ["SelectiveKernel", "SplitAttention"]
 class SelectiveKernel(nn.Module):
     """Selective kernel convolution (Li et al., "Selective Kernel Networks", CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels) (out_channels = C by
+    Input (..., H, W, C) -> output (..., H / stride, W / stride, out_channels) (out_channels = C by
     default). The paper's fields: M = ``num_paths`` (branch m is a 3x3 conv with dilation m + 1,
     standing for a (2m + 3)x(2m + 3) kernel), G = ``groups``, r = ``1 / rd_ratio``,
     L = ``rd_min_channels``; the attention width is ``d = max(make_divisible(out * rd_ratio,
@@ -75,9 +75,9 @@ class SelectiveKernel(nn.Module):
         self.fc_select = conv_(p.out_channels * p.num_paths, 1)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SelectiveKernel", "x", x, p.channels)
+        check_feature_map("SelectiveKernel", "x", x, p.channels)
         ura = not train
         return call_and_sow(
             self, F.selective_kernel, x,
@@ -95,7 +95,7 @@ class SelectiveKernel(nn.Module):
 class SplitAttention(nn.Module):
     """Split-attention convolution (Zhang et al., "ResNeSt", 2020), linen.
 
-    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels) (out_channels = C by
+    Input (..., H, W, C) -> output (..., H / stride, W / stride, out_channels) (out_channels = C by
     default). ``radix`` R splits, ``groups`` = cardinality K; a KxR-grouped ``conv`` gives
     R * out channels (then ``bn0``, ReLU); ``fc1`` (1x1, grouped by K, out -> d) + ``bn1`` +
     ReLU, ``fc2`` (1x1, grouped by K, d -> R * out), r-softmax across splits (sigmoid when
@@ -149,9 +149,9 @@ class SplitAttention(nn.Module):
         self.fc2 = conv_(width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm uses batch statistics. Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SplitAttention", "x", x, p.channels)
+        check_feature_map("SplitAttention", "x", x, p.channels)
         ura = not train
         return call_and_sow(
             self, F.split_attention, x, conv=self.conv,

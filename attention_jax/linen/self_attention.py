@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.linen._maps import call_and_sow
 from attention_jax.linen.context import ConvBNAct
 from attention_jax.linen.layers import batch_norm, conv
@@ -47,7 +48,7 @@ def _conv1x1(features, *, use_bias=True, zero=False, dtype, param_dtype, precisi
 class NonLocal(nn.Module):
     """Non-local block (Wang et al., CVPR 2018), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``theta``, ``phi``, ``g`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``theta``, ``phi``, ``g`` (1x1 conv
     C -> Ci, Ci = ``inter_channels`` or C // 2), ``concat_project`` (``mode="concatenation"``
     only: 1x1 conv 2Ci -> 1, no bias), ``out_proj`` (1x1 conv Ci -> C) and, with ``use_bn``,
     ``out_bn`` (BatchNorm). The block starts as the identity: ``out_bn``'s scale is initialised
@@ -96,9 +97,9 @@ class NonLocal(nn.Module):
                                      scale_init=nn.initializers.zeros)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("NonLocal", "x", x, p.channels)
+        check_feature_map("NonLocal", "x", x, p.channels)
         p.check_input(x)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
         return call_and_sow(
@@ -113,7 +114,7 @@ class NonLocal(nn.Module):
 class PositionAttention(nn.Module):
     """DANet position attention module, PAM (Fu et al., CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8 as the official code), ``value`` (1x1 conv C -> C)
     and ``gamma`` (shape (1,), initialised to 0, so the module starts as the identity).
 
@@ -142,9 +143,9 @@ class PositionAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("PositionAttention", "x", x, p.channels)
+        check_feature_map("PositionAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
             gamma=self.gamma, implementation=p.implementation, precision=self.precision,
@@ -154,7 +155,7 @@ class PositionAttention(nn.Module):
 class ChannelSelfAttention(nn.Module):
     """DANet channel attention module, CAM (Fu et al., CVPR 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). One parameter: ``gamma`` (shape (1,),
+    Input (..., H, W, C) -> output (..., H, W, C). One parameter: ``gamma`` (shape (1,),
     initialised to 0). Softmax over ``rowmax(E) - E`` with E = X X^T, as the official code
     (see ``functional.channel_self_attention``).
 
@@ -175,15 +176,15 @@ class ChannelSelfAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
+        check_feature_map("ChannelSelfAttention", "x", x, self.plan.channels)
         return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma)
 
 
 class DualAttentionHead(nn.Module):
     """DANet head (Fu et al., CVPR 2019): PAM and CAM branches, summed and fused; linen.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels or C). Parameters: ``conv5a``,
+    Input (..., H, W, C) -> output (..., H, W, out_channels or C). Parameters: ``conv5a``,
     ``conv5c`` (3x3 conv-BN-ReLU C -> Ci, Ci = C // 4), ``sa`` (PAM on Ci), ``sc`` (CAM on Ci),
     ``conv51``, ``conv52`` (3x3 conv-BN-ReLU Ci -> Ci) and ``conv8`` (1x1 conv Ci -> out, with
     bias), as the official ``DANetHead``. ``out_channels`` defaults to C so the head is
@@ -221,18 +222,20 @@ class DualAttentionHead(nn.Module):
         self.conv8 = _conv1x1(p.out_channels, **kw)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: BatchNorm batch statistics. Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, Co)."""
+        check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
         c = lambda m: partial(m, train=train)
+        lead = x.shape[:-3]  # PAM and CAM sow their maps with the caller's leading dims
         return F.dual_attention_head(x, conv5a=c(self.conv5a), conv5c=c(self.conv5c),
-                                     pam=self.sa, cam=self.sc, conv51=c(self.conv51),
+                                     pam=keep_leading(self.sa, lead),
+                                     cam=keep_leading(self.sc, lead), conv51=c(self.conv51),
                                      conv52=c(self.conv52), conv8=self.conv8)
 
 
 class CrissCrossAttention(nn.Module):
     """Recurrent criss-cross attention, RCCA (Huang et al., ICCV 2019), linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters: ``query``, ``key`` (1x1 conv
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters: ``query``, ``key`` (1x1 conv
     C -> Cq, Cq = ``qk_channels`` or C // 8), ``value`` (1x1 conv C -> C), ``gamma`` ((1,),
     initialised to 0); the same weights are applied ``recurrence`` times (R = 2).
 
@@ -262,9 +265,9 @@ class CrissCrossAttention(nn.Module):
         self.gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CrissCrossAttention", "x", x, p.channels)
+        check_feature_map("CrissCrossAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
             gamma=self.gamma, recurrence=p.recurrence, precision=self.precision,
@@ -274,7 +277,7 @@ class CrissCrossAttention(nn.Module):
 class MultiHeadSelfAttention2d(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, linen.
 
-    Input (N, H, W, C) -> output (N, H, W, C) (no residual inside: use it where a conv would
+    Input (..., H, W, C) -> output (..., H, W, C) (no residual inside: use it where a conv would
     go, as BoTNet). Parameters: ``qkv`` (Dense C -> 3C, channels ordered (3, heads, head_dim)),
     ``proj`` (Dense C -> C), and with ``position="relative"`` the Swin-style
     ``relative_position_bias_table`` ((2H-1)(2W-1), heads), or with ``position="absolute"``
@@ -315,9 +318,9 @@ class MultiHeadSelfAttention2d(nn.Module):
             self.pos_embed = self.param("pos_embed", init, p.pos_embed_shape, self.param_dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        check_feature_map("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
         return call_and_sow(
             self, F.multi_head_self_attention_2d, x, qkv=self.qkv, proj=self.proj,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.linen._maps import sow_maps, wants_maps
 from attention_jax.linen.layers import conv
@@ -23,7 +23,7 @@ __all__ = ["LocalisationNet", "SpatialTransformer"]
 class LocalisationNet(nn.Module):
     """STN localisation network (Jaderberg et al., NeurIPS 2015), linen.
 
-    Input (N, H, W, C) -> (N, out_features). ``conv1`` (3x3, C -> features[0]), ``conv2``
+    Input (..., H, W, C) -> (N, out_features). ``conv1`` (3x3, C -> features[0]), ``conv2``
     (3x3 -> features[1]), each followed by ReLU and a 2x2 max pool, an average pool to
     ``pool_size`` (a grid, so position survives; None = global average), flattened, ``fc1``
     (-> hidden, ReLU) and ``fc2`` (-> out_features) whose kernel starts at zero and bias at
@@ -62,9 +62,9 @@ class LocalisationNet(nn.Module):
                          bias_init=p.fc2_bias_init())
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Args: x (N, H, W, C); train: unused. Returns (N, out_features)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., out_features)."""
         p = self.plan
-        check_nhwc("LocalisationNet", "x", x, p.channels)
+        check_feature_map("LocalisationNet", "x", x, p.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
                                   fc2=self.fc2, pool_size=p.pool_size)
 
@@ -72,7 +72,7 @@ class LocalisationNet(nn.Module):
 class SpatialTransformer(nn.Module):
     """Spatial transformer (Jaderberg et al., NeurIPS 2015), linen.
 
-    Input (N, H, W, C) -> output (N, Ho, Wo, C) (``out_size``, default (H, W)). A
+    Input (..., H, W, C) -> output (..., Ho, Wo, C) (``out_size``, default (H, W)). A
     ``LocalisationNet`` ``loc`` regresses the ``transform``'s parameters (initialised to the
     identity), which give a sampling grid for ``grid_sample``. With ``return_transform=True``
     the call returns ``(output, {"params", "grid", "matrix" | "control_points"})``.
@@ -116,9 +116,9 @@ class SpatialTransformer(nn.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, return_transform: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
-        """Args: x (N, H, W, C); train: unused. Returns (N, Ho, Wo, C) (and the transform)."""
+        """Args: x (..., H, W, C); train: unused. Returns (..., Ho, Wo, C) (and the transform)."""
         p = self.plan
-        check_nhwc("SpatialTransformer", "x", x, p.channels)
+        check_feature_map("SpatialTransformer", "x", x, p.channels)
         p.check_input(x)
         sow = wants_maps(self)
         out = F.spatial_transformer(

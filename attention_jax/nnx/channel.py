@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import (
@@ -32,7 +32,7 @@ __all__ = [
 class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation block (Hu et al., CVPR 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -67,9 +67,9 @@ class SqueezeExcite(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SqueezeExcite", "x", x, p.channels)
+        check_feature_map("SqueezeExcite", "x", x, p.channels)
         return call_and_sow(
             self, F.squeeze_excite, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
             add_maxpool=p.add_maxpool,
@@ -79,7 +79,7 @@ class SqueezeExcite(nnx.Module):
 class EfficientChannelAttention(nnx.Module):
     """Efficient channel attention (ECA-Net, Wang et al., CVPR 2020), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameter as the linen module: ``conv``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameter as the linen module: ``conv``
     (1D conv over channels, kernel (k, 1, 1), no bias).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -108,16 +108,16 @@ class EfficientChannelAttention(nnx.Module):
                          dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("EfficientChannelAttention", "x", x, p.channels)
+        check_feature_map("EfficientChannelAttention", "x", x, p.channels)
         return call_and_sow(self, F.efficient_channel_attention, x, conv=self.conv, gate=p.gate)
 
 
 class GatherExcite(nnx.Module):
     """Gather-excite (Hu et al., NeurIPS 2018), nnx, as timm's ``GatherExcite``.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: gather
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: gather
     ``conv1..convK``/``norm1..normK`` when ``extra_params``, MLP ``fc1``/``fc2`` when ``use_mlp``.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -165,9 +165,9 @@ class GatherExcite(nnx.Module):
             self.fc2 = conv(p.rd_channels, c, 1, precision=precision, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GatherExcite", "x", x, p.channels)
+        check_feature_map("GatherExcite", "x", x, p.channels)
         idx = range(1, len(p.gather_convs) + 1)
         gather = partial(
             F.ge_gather, convs=[getattr(self, f"conv{i}") for i in idx],
@@ -183,7 +183,7 @@ class GatherExcite(nnx.Module):
 class GlobalContext(nnx.Module):
     """Global context block (GCNet, Cao et al., ICCVW 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same fields and parameters as the linen module:
+    Input (..., H, W, C) -> output (..., H, W, C). Same fields and parameters as the linen module:
     ``conv_attn`` (with a bias if ``attn_bias``); ``add_fc1``/``add_norm``/``add_fc2`` and/or
     ``scale_fc1``/``scale_norm``/``scale_fc2``; ``eps`` is the LayerNorm epsilon.
 
@@ -232,9 +232,9 @@ class GlobalContext(nnx.Module):
             self.scale_fc2 = conv1x1(rd, c)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("GlobalContext", "x", x, p.channels)
+        check_feature_map("GlobalContext", "x", x, p.channels)
         add = (self.add_fc1, self.add_norm, self.add_fc2) if p.fuse_add else None
         scale = (self.scale_fc1, self.scale_norm, self.scale_fc2) if p.fuse_scale else None
         return call_and_sow(
@@ -246,7 +246,7 @@ class GlobalContext(nnx.Module):
 class SecondOrderChannel(nnx.Module):
     """Second-order channel attention (SOCA, Dai et al., CVPR 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R, bias) and ``fc2`` (1x1 conv R -> C, bias).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -280,9 +280,9 @@ class SecondOrderChannel(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SecondOrderChannel", "x", x, p.channels)
+        check_feature_map("SecondOrderChannel", "x", x, p.channels)
         return call_and_sow(
             self, F.second_order_channel, x, reduce=self.fc1, expand=self.fc2, act=p.act,
             gate=p.gate, iterations=p.iterations,

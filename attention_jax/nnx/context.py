@@ -11,7 +11,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx.layers import batch_norm, conv
 from attention_jax.plans import ASPPPlan, same_padding
@@ -37,14 +37,14 @@ class ConvBNAct(nnx.Module):
         self.bn = batch_norm(features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, Cin). Returns (N, H, W, features)."""
+        """Args: x (..., H, W, Cin). Returns (..., H, W, features)."""
         return F.conv_norm_act(x, conv=self.conv, norm=self.bn, act=self.act)
 
 
 class ASPP(nnx.Module):
     """Atrous spatial pyramid pooling (DeepLabv3, Chen et al. 2017), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels or C). Same parameters as the linen
+    Input (..., H, W, C) -> output (..., H, W, out_channels or C). Same parameters as the linen
     module: ``b0``, ``b1``.. (one per atrous rate), ``pool``, ``project`` (conv-BN-ReLU each).
     BatchNorm mode via ``module.train()`` / ``module.eval()``.
 
@@ -79,8 +79,8 @@ class ASPP(nnx.Module):
         self.project = cba(p.concat_channels, kernel_size=1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, Co)."""
         p = self.plan
-        check_nhwc("ASPP", "x", x, p.channels)
+        check_feature_map("ASPP", "x", x, p.channels)
         branches = [getattr(self, f"b{i}") for i in range(p.num_branches)]
         return F.aspp(x, branches=branches, pool_branch=self.pool, project=self.project)

@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
@@ -28,7 +28,7 @@ __all__ = ["ChannelGate", "SpatialGate", "CBAM", "BAM", "CoordinateAttention"]
 class ChannelGate(nnx.Module):
     """CBAM channel attention (Woo et al., ECCV 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``
     (1x1 conv C -> R) and ``fc2`` (1x1 conv R -> C), no bias by default.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -62,9 +62,9 @@ class ChannelGate(nnx.Module):
         self.fc2 = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("ChannelGate", "x", x, p.channels)
+        check_feature_map("ChannelGate", "x", x, p.channels)
         return call_and_sow(
             self, F.cbam_channel_gate, x, reduce=self.fc1, expand=self.fc2, act=p.act, gate=p.gate,
         )
@@ -73,7 +73,7 @@ class ChannelGate(nnx.Module):
 class SpatialGate(nnx.Module):
     """CBAM spatial attention (Woo et al., ECCV 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``conv``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``conv``
     (k x k, 2 -> 1, no bias) and ``bn`` (BatchNorm, torch momentum 0.01 as officially).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -104,16 +104,16 @@ class SpatialGate(nnx.Module):
                              rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("SpatialGate", "x", x, p.channels)
+        check_feature_map("SpatialGate", "x", x, p.channels)
         return call_and_sow(self, F.cbam_spatial_gate, x, conv=self.conv, norm=self.bn, gate=p.gate)
 
 
 class CBAM(nnx.Module):
     """Convolutional block attention module (Woo et al., ECCV 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``channel``
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``channel``
     (``ChannelGate``: ``fc1``, ``fc2``) then ``spatial`` (``SpatialGate``: ``conv``, ``bn``).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -152,9 +152,9 @@ class CBAM(nnx.Module):
         self.spatial = SpatialGate(channels, kernel_size=kernel_size, **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CBAM", "x", x, p.channels)
+        check_feature_map("CBAM", "x", x, p.channels)
         return call_and_sow(
             self, F.cbam, x, reduce=self.channel.fc1, expand=self.channel.fc2,
             conv=self.spatial.conv, norm=self.spatial.bn, act=p.act, gate=p.gate,
@@ -164,7 +164,7 @@ class CBAM(nnx.Module):
 class BAM(nnx.Module):
     """Bottleneck attention module (Park et al., BMVC 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``fc1``,
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``fc1``,
     ``bn1``, ``fc2``; ``conv_reduce``, ``bn_reduce``, ``conv_di_0``, ``bn_di_0``, ``conv_di_1``,
     ``bn_di_1``, ``conv_final``. ``combine`` is ``"paper"`` (sum) or ``"official"`` (product).
 
@@ -212,9 +212,9 @@ class BAM(nnx.Module):
         self.conv_final = conv_(rd, 1, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("BAM", "x", x, p.channels)
+        check_feature_map("BAM", "x", x, p.channels)
         return call_and_sow(
             self, F.bam, x, fc1=self.fc1, bn1=self.bn1, fc2=self.fc2, conv_reduce=self.conv_reduce,
             bn_reduce=self.bn_reduce, convs_di=(self.conv_di_0, self.conv_di_1),
@@ -226,7 +226,7 @@ class BAM(nnx.Module):
 class CoordinateAttention(nnx.Module):
     """Coordinate attention (Hou et al., CVPR 2021), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters as the linen module: ``conv1``,
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters as the linen module: ``conv1``,
     ``bn1``, ``conv_h``, ``conv_w`` (official names). Official: ``act="hard_swish"``,
     ``rd_ratio=1/32``; defaults here are the family's (``"relu"``, 1/16).
 
@@ -265,9 +265,9 @@ class CoordinateAttention(nnx.Module):
         self.conv_w = conv1x1(p.rd_channels, p.channels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CoordinateAttention", "x", x, p.channels)
+        check_feature_map("CoordinateAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.coordinate_attention, x, conv1=self.conv1, norm=self.bn1, conv_h=self.conv_h,
             conv_w=self.conv_w, act=p.act, gate=p.gate,

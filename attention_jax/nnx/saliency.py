@@ -11,7 +11,8 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx._maps import call_and_sow, sow_maps, wants_maps
 from attention_jax.nnx.layers import batch_norm, conv
@@ -27,7 +28,7 @@ __all__ = ["ContextAwarePyramid", "PyramidSpatialAttention", "PyramidFeatureAtte
 class ContextAwarePyramid(nnx.Module):
     """PFANet's context-aware pyramid (CPFE) plus its channel-wise attention (CA), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels) (= C by default: the registry name
+    Input (..., H, W, C) -> output (..., H, W, out_channels) (= C by default: the registry name
     ``pfa``). Same fields and parameters as the linen module: ``conv0`` (1x1), ``conv{i}``
     (3x3, dilation ``dilations[i-1]``), ``bn``, and with ``channel_attention`` ``ca_fc1``,
     ``ca_fc2``. BatchNorm mode via ``module.train()`` / ``module.eval()``.
@@ -77,9 +78,9 @@ class ContextAwarePyramid(nnx.Module):
             self.ca_fc2 = conv_(p.rd_channels, out, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C')."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C')."""
         p = self.plan
-        check_nhwc("ContextAwarePyramid", "x", x, p.channels)
+        check_feature_map("ContextAwarePyramid", "x", x, p.channels)
         ca = p.channel_attention
         return call_and_sow(
             self, F.context_aware_pyramid, x,
@@ -92,7 +93,7 @@ class ContextAwarePyramid(nnx.Module):
 class PyramidSpatialAttention(nnx.Module):
     """PFANet's spatial attention: (1xk, kx1) and (kx1, 1xk) conv branches -> sigmoid, nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C): ``x * map(guide)`` with the (N, H, W, 1) map
+    Input (..., H, W, C) -> output (..., H, W, C): ``x * map(guide)`` with the (N, H, W, 1) map
     computed from ``guide`` (default ``x``). Same fields and parameters as the linen module
     (``b1_conv1``, ``b1_bn1``, ``b1_conv2``, ``b1_bn2``, ``b2_*``).
 
@@ -131,9 +132,9 @@ class PyramidSpatialAttention(nnx.Module):
         self.b2_conv2, self.b2_bn2 = conv_(mid, 1, row[0], padding=row[1]), bn(1)
 
     def attention_map(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns the (N, H, W, 1) map."""
+        """Args: x (..., H, W, C). Returns the (..., H, W, 1) map."""
         p = self.plan
-        check_nhwc("PyramidSpatialAttention", "x", x, p.channels)
+        check_feature_map("PyramidSpatialAttention", "x", x, p.channels)
         branches = [[(self.b1_conv1, self.b1_bn1), (self.b1_conv2, self.b1_bn2)],
                     [(self.b2_conv1, self.b2_bn1), (self.b2_conv2, self.b2_bn2)]]
         m = F.pyramid_spatial_map(x, branches=branches, act=p.act, gate=p.gate)
@@ -142,15 +143,15 @@ class PyramidSpatialAttention(nnx.Module):
         return m
 
     def __call__(self, x: jax.Array, *, guide: jax.Array | None = None) -> jax.Array:
-        """Args: x (N, H, W, Cx); guide (N, H, W, C) or None (then x). Returns (N, H, W, Cx)."""
-        check_nhwc("PyramidSpatialAttention", "x", x)  # the map's input is checked by the map
+        """Args: x (..., H, W, Cx); guide (..., H, W, C) or None (x). Returns (..., H, W, Cx)."""
+        check_feature_map("PyramidSpatialAttention", "x", x)  # the map checks its input
         return F.rescale(x, self.attention_map(x if guide is None else guide))
 
 
 class PyramidFeatureAttention(nnx.Module):
     """PFANet saliency head: (low, high)-level features -> one-channel saliency map, nnx.
 
-    Inputs low (N, H, W, Cl) and high (N, h, w, Ch) -> output (N, H, W, 1). Same fields and
+    Inputs low (N, H, W, Cl) and high (N, h, w, Ch) -> output (..., H, W, 1). Same fields and
     parameters as the linen module (``cpfe``, ``high_conv``, ``high_bn``, ``low_conv``,
     ``low_bn``, ``sa``, ``head_conv``).
 
@@ -202,17 +203,18 @@ class PyramidFeatureAttention(nnx.Module):
         self.head_conv = conv_(2 * mid, 1, 3, padding=1)
 
     def __call__(self, low: jax.Array, high: jax.Array) -> jax.Array:
-        """Args: low (N, H, W, Cl); high (N, h, w, Ch). Returns (N, H, W, 1)."""
+        """Args: low (..., H, W, Cl); high (..., h, w, Ch). Returns (..., H, W, 1)."""
         p, fn = self.plan, "PyramidFeatureAttention"
-        check_nhwc(fn, "low", low, p.low_channels)
-        check_nhwc(fn, "high", high, p.high_channels)
+        check_feature_map(fn, "low", low, p.low_channels)
+        check_feature_map(fn, "high", high, p.high_channels)
         cna = partial(F.conv_norm_act, act=p.act)
+        lead = low.shape[:-3]  # CPFE and SA sow their maps with the caller's leading dims
         return F.pyramid_feature_attention(
             low, high,
-            cpfe=self.cpfe,
+            cpfe=keep_leading(self.cpfe, lead),
             high_proj=partial(cna, conv=self.high_conv, norm=self.high_bn),
             low_proj=partial(cna, conv=self.low_conv, norm=self.low_bn),
-            spatial_map=self.sa.attention_map,
+            spatial_map=keep_leading(self.sa.attention_map, lead),
             head=self.head_conv,
             gate=p.gate,
         )

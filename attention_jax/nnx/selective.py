@@ -10,7 +10,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Activation, Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.layers import batch_norm, conv
@@ -22,7 +22,7 @@ __all__ = ["SelectiveKernel", "SplitAttention"]
 class SelectiveKernel(nnx.Module):
     """Selective kernel convolution (Li et al., "Selective Kernel Networks", CVPR 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels). Same fields and
+    Input (..., H, W, C) -> output (..., H / stride, W / stride, out_channels). Same fields and
     parameters as the linen module (``conv{m}``/``bn{m}`` per branch, ``fc_reduce``, ``fc_bn``,
     ``fc_select``); the paper's M, G, r, L are ``num_paths``, ``groups``, ``1 / rd_ratio``,
     ``rd_min_channels``; ``split_input`` feeds branch m the m-th of M channel slices (each
@@ -74,9 +74,9 @@ class SelectiveKernel(nnx.Module):
         self.fc_select = conv_(rd, out * p.num_paths, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C). Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SelectiveKernel", "x", x, p.channels)
+        check_feature_map("SelectiveKernel", "x", x, p.channels)
         return call_and_sow(
             self, F.selective_kernel, x,
             convs=[getattr(self, f"conv{m}") for m in range(p.num_paths)],
@@ -89,7 +89,7 @@ class SelectiveKernel(nnx.Module):
 class SplitAttention(nnx.Module):
     """Split-attention convolution (Zhang et al., "ResNeSt", 2020), nnx.
 
-    Input (N, H, W, C) -> output (N, H / stride, W / stride, out_channels). Same fields and
+    Input (..., H, W, C) -> output (..., H / stride, W / stride, out_channels). Same fields and
     parameters as the linen module (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``); ``groups`` is
     the cardinality, ``radix`` the number of splits. BatchNorm mode via ``module.train()`` /
     ``module.eval()``.
@@ -143,9 +143,9 @@ class SplitAttention(nnx.Module):
         self.fc2 = conv_(rd, width, 1, feature_group_count=p.groups)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H', W', C')."""
+        """Args: x (..., H, W, C). Returns (..., H', W', C')."""
         p = self.plan
-        check_nhwc("SplitAttention", "x", x, p.channels)
+        check_feature_map("SplitAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.split_attention, x, conv=self.conv, norm0=self.bn0, reduce=self.fc1,
             norm1=self.bn1, expand=self.fc2, radix=p.radix, cardinality=p.groups, act=p.act,

@@ -13,7 +13,8 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
+from attention_jax.functional._batch import keep_leading
 from attention_jax.nnx._maps import call_and_sow
 from attention_jax.nnx.context import ConvBNAct
 from attention_jax.nnx.layers import batch_norm, conv
@@ -46,7 +47,7 @@ def _conv1x1(cin, cout, *, use_bias=True, zero=False, dtype, param_dtype, precis
 class NonLocal(nnx.Module):
     """Non-local block (Wang et al., CVPR 2018), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters and options as the linen
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters and options as the linen
     module: ``theta``, ``phi``, ``g``, ``concat_project`` (concatenation mode), ``out_proj``,
     ``out_bn`` (with ``use_bn``; scale initialised to 0 so the block starts as the identity).
 
@@ -91,9 +92,9 @@ class NonLocal(nnx.Module):
                        if p.use_bn else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("NonLocal", "x", x, p.channels)
+        check_feature_map("NonLocal", "x", x, p.channels)
         p.check_input(x)
         return call_and_sow(
             self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
@@ -106,7 +107,7 @@ class NonLocal(nnx.Module):
 class PositionAttention(nnx.Module):
     """DANet position attention module, PAM (Fu et al., CVPR 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters ``query``, ``key``, ``value``,
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters ``query``, ``key``, ``value``,
     ``gamma`` ((1,), initialised to 0), as the linen module.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -138,9 +139,9 @@ class PositionAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("PositionAttention", "x", x, p.channels)
+        check_feature_map("PositionAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.position_attention, x, query=self.query, key=self.key, value=self.value,
             gamma=self.gamma[...], implementation=p.implementation, precision=self.precision,
@@ -150,7 +151,7 @@ class PositionAttention(nnx.Module):
 class ChannelSelfAttention(nnx.Module):
     """DANet channel attention module, CAM (Fu et al., CVPR 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). One parameter: ``gamma`` ((1,), initialised
+    Input (..., H, W, C) -> output (..., H, W, C). One parameter: ``gamma`` ((1,), initialised
     to 0). The official code's ``rowmax(E) - E`` energy (see the functional docstring).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -173,15 +174,15 @@ class ChannelSelfAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
-        check_nhwc("ChannelSelfAttention", "x", x, self.plan.channels)
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
+        check_feature_map("ChannelSelfAttention", "x", x, self.plan.channels)
         return call_and_sow(self, F.channel_self_attention, x, gamma=self.gamma[...])
 
 
 class DualAttentionHead(nnx.Module):
     """DANet head (Fu et al., CVPR 2019): PAM and CAM branches, summed and fused; nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, out_channels or C). Same parameters as the linen
+    Input (..., H, W, C) -> output (..., H, W, out_channels or C). Same parameters as the linen
     module: ``conv5a``, ``conv5c``, ``sa``, ``sc``, ``conv51``, ``conv52``, ``conv8``.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -218,17 +219,19 @@ class DualAttentionHead(nnx.Module):
         self.conv8 = _conv1x1(ci, p.out_channels, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, Co)."""
-        check_nhwc("DualAttentionHead", "x", x, self.plan.channels)
-        return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c, pam=self.sa,
-                                     cam=self.sc, conv51=self.conv51, conv52=self.conv52,
-                                     conv8=self.conv8)
+        """Args: x (..., H, W, C). Returns (..., H, W, Co)."""
+        check_feature_map("DualAttentionHead", "x", x, self.plan.channels)
+        lead = x.shape[:-3]  # PAM and CAM sow their maps with the caller's leading dims
+        return F.dual_attention_head(x, conv5a=self.conv5a, conv5c=self.conv5c,
+                                     pam=keep_leading(self.sa, lead),
+                                     cam=keep_leading(self.sc, lead), conv51=self.conv51,
+                                     conv52=self.conv52, conv8=self.conv8)
 
 
 class CrissCrossAttention(nnx.Module):
     """Recurrent criss-cross attention, RCCA (Huang et al., ICCV 2019), nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Parameters ``query``, ``key``, ``value``,
+    Input (..., H, W, C) -> output (..., H, W, C). Parameters ``query``, ``key``, ``value``,
     ``gamma`` as the linen module; the same weights applied ``recurrence`` times.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -261,9 +264,9 @@ class CrissCrossAttention(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((1,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("CrissCrossAttention", "x", x, p.channels)
+        check_feature_map("CrissCrossAttention", "x", x, p.channels)
         return call_and_sow(
             self, F.criss_cross_attention, x, query=self.query, key=self.key, value=self.value,
             gamma=self.gamma[...], recurrence=p.recurrence, precision=self.precision,
@@ -273,7 +276,7 @@ class CrissCrossAttention(nnx.Module):
 class MultiHeadSelfAttention2d(nnx.Module):
     """Multi-head self-attention over the pixels of a feature map, nnx.
 
-    Input (N, H, W, C) -> output (N, H, W, C). Same parameters and options as the linen
+    Input (..., H, W, C) -> output (..., H, W, C). Same parameters and options as the linen
     module: ``qkv``, ``proj``, and ``relative_position_bias_table`` or ``pos_embed``.
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -314,9 +317,9 @@ class MultiHeadSelfAttention2d(nnx.Module):
             self.pos_embed = nnx.Param(init(rngs.params(), p.pos_embed_shape, param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, H, W, C)."""
+        """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
-        check_nhwc("MultiHeadSelfAttention2d", "x", x, p.channels)
+        check_feature_map("MultiHeadSelfAttention2d", "x", x, p.channels)
         p.check_input(x)
         table = getattr(self, "relative_position_bias_table", None)
         pos = getattr(self, "pos_embed", None)

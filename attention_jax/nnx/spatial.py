@@ -11,7 +11,7 @@ from flax import nnx
 
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
-from attention_jax._validation import check_nhwc
+from attention_jax._validation import check_feature_map
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.nnx._maps import sow_maps, wants_maps
 from attention_jax.nnx.layers import conv
@@ -23,7 +23,7 @@ __all__ = ["LocalisationNet", "SpatialTransformer"]
 class LocalisationNet(nnx.Module):
     """STN localisation network (Jaderberg et al., NeurIPS 2015), nnx.
 
-    Input (N, H, W, C) -> (N, out_features). Same parameters as the linen module: ``conv1``,
+    Input (..., H, W, C) -> (N, out_features). Same parameters as the linen module: ``conv1``,
     ``conv2`` (3x3), average pool to ``pool_size`` (None = global), ``fc1``, ``fc2`` (zero
     kernel, bias ``final_bias``).
 
@@ -62,9 +62,9 @@ class LocalisationNet(nnx.Module):
                          bias_init=p.fc2_bias_init())
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Args: x (N, H, W, C). Returns (N, out_features)."""
+        """Args: x (..., H, W, C). Returns (..., out_features)."""
         p = self.plan
-        check_nhwc("LocalisationNet", "x", x, p.channels)
+        check_feature_map("LocalisationNet", "x", x, p.channels)
         return F.localisation_net(x, conv1=self.conv1, conv2=self.conv2, fc1=self.fc1,
                                   fc2=self.fc2, pool_size=p.pool_size)
 
@@ -72,7 +72,7 @@ class LocalisationNet(nnx.Module):
 class SpatialTransformer(nnx.Module):
     """Spatial transformer (Jaderberg et al., NeurIPS 2015), nnx.
 
-    Input (N, H, W, C) -> output (N, Ho, Wo, C). Same fields and parameters as the linen module
+    Input (..., H, W, C) -> output (..., Ho, Wo, C). Same fields and parameters as the linen module
     (``loc``: a ``LocalisationNet`` initialised to the identity transform).
 
     Attention maps (sown as ``nnx.Intermediate`` only under ``nnx.capture``, e.g.
@@ -116,9 +116,9 @@ class SpatialTransformer(nnx.Module):
     def __call__(
         self, x: jax.Array, *, return_transform: bool = False
     ) -> jax.Array | tuple[jax.Array, dict[str, Any]]:
-        """Args: x (N, H, W, C). Returns (N, Ho, Wo, C) (and the transform)."""
+        """Args: x (..., H, W, C). Returns (..., Ho, Wo, C) (and the transform)."""
         p = self.plan
-        check_nhwc("SpatialTransformer", "x", x, p.channels)
+        check_feature_map("SpatialTransformer", "x", x, p.channels)
         p.check_input(x)
         sow = wants_maps(self)
         out = F.spatial_transformer(

@@ -48,7 +48,7 @@ class NonLocalPlan:
 
     def check_input(self, x: Any, fn: str = "NonLocal") -> None:
         """With ``sub_sample``, ``x`` needs at least 2x2 pixels (the keys are 2x2 max-pooled)."""
-        if self.sub_sample and min(x.shape[1:3]) < 2:
+        if self.sub_sample and min(x.shape[-3:-1]) < 2:
             raise fail(fn, "x", "at least 2x2 pixels for sub_sample=True",
                        f"shape {tuple(x.shape)}")
 
@@ -189,7 +189,7 @@ class MultiHeadSelfAttention2dPlan:
 
     def check_input(self, x: Any, fn: str = "MultiHeadSelfAttention2d") -> None:
         """With a position, ``x`` must have the spatial size ``input_size``."""
-        if self.position != "none" and tuple(x.shape[1:3]) != self.input_size:
+        if self.position != "none" and tuple(x.shape[-3:-1]) != self.input_size:
             raise fail(fn, "x", f"spatial size {self.input_size} (input_size, for "
                        f"position={self.position!r})", f"shape {tuple(x.shape)}")
 

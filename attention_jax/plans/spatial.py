@@ -99,7 +99,7 @@ class SpatialTransformerPlan:
 
     def check_input(self, x: Any, fn: str = "SpatialTransformer") -> None:
         """``x`` must have pixels: the localisation net pools the map (an empty batch is fine)."""
-        if 0 in tuple(x.shape[1:3]):
+        if 0 in tuple(x.shape[-3:-1]):
             raise fail(fn, "x", "H, W >= 1 (the localisation net pools the map)",
                        f"shape {tuple(x.shape)}")
 

@@ -85,8 +85,8 @@ def test_bad_input():
     ident = lambda a: a
     with pytest.raises(ValueError, match=r"aspp: branches must be a non-empty sequence"):
         F.aspp(x, branches=[], pool_branch=ident, project=ident)
-    with pytest.raises(ValueError, match=r"aspp: x must be rank 4 \(N, H, W, C\)"):
-        F.aspp(x[0], branches=[ident], pool_branch=ident, project=ident)
+    with pytest.raises(ValueError, match=r"aspp: x must be at least rank 3 \(\.\.\., H, W, C\)"):
+        F.aspp(x[0, 0], branches=[ident], pool_branch=ident, project=ident)
     with pytest.raises(ValueError, match=r"conv_norm_act: x must be a floating-point array"):
         F.conv_norm_act(x.astype(jnp.int32), conv=ident)
     with pytest.raises(ValueError, match=r"get_act: act must be a callable or one of"):

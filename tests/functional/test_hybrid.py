@@ -144,8 +144,8 @@ def test_spatial_gate_conv_wrong_shape():
 
 
 def test_hybrid_rank_and_dtype():
-    with pytest.raises(ValueError, match=r"coordinate_attention: x must be rank 4"):
-        F.coordinate_attention(X[0], conv1=None, norm=None, conv_h=None, conv_w=None)
+    with pytest.raises(ValueError, match=r"coordinate_attention: x must be at least rank 3"):
+        F.coordinate_attention(X[0, 0], conv1=None, norm=None, conv_h=None, conv_w=None)
     with pytest.raises(ValueError, match=r"cbam: x must be a floating-point array"):
         F.cbam(X.astype(np.int32), reduce=None, expand=None, conv=None)
 

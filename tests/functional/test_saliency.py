@@ -111,6 +111,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"pyramid_spatial_map: branches must be branches "
                                          r"returning shape \(1, 4, 4, 1\)"):
         F.pyramid_spatial_map(x, branches=[[(lambda t: t, None)]])
-    with pytest.raises(ValueError, match=r"pyramid_feature_attention: low must be rank 4"):
-        F.pyramid_feature_attention(jnp.ones((4, 4, 4)), x, cpfe=None, high_proj=None,
+    with pytest.raises(ValueError, match=r"pyramid_feature_attention: low must be at least rank 3"):
+        F.pyramid_feature_attention(jnp.ones((4, 4)), x, cpfe=None, high_proj=None,
                                     low_proj=None, spatial_map=None, head=None)

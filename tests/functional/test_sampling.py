@@ -346,17 +346,21 @@ def test_tps_grid():
 def test_bad_input():
     x = jnp.ones((2, 4, 4, 1))
     grid = jnp.zeros((2, 3, 3, 2))
-    with pytest.raises(ValueError, match=r"affine_grid: theta must be shape \(N, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"affine_grid: theta must be shape \(\.\.\., 2, 3\)"):
         F.affine_grid(jnp.zeros((2, 3, 3)), (2, 4, 4, 1))
-    with pytest.raises(ValueError, match=r"affine_grid: theta must be rank 3"):
+    with pytest.raises(ValueError, match=r"affine_grid: theta must be shape \(\.\.\., 2, 3\)"):
         F.affine_grid(jnp.zeros((2, 6)), (2, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"affine_grid: theta must be at least rank 2"):
+        F.affine_grid(jnp.zeros((6,)), (4, 4, 1))
     with pytest.raises(ValueError, match=r"affine_grid: size must be batch 2"):
         F.affine_grid(jnp.zeros((2, 2, 3)), (3, 4, 4, 1))
     with pytest.raises(ValueError, match=r"affine_grid: size must be a 4-tuple"):
         F.affine_grid(jnp.zeros((2, 2, 3)), (4, 4))
-    with pytest.raises(ValueError, match=r"grid_sample: grid must be shape \(N, Ho, Wo, 2\)"):
+    with pytest.raises(ValueError, match=r"grid_sample: grid must be shape \(\.\.\., Ho, Wo, 2\), "
+                                         r"got shape \(2, 3, 3, 3\)"):
         F.grid_sample(x, jnp.zeros((2, 3, 3, 3)))
-    with pytest.raises(ValueError, match=r"grid_sample: grid must be batch 2 \(as x\)"):
+    with pytest.raises(ValueError, match=r"grid_sample: grid must be the leading \(batch\) dims "
+                                         r"\(2,\) of x, got shape \(1, 3, 3, 2\)"):
         F.grid_sample(x, jnp.zeros((1, 3, 3, 2)))
     with pytest.raises(ValueError, match=r"grid_sample: mode must be one of 'bilinear', "
                                          r"'nearest', 'bicubic', got 'linear'"):
@@ -366,10 +370,12 @@ def test_bad_input():
         F.grid_sample(x, grid, padding_mode="edge")
     with pytest.raises(ValueError, match=r"grid_sample: x must be a floating-point array"):
         F.grid_sample(jnp.ones((2, 4, 4, 1), jnp.int32), grid)
-    with pytest.raises(ValueError, match=r"grid_sample: x must be rank 4"):
-        F.grid_sample(jnp.ones((4, 4, 1)), grid)
-    with pytest.raises(ValueError, match=r"grid_sample: grid must be rank 4"):
-        F.grid_sample(x, jnp.zeros((2, 9, 2)))
+    with pytest.raises(ValueError, match=r"grid_sample: x must be at least rank 3 "
+                                         r"\(\.\.\., H, W, C\)"):
+        F.grid_sample(jnp.ones((4, 1)), grid)
+    with pytest.raises(ValueError, match=r"grid_sample: grid must be at least rank 3 "
+                                         r"\(\.\.\., Ho, Wo, 2\)"):
+        F.grid_sample(x, jnp.zeros((9, 2)))
     with pytest.raises(ValueError, match=r"grid_sample: grid must be a floating-point array"):
         F.grid_sample(x, jnp.zeros((2, 3, 3, 2), jnp.int32))
     for shape in ((2, 0, 4, 1), (2, 4, 0, 1), (2, 4, 4, 0)):
@@ -379,11 +385,19 @@ def test_bad_input():
         F.grid_sample(x, grid, mode="nearest", implementation="native")
     with pytest.raises(ValueError, match=r"grid_sample.*implementation.*'auto'.*'pallas'"):
         F.grid_sample(x, grid, implementation="pallas")
-    with pytest.raises(ValueError, match=r"perspective_grid: matrix must be shape \(N, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"perspective_grid: matrix must be shape \(\.\.\., 3, 3"):
         F.perspective_grid(jnp.zeros((2, 2, 3)), (2, 4, 4, 1))
     base = F.tps_base_points((2, 2))
-    with pytest.raises(ValueError, match=r"tps_grid: control_points must be shape \(N, 4, 2\)"):
+    with pytest.raises(ValueError, match=r"tps_grid: control_points must be shape \(\.\.\., 4, 2"):
         F.tps_grid(jnp.zeros((2, 5, 2)), (2, 4, 4, 1), base_points=base)
+    with pytest.raises(ValueError, match=r"tps_grid: base_points must be finite, got "
+                                         r"non-finite values"):
+        F.tps_grid(jnp.zeros((1, 3, 2)), (1, 4, 4, 1),
+                   base_points=[[0, 0], [1, np.nan], [0, 1]])
+    for eps in (0.0, -1e-6, float("inf"), float("nan"), True, "1e-6"):
+        with pytest.raises(ValueError, match=r"perspective_grid: eps must be a positive finite "
+                                             r"number"):
+            F.perspective_grid(jnp.zeros((2, 3, 3)), (2, 4, 4, 1), eps=eps)
     with pytest.raises(ValueError, match=r"tps_grid: base_points must be not all on one line"):
         F.tps_grid(jnp.zeros((1, 3, 2)), (1, 4, 4, 1), base_points=[[0, 0], [1, 1], [2, 2]])
     with pytest.raises(ValueError, match=r"tps_base_points: grid_size must be an integer >= 2"):

@@ -117,8 +117,8 @@ def test_selective_kernel_bad_input():
                                          r"shape \(1, 1, 1, 8\)"):
         F.selective_kernel(x, convs=[_conv3(c, 1) for c in convs], reduce=_dense(wr),
                            select=_dense(ws[:, :4]))
-    with pytest.raises(ValueError, match=r"selective_kernel: x must be rank 4"):
-        F.selective_kernel(jnp.ones((4, 4, 4)), convs=[lambda t: t], reduce=_dense(wr),
+    with pytest.raises(ValueError, match=r"selective_kernel: x must be at least rank 3"):
+        F.selective_kernel(jnp.ones((4, 4)), convs=[lambda t: t], reduce=_dense(wr),
                            select=_dense(ws))
 
 

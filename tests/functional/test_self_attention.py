@@ -91,8 +91,8 @@ def test_bad_input():
         F.non_local(x, theta=ident, phi=ident, g=ident, out=ident, mode="concatenation")
     with pytest.raises(ValueError, match=r"position_attention: gamma must be a scalar or shape"):
         F.position_attention(x, query=ident, key=ident, value=ident, gamma=jnp.ones(2))
-    with pytest.raises(ValueError, match=r"channel_self_attention: x must be rank 4"):
-        F.channel_self_attention(jnp.ones((3, 4, C)), gamma=jnp.ones(1))
+    with pytest.raises(ValueError, match=r"channel_self_attention: x must be at least rank 3"):
+        F.channel_self_attention(jnp.ones((4, C)), gamma=jnp.ones(1))
     with pytest.raises(ValueError, match=r"criss_cross_attention: recurrence must be an "
                        r"integer >= 1"):
         F.criss_cross_attention(x, query=ident, key=ident, value=ident, gamma=jnp.ones(1),

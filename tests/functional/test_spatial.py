@@ -145,10 +145,15 @@ def test_empty_batch():
 
 def test_bad_input():
     loc = _identity_loc("affine")
-    with pytest.raises(ValueError, match=r"transform_grid: params must be shape \(N, 6\)"):
+    with pytest.raises(ValueError, match=r"transform_grid: params must be shape \(\.\.\., 6\)"):
         F.transform_grid(jnp.zeros((2, 4)), (2, 4, 4, 1), transform="affine")
     with pytest.raises(ValueError, match=r"transform_num_params: transform must be one of"):
         F.transform_num_params("rigid")
+    with pytest.raises(ValueError, match=r"transform_grid: tps_grid_size must be an integer "
+                                         r">= 2"):
+        F.transform_grid(jnp.zeros((2, 6)), (2, 4, 4, 1), transform="tps", tps_grid_size=(1, 3))
+    with pytest.raises(ValueError, match=r"transform_grid: params must be a floating-point array"):
+        F.transform_grid(jnp.zeros((2, 6), jnp.int32), (2, 4, 4, 1))
     with pytest.raises(ValueError, match=r"identity_transform_params: tps_grid_size must be"):
         F.identity_transform_params("tps", tps_grid_size=(1, 3))
     with pytest.raises(ValueError, match=r"spatial_transformer: mode must be one of"):

@@ -57,8 +57,9 @@ def test_se_low_precision_large_values_finite(dtype):
 
 def test_se_bad_input():
     m = L.SqueezeExcite(32)
-    with pytest.raises(ValueError, match=r"SqueezeExcite: x must be rank 4 \(N, H, W, C\)"):
-        m.init(jax.random.key(0), jnp.ones((6, 5, 32)))
+    with pytest.raises(ValueError,
+                       match=r"SqueezeExcite: x must be at least rank 3 \(\.\.\., H, W, C\)"):
+        m.init(jax.random.key(0), jnp.ones((5, 32)))
     with pytest.raises(ValueError, match=r"SqueezeExcite: x must be 32 channels"):
         m.init(jax.random.key(0), jnp.ones((1, 6, 5, 16)))
     with pytest.raises(ValueError, match=r"SqueezeExcite: x must be a floating-point array"):
@@ -196,8 +197,8 @@ def test_soca_constant_feature_map_finite():
 
 @pytest.mark.parametrize("cls", MODULES)
 def test_bad_rank(cls):
-    with pytest.raises(ValueError, match=rf"{cls}: x must be rank 4 \(N, H, W, C\)"):
-        getattr(L, cls)(32, **MODULES[cls]).init(jax.random.key(0), jnp.ones((7, 5, 32)))
+    with pytest.raises(ValueError, match=rf"{cls}: x must be at least rank 3 \(\.\.\., H, W, C\)"):
+        getattr(L, cls)(32, **MODULES[cls]).init(jax.random.key(0), jnp.ones((5, 32)))
 
 
 @pytest.mark.parametrize("cls", MODULES)

@@ -170,8 +170,8 @@ def test_sk_bad_groups():
 def test_sk_bad_input_shape():
     with pytest.raises(ValueError, match=r"SelectiveKernel: x must be 16 channels"):
         _init(L.SelectiveKernel(16), c=8)
-    with pytest.raises(ValueError, match=r"SelectiveKernel: x must be rank 4"):
-        L.SelectiveKernel(16).init(jax.random.key(0), jnp.ones((4, 4, 16)))
+    with pytest.raises(ValueError, match=r"SelectiveKernel: x must be at least rank 3"):
+        L.SelectiveKernel(16).init(jax.random.key(0), jnp.ones((4, 16)))
 
 
 def test_sk_bad_min_width():

@@ -252,8 +252,8 @@ def test_bad_input():
         L.NonLocal(C, sub_sample=True).init(k, jnp.ones((1, 1, 4, C)))
     with pytest.raises(ValueError, match=r"NonLocal: x must be at least 2x2 pixels"):
         N.NonLocal(C, sub_sample=True, rngs=nnx.Rngs(0))(jnp.ones((1, 1, 4, C)))
-    with pytest.raises(ValueError, match=r"PositionAttention: x must be rank 4"):
-        L.PositionAttention(C).init(k, jnp.ones((4, 4, C)))
+    with pytest.raises(ValueError, match=r"PositionAttention: x must be at least rank 3"):
+        L.PositionAttention(C).init(k, jnp.ones((4, C)))
     with pytest.raises(ValueError, match=r"PositionAttention: qk_channels must be an integer"):
         N.PositionAttention(C, qk_channels=0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"ChannelSelfAttention: x must be a floating-point"):
