@@ -337,7 +337,8 @@ def module_case(draw, name: str) -> dict[str, Any]:
         "batch": draw(st.sampled_from(BATCHES)),
         "spatial": spatial,
         "dtype": draw(st.sampled_from(DTYPES)),
-        "x_rank": 4,
+        # (N, H, W, C), one image (H, W, C), or an extra leading dim (2, N, H, W, C)
+        "x_rank": draw(st.sampled_from([4, 4, 3, 5])),
         "x_channels_delta": 0,
         "x_integer": False,
         "seed": draw(st.integers(0, 3)),
@@ -359,15 +360,13 @@ def module_case(draw, name: str) -> dict[str, Any]:
         case["invalid"] = "channels"
     elif what == "input":
         kind = draw(st.sampled_from(["x_rank", "x_channels_delta", "x_integer"]))
-        case[kind] = {"x_rank": 3, "x_channels_delta": 1, "x_integer": True}[kind]
+        case[kind] = {"x_rank": 2, "x_channels_delta": 1, "x_integer": True}[kind]
         case["invalid"] = kind
     case["options"] = opts
     c = case["channels"]
     cx = (int(c) if isinstance(c, (int, float)) and c >= 1 and float(c) == int(c) else 2)
     cx += case["x_channels_delta"]
-    shape = (case["batch"], *spatial, cx)
-    if case["x_rank"] == 3:
-        shape = shape[1:]
+    shape = _with_leading((case["batch"], *spatial, cx), case["x_rank"])
     bound = HUGE
     if opts.get("gate") == "identity":  # an unbounded gate: the output grows like |x|^2
         bound = min(HUGE, math.sqrt(float(jnp.finfo(case["dtype"]).max)) / 16)
@@ -375,6 +374,12 @@ def module_case(draw, name: str) -> dict[str, Any]:
     if case["x_integer"]:
         case["x"] = case["x"].astype(np.int32)
     return case
+
+
+def _with_leading(shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """A rank-4 (N, H, W, C) shape as the drawn input rank has it: 5 adds a leading 2, 3 drops
+    N (one image), 2 drops N and H (invalid: a feature map is at least (H, W, C))."""
+    return {5: (2, *shape), 4: shape, 3: shape[1:], 2: shape[2:]}[rank]
 
 
 def _is_size(v: Any) -> bool:
@@ -398,7 +403,7 @@ def expected_module_shape(name: str, case: dict[str, Any]) -> tuple[int, ...] | 
         h, w = size
     if not _is_size(c):
         return None
-    return (case["batch"], h, w, c)
+    return _with_leading((case["batch"], h, w, c), case["x_rank"])
 
 
 def run_module(name: str, case: dict[str, Any], api: str) -> Any:
@@ -464,7 +469,8 @@ def test_mechanism_every_invalid_option(name):
     for what, value in _every_invalid(name):
         case = {"channels": value if what == "channels" else 8,
                 "options": {} if what == "channels" else {what: value},
-                "batch": 2, "spatial": (5, 5), "train": False, "seed": 0, "x": x}
+                "batch": 2, "spatial": (5, 5), "train": False, "seed": 0, "x": x,
+                "x_rank": 4}
         if what == "channels":
             case["x"] = x[..., :1] if value is True else x
         expect = Expect(expected_module_shape(name, case), np.float32)
