@@ -112,6 +112,16 @@ def check_positive_int(fn: str, arg: str, value: Any, minimum: int = 1) -> None:
         raise fail(fn, arg, f"an integer >= {minimum}", repr(value))
 
 
+def check_number(fn: str, arg: str, value: Any, *, positive: bool = False) -> float:
+    """A finite real number (not a bool), ``> 0`` with ``positive``; returns it as a float."""
+    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
+          and np.isreal(value) and bool(np.isfinite(value)) and (not positive or value > 0))
+    if not ok:
+        raise fail(fn, arg, "a positive finite number" if positive else "a finite number",
+                   repr(value))
+    return float(value)
+
+
 def check_bool(fn: str, arg: str, value: Any) -> None:
     """``value`` is a Python or NumPy bool (a switch, not a truthy number or string)."""
     if not isinstance(value, (bool, np.bool_)):

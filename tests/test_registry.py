@@ -3,6 +3,7 @@
 import inspect
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,6 +162,35 @@ def test_empty_batch_gives_empty_output(name):
     n = aj.create_attention(name, C, api="nnx", rngs=nnx.Rngs(0))
     n.eval()
     assert n(empty).shape == empty.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_map_gives_empty_output(name):
+    """H = 0 gives an empty output too (cam, danet and cbam raised raw errors), except for the
+    spatial transformer, whose localisation net cannot pool nothing: a ValueError naming it.
+    A training step on an empty batch leaves the running statistics as they were (Flax's
+    BatchNorm averaged NaN into them). Found by tests/test_properties.py."""
+    m = aj.create_attention(name, C)
+    v = m.init(jax.random.key(0), X[:1])
+    n = aj.create_attention(name, C, api="nnx", rngs=nnx.Rngs(0))
+    n.eval()
+    empty = jnp.zeros((2, 0, *X.shape[2:]), jnp.float32)
+    if name == "stn":
+        for call in (lambda: m.apply(v, empty), lambda: n(empty)):
+            with pytest.raises(ValueError, match=r"SpatialTransformer: x must be H, W >= 1"):
+                call()
+    else:
+        assert m.apply(v, empty).shape == empty.shape
+        assert n(empty).shape == empty.shape
+    if "batch_stats" in v:
+        _, upd = m.apply(v, X[:0], train=True, mutable=["batch_stats"])
+        chex.assert_trees_all_equal(upd["batch_stats"], v["batch_stats"])
+        n.train()
+        stats = lambda: jax.tree_util.tree_map(  # noqa: E731
+            np.array, nnx.to_pure_dict(nnx.state(n, nnx.BatchStat)))
+        before = stats()
+        n(jnp.asarray(X[:0]))
+        chex.assert_trees_all_equal(stats(), before)
 
 
 @pytest.mark.parametrize("name", NAMES)

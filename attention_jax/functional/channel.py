@@ -157,20 +157,22 @@ def interpolate_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
     Args:
       x: (N, h, w, C) feature map.
-      size: output (H, W).
+      size: output (H, W), each >= 0 (an empty source needs an empty output).
 
     Returns:
       (N, H, W, C), dtype of ``x``.
     """
     fn = "interpolate_nearest"
     check_nhwc(fn, "x", x)
-    if len(size) != 2:
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise fail(fn, "size", "a pair (H, W)", repr(size))
     for s in size:
-        check_positive_int(fn, "size", s)
+        check_positive_int(fn, "size", s, minimum=0)
     (h, w), (oh, ow) = x.shape[1:3], size
-    rows = (jnp.arange(oh) * h) // oh
-    cols = (jnp.arange(ow) * w) // ow
+    if (h == 0 and oh) or (w == 0 and ow):
+        raise fail(fn, "x", f"H, W >= 1 to resize to {tuple(size)}", f"shape {tuple(x.shape)}")
+    rows = (jnp.arange(oh) * h) // max(oh, 1)
+    cols = (jnp.arange(ow) * w) // max(ow, 1)
     return x[:, rows][:, :, cols]
 
 
@@ -221,6 +223,9 @@ def gather_excite(
         g = gather(x)
     elif extent == 0:
         g = global_avg_pool(x, keepdims=True)
+    elif 0 in x.shape[1:3]:  # no pixels: no windows either, an empty (N, h, w, C) context
+        g = jnp.zeros((x.shape[0], -(-x.shape[1] // extent), -(-x.shape[2] // extent),
+                       x.shape[3]), x.dtype)
     else:
         k = 2 * extent - 1
         g = avg_pool2d(x, kernel_size=k, stride=extent, padding=k // 2, count_include_pad=False)

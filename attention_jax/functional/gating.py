@@ -12,6 +12,7 @@ import numpy as np
 from attention_jax._validation import (
     check_array,
     check_callable_or_name,
+    check_number,
     check_positive_int,
     fail,
 )
@@ -32,8 +33,8 @@ __all__ = [
 
 
 def _hard_sigmoid(x: jax.Array) -> jax.Array:
-    # PyTorch's F.hardsigmoid: relu6(x + 3) / 6.
-    return jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+    # PyTorch's F.hardsigmoid: relu6(x + 3) / 6. (jnp first: NumPy would promote bf16 + 3.0.)
+    return jnp.clip(jnp.asarray(x) + 3.0, 0.0, 6.0) / 6.0
 
 
 def _hard_swish(x: jax.Array) -> jax.Array:
@@ -138,7 +139,8 @@ def branch_softmax(logits: jax.Array, *, axis: int = 1) -> jax.Array:
       Weights of the same shape and dtype as ``logits``, summing to one along ``axis``.
     """
     check_array("branch_softmax", "logits", logits)
-    if not -logits.ndim <= axis < logits.ndim:
+    if (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))
+            or not -logits.ndim <= axis < logits.ndim):
         raise fail("branch_softmax", "axis", f"in [-{logits.ndim}, {logits.ndim})", axis)
     return jax.nn.softmax(logits.astype(acc_dtype(logits)), axis=axis).astype(logits.dtype)
 
@@ -151,13 +153,19 @@ def eca_kernel_size(channels: int, *, gamma: float = 2.0, beta: float = 1.0) -> 
 
     Args:
       channels: number of channels C >= 1.
-      gamma, beta: the paper's mapping constants.
+      gamma, beta: the paper's mapping constants (gamma > 0, both finite).
 
     Returns:
       Odd kernel size >= 1 (an int).
     """
     check_positive_int("eca_kernel_size", "channels", channels)
-    t = int(abs((math.log2(channels) + beta) / gamma))
+    gamma = check_number("eca_kernel_size", "gamma", gamma, positive=True)
+    beta = check_number("eca_kernel_size", "beta", beta)
+    t = abs((math.log2(channels) + beta) / gamma)
+    if not math.isfinite(t):
+        raise fail("eca_kernel_size", "gamma", "large enough that (log2(channels) + beta) / "
+                   "gamma is finite", repr(gamma))
+    t = int(t)
     return t if t % 2 else t + 1
 
 
@@ -169,15 +177,19 @@ def make_divisible(
     The rule timm and the MobileNet family use.
 
     Args:
-      value: the unrounded width.
+      value: the unrounded width (a finite number).
       divisor: the multiple to round to.
-      min_value: smallest result (default ``divisor``).
+      min_value: smallest result (default ``divisor``), an integer >= 1.
       round_limit: if rounding loses more than ``1 - round_limit`` of ``value``, go one up.
 
     Returns:
-      The rounded width (an int).
+      The rounded width (an int >= 1).
     """
+    value = check_number("make_divisible", "value", value)
     check_positive_int("make_divisible", "divisor", divisor)
+    if min_value is not None:
+        check_positive_int("make_divisible", "min_value", min_value)
+    round_limit = check_number("make_divisible", "round_limit", round_limit)
     min_value = min_value or divisor
     new_v = max(min_value, int(value + divisor / 2) // divisor * divisor)
     if new_v < round_limit * value:
@@ -215,6 +227,9 @@ def reduced_channels(
     if (isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float, np.floating))
             or not math.isfinite(rd_ratio) or rd_ratio <= 0):
         raise fail(fn, "rd_ratio", "a positive finite number", repr(rd_ratio))
+    if not math.isfinite(channels * rd_ratio):
+        raise fail(fn, "rd_ratio", f"small enough that channels * rd_ratio is finite "
+                   f"(channels={channels})", repr(rd_ratio))
     check_positive_int(fn, "rd_divisor", rd_divisor)
     if rd_divisor == 1:
         width = int(channels * rd_ratio)

@@ -1,7 +1,9 @@
 """Pooling descriptors used by channel, spatial and hybrid attention (NHWC).
 
 Means accumulate in float32 and are cast back to the input's dtype, so bf16/fp16 feature maps
-with large values give finite, accurate descriptors.
+with large values give finite, accurate descriptors. A pool over nothing (H * W = 0 for the
+global pools and the covariance, C = 0 for the channel pools) is 0, not NaN: an empty feature map
+goes through every mechanism to an empty output.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from attention_jax._validation import check_nhwc, check_positive_int, check_rank, fail
 from attention_jax.functional._batch import NHWC, batch_dims
-from attention_jax.functional._numerics import acc_dtype, mean
+from attention_jax.functional._numerics import acc_dtype, amax, mean
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -58,7 +60,7 @@ def global_max_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
       (N, C), or (N, 1, 1, C) with ``keepdims=True``; dtype of ``x``.
     """
     check_nhwc("global_max_pool", "x", x)
-    return jnp.max(x, axis=(1, 2), keepdims=keepdims)
+    return amax(x, (1, 2), keepdims=keepdims)
 
 
 @batch_dims(x=NHWC)
@@ -88,7 +90,7 @@ def channel_max_pool(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
       (N, H, W, 1), or (N, H, W) with ``keepdims=False``; dtype of ``x``.
     """
     check_nhwc("channel_max_pool", "x", x)
-    return jnp.max(x, axis=-1, keepdims=keepdims)
+    return amax(x, -1, keepdims=keepdims)
 
 
 @batch_dims(x=NHWC)
@@ -105,7 +107,7 @@ def channel_avg_max_pool(x: jax.Array) -> jax.Array:
       (N, H, W, 2): channel 0 the mean, channel 1 the max; dtype of ``x``.
     """
     check_nhwc("channel_avg_max_pool", "x", x)
-    return jnp.concatenate([mean(x, -1, keepdims=True), jnp.max(x, axis=-1, keepdims=True)], -1)
+    return jnp.concatenate([mean(x, -1, keepdims=True), amax(x, -1, keepdims=True)], -1)
 
 
 @batch_dims(x=NHWC)
@@ -216,8 +218,8 @@ def adaptive_avg_pool2d(x: jax.Array, output_size: int | tuple[int, int]) -> jax
     """
     fn = "adaptive_avg_pool2d"
     check_nhwc(fn, "x", x)
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if len(size) != 2:
+    size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise fail(fn, "output_size", "an int or a pair (Ho, Wo)", repr(output_size))
     for v in size:
         check_positive_int(fn, "output_size", v)
@@ -250,7 +252,7 @@ def covariance_pool(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     feats = x.astype(acc_dtype(x)).reshape(n, h * w, c)
     centred = feats - jnp.mean(feats, axis=1, keepdims=True)
-    return jnp.einsum("npc,npd->ncd", centred, centred, precision=_HIGHEST) / (h * w)
+    return jnp.einsum("npc,npd->ncd", centred, centred, precision=_HIGHEST) / max(h * w, 1)
 
 
 def newton_schulz_sqrt(a: jax.Array, *, iterations: int = 5, eps: float = 1e-12) -> jax.Array:
@@ -276,8 +278,8 @@ def newton_schulz_sqrt(a: jax.Array, *, iterations: int = 5, eps: float = 1e-12)
     if a.shape[-1] != a.shape[-2]:
         raise fail(fn, "a", "square in its last two axes (..., C, C)", f"shape {tuple(a.shape)}")
     check_positive_int(fn, "iterations", iterations)
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise fail(fn, "eps", "a positive number", repr(eps))
+    if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):
+        raise fail(fn, "eps", "a positive finite number", repr(eps))
     a = a.astype(acc_dtype(a))
     c = a.shape[-1]
     eye = jnp.eye(c, dtype=a.dtype)

@@ -18,7 +18,6 @@ PyTorch's forward does); their gradient w.r.t. the grid is zero.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -31,6 +30,7 @@ from attention_jax._validation import (
     check_choice,
     check_floating,
     check_min_rank,
+    check_number,
     check_positive_int,
     fail,
     shape_of,
@@ -161,7 +161,7 @@ def perspective_grid(
       matrix: (N, 3, 3) homographies (the identity is ``eye(3)``); N: any leading batch dims.
       size: output size (N, H, W, C), with matrix's leading dims first.
       align_corners: as in ``affine_grid``.
-      eps: smallest magnitude of the homogeneous denominator.
+      eps: smallest magnitude of the homogeneous denominator (a positive finite number).
 
     Returns:
       (N, H, W, 2) grid of normalised (x, y), float32 (float64 for float64 input).
@@ -169,9 +169,7 @@ def perspective_grid(
     fn = "perspective_grid"
     lead = _check_transform(fn, "matrix", matrix, (3, 3), "(..., 3, 3)")
     h, w = _check_size(fn, size, lead, "matrix")
-    if not (isinstance(eps, (int, float, np.floating)) and not isinstance(eps, bool)
-            and math.isfinite(eps) and eps > 0):
-        raise fail(fn, "eps", "a positive finite number", repr(eps))
+    eps = check_number(fn, "eps", eps, positive=True)
     grid = _perspective_grid(flatten_leading(matrix, 2), h, w, align_corners, float(eps))
     return restore_leading(grid, lead)
 

@@ -284,7 +284,7 @@ def _masked_exp(s: jax.Array, mask: jax.Array | None,
     """
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf))
     if guard:
         m = jnp.where(jnp.isfinite(m), m, 0.0)
     e = jnp.exp(s - m)  # exp(-inf) = 0 with a zero gradient: no NaN from masked entries

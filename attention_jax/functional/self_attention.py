@@ -223,6 +223,8 @@ def channel_self_attention(
     fn = "channel_self_attention"
     check_nhwc(fn, "x", x)
     _check_gamma(fn, gamma)
+    if x.size == 0:  # gamma * (an empty y) + x
+        return jnp.asarray(x)
     acc = acc_dtype(x)
     xc = jnp.swapaxes(_tokens(x), 1, 2).astype(acc)  # (N, C, HW)
     energy = dot_scores(xc, xc)  # (N, C, C)
@@ -335,6 +337,14 @@ def criss_cross_attention(
     return (x, {"attention": jnp.stack(maps, axis=1)}) if return_maps else x
 
 
+def _check_pair(fn: str, size: Any) -> tuple[int, int]:
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise fail(fn, "size", "a pair (H, W)", repr(size))
+    check_positive_int(fn, "size[0]", size[0])
+    check_positive_int(fn, "size[1]", size[1])
+    return int(size[0]), int(size[1])
+
+
 def relative_position_index(*, size: tuple[int, int]) -> jax.Array:
     """Index into a ((2H-1)(2W-1), heads) relative-position table for every pixel pair.
 
@@ -347,9 +357,7 @@ def relative_position_index(*, size: tuple[int, int]) -> jax.Array:
     Returns:
       int32 indices of shape (H*W, H*W).
     """
-    h, w = size
-    check_positive_int("relative_position_index", "size[0]", h)
-    check_positive_int("relative_position_index", "size[1]", w)
+    h, w = _check_pair("relative_position_index", size)
     ch, cw = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
     ch, cw = ch.reshape(-1), cw.reshape(-1)
     dh = ch[:, None] - ch[None, :] + h - 1
@@ -367,7 +375,7 @@ def relative_position_bias(table: jax.Array, *, size: tuple[int, int]) -> jax.Ar
     Returns:
       bias of shape (heads, H*W, H*W), for ``attention(bias=...)``.
     """
-    h, w = size
+    h, w = _check_pair("relative_position_bias", size)
     rows = (2 * h - 1) * (2 * w - 1)
     check_array("relative_position_bias", "table", table)
     if table.ndim != 2 or table.shape[0] != rows:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from attention_jax._types import Dtype, PrecisionLike
@@ -20,6 +21,24 @@ __all__ = ["batch_norm", "conv"]
 
 BN_MOMENTUM = 0.9
 """Flax's BatchNorm momentum is PyTorch's ``1 - momentum``: 0.9 here is torch's default 0.1."""
+
+
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` that leaves its running statistics alone on an empty batch.
+
+    An input with no values (N, H or W = 0) has no batch statistics: Flax would average them
+    to NaN into ``mean``/``var``. Here it is normalised with the running statistics (its output
+    is empty either way) and they stay as they are, as in PyTorch.
+    """
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        if x.size == 0:
+            use_running_average = True
+        return super().__call__(x, use_running_average, mask=mask)
 
 
 def batch_norm(
@@ -37,7 +56,8 @@ def batch_norm(
     ``mean((x - mean(x))^2)`` that PyTorch computes: Flax's default ``mean(x^2) - mean(x)^2``
     cancels catastrophically when the batch is near-constant (a large mean, a small spread).
     One difference stays: the running variance is updated with the biased batch variance,
-    where PyTorch uses the unbiased one (a factor n / (n - 1), n values per channel).
+    where PyTorch uses the unbiased one (a factor n / (n - 1), n values per channel). An empty
+    batch leaves the running statistics unchanged (PyTorch's behaviour; Flax's would be NaN).
     Call the layer as ``bn(x, use_running_average=not train)``.
 
     Args:
@@ -52,7 +72,7 @@ def batch_norm(
       An unbound ``nn.BatchNorm``; on (..., C) it returns (..., C) and keeps ``mean``/``var``
       in ``batch_stats``.
     """
-    return nn.BatchNorm(use_running_average=None, momentum=momentum, epsilon=epsilon,
+    return BatchNorm(use_running_average=None, momentum=momentum, epsilon=epsilon,
                         use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
                         name=name, **kw)
 

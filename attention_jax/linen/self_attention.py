@@ -100,6 +100,7 @@ class NonLocal(nn.Module):
         """Args: x (..., H, W, C); train: BatchNorm batch statistics. Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("NonLocal", "x", x, p.channels)
+        p.check_input(x)
         norm = partial(self.out_bn, use_running_average=not train) if p.use_bn else None
         return call_and_sow(
             self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,

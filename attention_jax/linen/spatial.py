@@ -119,6 +119,7 @@ class SpatialTransformer(nn.Module):
         """Args: x (..., H, W, C); train: unused. Returns (..., Ho, Wo, C) (and the transform)."""
         p = self.plan
         check_feature_map("SpatialTransformer", "x", x, p.channels)
+        p.check_input(x)
         sow = wants_maps(self)
         out = F.spatial_transformer(
             x, localisation=self.loc, transform=p.transform, out_size=p.out_size,

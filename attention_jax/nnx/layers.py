@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -20,6 +21,23 @@ __all__ = ["batch_norm", "conv"]
 
 BN_MOMENTUM = 0.9
 """Flax's BatchNorm momentum is PyTorch's ``1 - momentum``: 0.9 here is torch's default 0.1."""
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` that leaves its running statistics alone on an empty batch.
+
+    An input with no values (N, H or W = 0) has no batch statistics: Flax would average them
+    to NaN into ``mean``/``var``. Here it is normalised with the running statistics (its output
+    is empty either way) and they stay as they are, as in PyTorch.
+    """
+
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        if x.size == 0:
+            use_running_average = True
+        return super().__call__(x, use_running_average, mask=mask)
 
 
 def batch_norm(
@@ -37,7 +55,8 @@ def batch_norm(
     The same layer as ``attention_jax.linen.layers.batch_norm``: momentum 0.9 (torch's 0.1),
     eps 1e-5, PyTorch's two-pass batch variance (Flax's default one-pass variance cancels
     when the batch is near-constant); the running variance is updated with the biased batch
-    variance (PyTorch: unbiased, a factor n / (n - 1)). Train/eval via ``module.train()`` /
+    variance (PyTorch: unbiased, a factor n / (n - 1)); an empty batch leaves the running
+    statistics unchanged (as PyTorch). Train/eval via ``module.train()`` /
     ``module.eval()``.
 
     Args:
@@ -52,7 +71,7 @@ def batch_norm(
     Returns:
       An ``nnx.BatchNorm`` mapping (..., C) -> (..., C).
     """
-    return nnx.BatchNorm(num_features, momentum=momentum, epsilon=epsilon,
+    return BatchNorm(num_features, momentum=momentum, epsilon=epsilon,
                          use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
                          rngs=rngs, **kw)
 

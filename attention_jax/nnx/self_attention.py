@@ -95,6 +95,7 @@ class NonLocal(nnx.Module):
         """Args: x (..., H, W, C). Returns (..., H, W, C)."""
         p = self.plan
         check_feature_map("NonLocal", "x", x, p.channels)
+        p.check_input(x)
         return call_and_sow(
             self, F.non_local, x, theta=self.theta, phi=self.phi, g=self.g,
             out=partial(F.conv_norm_act, conv=self.out_proj, norm=self.out_bn, act="identity"),

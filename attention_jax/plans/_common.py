@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from attention_jax._validation import check_positive_int, fail
+from attention_jax import functional as F
+from attention_jax._validation import check_callable_or_name, check_positive_int, fail
 
 Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 """A conv padding in PyTorch's spelling (see ``conv_padding``)."""
@@ -20,6 +22,26 @@ def check_channels(fn: str, channels: Any, arg: str = "channels") -> int:
 def check_optional_channels(fn: str, arg: str, value: Any) -> int | None:
     """None, or an integer >= 1."""
     return None if value is None else check_channels(fn, value, arg)
+
+
+@contextlib.contextmanager
+def errors_named(fn: str) -> Iterator[None]:
+    """Re-raise a ``ValueError("<helper>: <arg> must be ...")`` of a functional helper the plan
+    calls as ``ValueError("<fn>: <arg> must be ...")``: the user called ``fn``."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{fn}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def check_act(fn: str, act: Any) -> None:
+    """``act``: a callable or a name in ``F.ACTIVATIONS`` (checked with the plan, naming ``fn``)."""
+    check_callable_or_name(fn, "act", act, F.ACTIVATIONS)
+
+
+def check_gate(fn: str, gate: Any) -> None:
+    """``gate``: a callable or a name in ``F.GATES`` (checked with the plan, naming ``fn``)."""
+    check_callable_or_name(fn, "gate", gate, F.GATES)
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:

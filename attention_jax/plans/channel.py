@@ -18,7 +18,13 @@ from attention_jax._validation import (
     check_power_of_two,
     fail,
 )
-from attention_jax.plans._common import check_channels, same_padding
+from attention_jax.plans._common import (
+    check_act,
+    check_channels,
+    check_gate,
+    errors_named,
+    same_padding,
+)
 
 __all__ = [
     "SqueezeExcitePlan",
@@ -55,6 +61,8 @@ class SqueezeExcitePlan:
         c = check_channels(fn, channels)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, rd, add_maxpool, bias, act, gate)
 
 
@@ -79,10 +87,12 @@ class EfficientChannelAttentionPlan:
         """Validate the options (errors name ``fn``) and derive k. Returns the plan."""
         c = check_channels(fn, channels)
         if kernel_size is None:
-            k = F.eca_kernel_size(c, gamma=gamma, beta=beta)
+            with errors_named(fn):
+                k = F.eca_kernel_size(c, gamma=gamma, beta=beta)
         else:
             check_odd(fn, "kernel_size", kernel_size)
             k = int(kernel_size)
+        check_gate(fn, gate)
         return cls(c, k, same_padding(k), gate)
 
 
@@ -141,6 +151,8 @@ class GatherExcitePlan:
         if use_mlp:
             rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                     rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, extent, convs, bool(use_mlp), rd, act, gate)
 
 
@@ -179,6 +191,8 @@ class GlobalContextPlan:
         check_bool(fn, "attn_bias", attn_bias)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, bool(fuse_add), bool(fuse_scale), rd, act, gate, float(eps),
                    bool(attn_bias))
 
@@ -208,4 +222,6 @@ class SecondOrderChannelPlan:
         check_positive_int(fn, "iterations", iterations)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, int(iterations), rd, act, gate)

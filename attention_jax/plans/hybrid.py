@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from attention_jax import functional as F
 from attention_jax._types import Activation
 from attention_jax._validation import check_choice, check_odd, check_positive_int
-from attention_jax.plans._common import check_channels, same_padding
+from attention_jax.plans._common import check_act, check_channels, check_gate, same_padding
 
 __all__ = [
     "ChannelGatePlan",
@@ -42,6 +42,8 @@ class ChannelGatePlan:
         c = check_channels(fn, channels)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, rd, bias, act, gate)
 
 
@@ -67,6 +69,7 @@ class SpatialGatePlan:
         """Validate the options (errors name ``fn``). Returns the plan."""
         c = check_channels(fn, channels)
         check_odd(fn, "kernel_size", kernel_size)
+        check_gate(fn, gate)
         return cls(c, int(kernel_size), same_padding(kernel_size), gate)
 
 
@@ -89,11 +92,12 @@ class CBAMPlan:
         rd_divisor: int = 8, bias: bool = False, kernel_size: int = 7, act: Activation = "relu",
         gate: Activation = "sigmoid", fn: str = "CBAM",
     ) -> CBAMPlan:
-        """Validate the options (the gates' errors name the gates). Returns the plan."""
+        """Validate the options (errors name ``fn``, also the gates'). Returns the plan."""
         c = check_channels(fn, channels)
         channel = ChannelGatePlan.create(c, rd_ratio=rd_ratio, rd_channels=rd_channels,
-                                         rd_divisor=rd_divisor, bias=bias, act=act, gate=gate)
-        spatial = SpatialGatePlan.create(c, kernel_size=kernel_size, gate=gate)
+                                         rd_divisor=rd_divisor, bias=bias, act=act, gate=gate,
+                                         fn=fn)
+        spatial = SpatialGatePlan.create(c, kernel_size=kernel_size, gate=gate, fn=fn)
         return cls(c, channel, spatial, act, gate)
 
 
@@ -125,6 +129,8 @@ class BAMPlan:
         check_positive_int(fn, "dilation", dilation)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, rd, int(dilation), combine, act, gate)
 
 
@@ -150,4 +156,6 @@ class CoordinateAttentionPlan:
         c = check_channels(fn, channels)
         rd = F.reduced_channels(fn, c, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, rd, act, gate)

@@ -12,7 +12,9 @@ from attention_jax import functional as F
 from attention_jax._types import Activation
 from attention_jax._validation import check_divides, check_odd
 from attention_jax.plans._common import (
+    check_act,
     check_channels,
+    check_gate,
     check_int_tuple,
     check_optional_channels,
     same_padding,
@@ -56,6 +58,8 @@ class ContextAwarePyramidPlan:
         check_divides(fn, "out_channels", out, "1 + len(dilations)", branches)
         rd = F.reduced_channels(fn, out, rd_ratio=rd_ratio, rd_channels=rd_channels,
                                 rd_divisor=rd_divisor)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, out, dilations, out // branches, bool(channel_attention), rd, act, gate)
 
 
@@ -92,6 +96,8 @@ class PyramidSpatialAttentionPlan:
         mid = max(c // 2, 1) if mid_channels is None else check_channels(fn, mid_channels,
                                                                           "mid_channels")
         p = same_padding(k)
+        check_act(fn, act)
+        check_gate(fn, gate)
         return cls(c, k, mid, (1, k), (0, p), (k, 1), (p, 0), act, gate)
 
 
@@ -134,4 +140,5 @@ class PyramidFeatureAttentionPlan:
             high, out_channels=pyramid, dilations=dilations, rd_ratio=rd_ratio,
             rd_channels=rd_channels, rd_divisor=rd_divisor, act=act)
         sa = PyramidSpatialAttentionPlan.create(mid, kernel_size=kernel_size, act=act)
+        check_gate(fn, gate)
         return cls(low, high, features, mid, pyramid, cpfe, sa, act, gate)

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from attention_jax import functional as F
 from attention_jax._types import Activation
 from attention_jax._validation import check_bool, check_divides, check_odd, check_positive_int
-from attention_jax.plans._common import check_channels, check_optional_channels, same_padding
+from attention_jax.plans._common import (
+    check_act,
+    check_channels,
+    check_optional_channels,
+    same_padding,
+)
 
 __all__ = ["SelectiveKernelPlan", "SplitAttentionPlan"]
 
@@ -65,6 +70,7 @@ class SelectiveKernelPlan:
         if rd_channels is None:
             rd = max(rd, int(rd_min_channels))
         dilations = tuple(m + 1 for m in range(num_paths))
+        check_act(fn, act)
         return cls(c, out, int(num_paths), int(groups), int(stride), rd, dilations, act,
                    bool(split_input), branch_in)
 
@@ -117,5 +123,6 @@ class SplitAttentionPlan:
         if rd_channels is None:
             rd = max(rd, int(rd_min_channels))
         check_divides(fn, "rd_channels (attention width)", rd, "groups", groups)
+        check_act(fn, act)
         return cls(c, out, int(kernel_size), int(stride), int(dilation),
                    same_padding(kernel_size, dilation), int(groups), int(radix), rd, bias, act)

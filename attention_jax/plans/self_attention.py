@@ -11,6 +11,7 @@ from typing import Any
 
 from attention_jax import functional as F
 from attention_jax._validation import check_choice, check_divides, check_positive_int, fail
+from attention_jax.functional.scoring import _IMPLEMENTATIONS as IMPLEMENTATIONS
 from attention_jax.plans._common import check_channels, check_optional_channels
 
 __all__ = [
@@ -45,6 +46,12 @@ class NonLocalPlan:
     use_bn: bool
     implementation: str
 
+    def check_input(self, x: Any, fn: str = "NonLocal") -> None:
+        """With ``sub_sample``, ``x`` needs at least 2x2 pixels (the keys are 2x2 max-pooled)."""
+        if self.sub_sample and min(x.shape[-3:-1]) < 2:
+            raise fail(fn, "x", "at least 2x2 pixels for sub_sample=True",
+                       f"shape {tuple(x.shape)}")
+
     @property
     def has_concat_project(self) -> bool:
         """Whether the block has ``concat_project`` (``mode="concatenation"``)."""
@@ -60,6 +67,7 @@ class NonLocalPlan:
         c = check_channels(fn, channels)
         ci = check_optional_channels(fn, "inter_channels", inter_channels) or max(1, c // 2)
         check_choice(fn, "mode", mode, F.NON_LOCAL_MODES)
+        check_choice(fn, "implementation", implementation, IMPLEMENTATIONS)
         return cls(c, ci, mode, bool(use_scale), bool(sub_sample), bool(use_bn),
                    implementation)
 
@@ -84,6 +92,7 @@ class PositionAttentionPlan:
         """Validate the options (errors name ``fn``) and derive Cq. Returns the plan."""
         c = check_channels(fn, channels)
         cq = check_optional_channels(fn, "qk_channels", qk_channels) or max(1, c // 8)
+        check_choice(fn, "implementation", implementation, IMPLEMENTATIONS)
         return cls(c, cq, implementation)
 
 
@@ -121,6 +130,7 @@ class DualAttentionHeadPlan:
         """Validate the options (errors name ``fn``) and derive Ci. Returns the plan."""
         c = check_channels(fn, channels)
         out = check_optional_channels(fn, "out_channels", out_channels) or c
+        check_choice(fn, "implementation", implementation, IMPLEMENTATIONS)
         return cls(c, out, max(1, c // 4), implementation)
 
 
@@ -194,6 +204,7 @@ class MultiHeadSelfAttention2dPlan:
         check_positive_int(fn, "num_heads", num_heads)
         check_divides(fn, "channels", c, "num_heads", num_heads)
         check_choice(fn, "position", position, POSITIONS)
+        check_choice(fn, "implementation", implementation, IMPLEMENTATIONS)
         size = None
         if position != "none":
             ok = (isinstance(input_size, (tuple, list)) and len(input_size) == 2

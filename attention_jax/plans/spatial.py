@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import functional as F
-from attention_jax._validation import check_positive_int, fail
-from attention_jax.plans._common import check_channels, check_int_tuple
+from attention_jax._validation import check_choice, check_positive_int, fail
+from attention_jax.functional.sampling import MODES, PADDING_MODES
+from attention_jax.plans._common import check_channels, check_int_tuple, errors_named
 
 __all__ = ["LocalisationNetPlan", "SpatialTransformerPlan"]
 
@@ -96,6 +97,12 @@ class SpatialTransformerPlan:
     tps_grid_size: tuple[int, ...]
     loc: LocalisationNetPlan
 
+    def check_input(self, x: Any, fn: str = "SpatialTransformer") -> None:
+        """``x`` must have pixels: the localisation net pools the map (an empty batch is fine)."""
+        if 0 in tuple(x.shape[-3:-1]):
+            raise fail(fn, "x", "H, W >= 1 (the localisation net pools the map)",
+                       f"shape {tuple(x.shape)}")
+
     @classmethod
     def create(
         cls, channels: int, *, transform: str = "affine",
@@ -105,16 +112,17 @@ class SpatialTransformerPlan:
         hidden: int = 32, pool_size: Sequence[int] | None = (4, 4),
         fn: str = "SpatialTransformer",
     ) -> SpatialTransformerPlan:
-        """Validate the options (errors name ``fn``, the transform's ``transform_num_params``).
-
-        Returns the plan.
-        """
+        """Validate the options (errors name ``fn``). Returns the plan."""
         c = check_channels(fn, channels)
         kw = {"tps_grid_size": tps_grid_size}
+        with errors_named(fn):
+            num_params = F.transform_num_params(transform, **kw)
         loc = LocalisationNetPlan.create(
-            c, out_features=F.transform_num_params(transform, **kw), features=features,
-            hidden=hidden, pool_size=pool_size,
-            final_bias=tuple(float(v) for v in F.identity_transform_params(transform, **kw)))
-        size = tuple(out_size) if isinstance(out_size, (tuple, list)) else out_size
+            c, out_features=num_params, features=features, hidden=hidden, pool_size=pool_size,
+            final_bias=tuple(float(v) for v in F.identity_transform_params(transform, **kw)),
+            fn=fn)
+        check_choice(fn, "mode", mode, MODES)
+        check_choice(fn, "padding_mode", padding_mode, PADDING_MODES)
+        size = None if out_size is None else _pair(fn, "out_size", out_size)
         grid = tuple(tps_grid_size) if isinstance(tps_grid_size, (tuple, list)) else tps_grid_size
         return cls(c, transform, size, mode, padding_mode, bool(align_corners), grid, loc)

@@ -238,3 +238,19 @@ def test_eca_conv_wrong_shape():
 def test_functional_integer_dtype():
     with pytest.raises(ValueError, match=r"second_order_channel: x must be a floating-point"):
         F.second_order_channel(jnp.ones((1, 3, 3, 4), jnp.int32), reduce=None, expand=None)
+
+
+# --- Found by tests/test_properties.py --------------------------------------------------------
+
+def test_interpolate_nearest_sizes():
+    x = jnp.ones((2, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"interpolate_nearest: size must be a pair \(H, W\), "
+                                         r"got 3"):
+        F.interpolate_nearest(x, 3)  # was TypeError: object of type 'int' has no len()
+    # An empty output is fine; an empty source cannot fill a non-empty one (was a raw
+    # TypeError/IndexError from the gather).
+    assert F.interpolate_nearest(x, (0, 2)).shape == (2, 0, 2, 5)
+    assert F.interpolate_nearest(x[:, :0], (0, 2)).shape == (2, 0, 2, 5)
+    with pytest.raises(ValueError, match=r"interpolate_nearest: x must be H, W >= 1 to resize "
+                                         r"to \(2, 3\), got shape \(2, 0, 4, 5\)"):
+        F.interpolate_nearest(x[:, :0], (2, 3))

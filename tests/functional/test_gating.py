@@ -141,3 +141,47 @@ def test_gate_grads_under_jit(x64):
     for name in ("sigmoid", "hard_sigmoid", "tanh"):
         f = jax.jit(lambda z, n=name: F.gate(z, kind=n))
         check_grads(f, (jnp.array([-2.2, 0.3, 1.7], jnp.float64),), order=1)
+
+
+# --- Found by tests/test_properties.py --------------------------------------------------------
+
+def test_hard_sigmoid_keeps_numpy_bf16():
+    """A NumPy bf16 array stays bf16 (NumPy promoted ``x + 3.0`` to float32)."""
+    x = np.asarray(jnp.linspace(-4, 4, 9, dtype=jnp.bfloat16))
+    assert F.gate(x, kind="hard_sigmoid").dtype == jnp.bfloat16
+
+
+def test_branch_softmax_axis_must_be_an_int():
+    with pytest.raises(ValueError, match=r"branch_softmax: axis must be in \[-3, 3\), got 1.0"):
+        F.branch_softmax(jnp.ones((2, 3, 4)), axis=1.0)  # was TypeError
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"gamma": 0}, r"gamma must be a positive finite number, got 0"),  # was ZeroDivisionError
+    ({"gamma": float("nan")}, r"gamma must be a positive finite number, got nan"),
+    ({"gamma": None}, r"gamma must be a positive finite number, got None"),  # was TypeError
+    ({"beta": float("inf")}, r"beta must be a finite number, got inf"),  # was OverflowError
+    ({"gamma": 5e-324}, r"gamma must be large enough that \(log2\(channels\) \+ beta\) / gamma "
+                        r"is finite"),
+])
+def test_eca_kernel_size_bad_constants(kw, msg):
+    with pytest.raises(ValueError, match=r"eca_kernel_size: " + msg):
+        F.eca_kernel_size(64, **kw)
+
+
+@pytest.mark.parametrize("args,kw,msg", [
+    ((float("inf"),), {}, r"value must be a finite number, got inf"),  # was OverflowError
+    ((float("nan"),), {}, r"value must be a finite number, got nan"),
+    ((None,), {}, r"value must be a finite number, got None"),  # was TypeError
+    ((12.5,), {"divisor": 200, "min_value": -1}, r"min_value must be an integer >= 1, got -1"),
+    ((12.5,), {"round_limit": float("nan")}, r"round_limit must be a finite number, got nan"),
+])
+def test_make_divisible_bad_values(args, kw, msg):
+    with pytest.raises(ValueError, match=r"make_divisible: " + msg):
+        F.make_divisible(*args, **kw)
+
+
+def test_reduced_channels_overflowing_ratio_names_the_caller():
+    with pytest.raises(ValueError, match=r"SE: rd_ratio must be small enough that channels \* "
+                                         r"rd_ratio is finite"):
+        F.reduced_channels("SE", 8, rd_ratio=1e308, rd_channels=None, rd_divisor=8)

@@ -87,3 +87,37 @@ def test_adaptive_avg_pool2d_grads_bf16_and_errors(x64):
         F.adaptive_avg_pool2d(x, (2, 2, 2))
     with pytest.raises(ValueError, match="adaptive_avg_pool2d: x must be at least rank 3"):
         F.adaptive_avg_pool2d(x[0, 0], 2)
+
+
+
+# --- Empty windows (found by tests/test_properties.py) ----------------------------------------
+
+@pytest.mark.parametrize("fn,shape,out", [
+    (F.global_avg_pool, (2, 0, 3, 4), (2, 4)),
+    (F.global_max_pool, (2, 3, 0, 4), (2, 4)),
+    (F.channel_avg_pool, (2, 3, 3, 0), (2, 3, 3, 1)),
+    (F.channel_max_pool, (2, 3, 3, 0), (2, 3, 3, 1)),
+    (F.channel_avg_max_pool, (2, 3, 3, 0), (2, 3, 3, 2)),
+    (F.avg_pool_h, (2, 3, 0, 4), (2, 3, 1, 4)),
+    (F.avg_pool_w, (2, 0, 3, 4), (2, 1, 3, 4)),
+    (F.covariance_pool, (2, 0, 3, 4), (2, 4, 4)),
+])
+def test_pool_over_nothing_is_zero(fn, shape, out):
+    """A pool over no values is 0 (it was NaN for means, a raw ValueError for maxima), with a
+    zero gradient; an empty map then goes through a mechanism to an empty output."""
+    x = jnp.zeros(shape, jnp.bfloat16)
+    y = fn(x)
+    assert y.shape == out and bool(jnp.all(y == 0))
+    g = jax.grad(lambda a: jnp.sum(fn(a)))(jnp.zeros(shape))
+    assert g.shape == shape
+
+
+def test_pool_bad_options_are_value_errors():
+    x = jnp.ones((1, 4, 4, 2))
+    with pytest.raises(ValueError, match=r"adaptive_avg_pool2d: output_size must be an int or a "
+                                         r"pair \(Ho, Wo\), got 2.0"):
+        F.adaptive_avg_pool2d(x, 2.0)  # was TypeError: 'float' object is not iterable
+    a = jnp.eye(3)[None]
+    with pytest.raises(ValueError, match=r"newton_schulz_sqrt: eps must be a positive finite "
+                                         r"number, got inf"):
+        F.newton_schulz_sqrt(a, eps=float("inf"))  # was a NaN output

@@ -402,3 +402,11 @@ def test_bad_input():
         F.tps_grid(jnp.zeros((1, 3, 2)), (1, 4, 4, 1), base_points=[[0, 0], [1, 1], [2, 2]])
     with pytest.raises(ValueError, match=r"tps_base_points: grid_size must be an integer >= 2"):
         F.tps_base_points((1, 3))
+
+
+@pytest.mark.parametrize("eps", [0, -1e-6, float("nan"), float("inf")])
+def test_perspective_grid_eps_must_be_positive_finite(eps):
+    """eps = 0 let a zero denominator through (a NaN grid); now a ValueError."""
+    with pytest.raises(ValueError, match=r"perspective_grid: eps must be a positive finite "
+                                         r"number"):
+        F.perspective_grid(jnp.zeros((1, 3, 3)), (1, 2, 2, 3), eps=eps)

@@ -431,3 +431,10 @@ def test_bad_zero_head_dim(impl, score):
         F.attention(q, k, v, score=score, implementation=impl)
     with pytest.raises(ValueError, match=r"scaled_dot_scores: q must be a feature size D >= 1"):
         F.scaled_dot_scores(q, k)
+
+
+def test_attention_weights_no_keys():
+    """Tk = 0: empty weights (``jnp.max`` over no keys raised a raw ValueError)."""
+    w = F.attention_weights(jnp.zeros((2, 3, 0), jnp.bfloat16),
+                            mask=jnp.zeros((2, 3, 0), bool))
+    assert w.shape == (2, 3, 0) and w.dtype == jnp.bfloat16

@@ -106,3 +106,21 @@ def test_bad_input():
                        r"shape \(1, 3, 4, 4\)"):
         F.multi_head_self_attention_2d(x, qkv=ident, proj=ident, num_heads=2,
                                        pos_embed=jnp.ones((1, 4, 3, C)))
+
+
+# --- Found by tests/test_properties.py --------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 0, 3, 4), (2, 3, 0, 4), (2, 3, 3, 0)])
+def test_channel_self_attention_empty_map(shape):
+    """No pixels or no channels: an empty output (dot_scores rejected the empty energies)."""
+    x = jnp.zeros(shape)
+    assert F.channel_self_attention(x, gamma=jnp.ones((1,))).shape == shape
+
+
+@pytest.mark.parametrize("size", [3, (2,), (2, 3, 4)])
+def test_relative_position_size_must_be_a_pair(size):
+    """A bad size was a TypeError or an unnamed unpacking ValueError."""
+    with pytest.raises(ValueError, match=r"relative_position_index: size must be a pair"):
+        F.relative_position_index(size=size)
+    with pytest.raises(ValueError, match=r"relative_position_bias: size must be a pair"):
+        F.relative_position_bias(jnp.zeros((15, 2)), size=size)

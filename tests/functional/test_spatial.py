@@ -163,3 +163,23 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"localisation_net: pool_size must be None or a pair"):
         F.localisation_net(jnp.asarray(X), conv1=loc, conv2=loc, fc1=loc, fc2=loc,
                            pool_size=(0, 2))
+
+
+# --- Found by tests/test_properties.py --------------------------------------------------------
+
+def test_transform_grid_names_itself():
+    """Its size and tps_grid_size errors name transform_grid (they named affine_grid and
+    transform_num_params)."""
+    params = jnp.zeros((2, 6))
+    with pytest.raises(ValueError, match=r"transform_grid: size must be a 4-tuple"):
+        F.transform_grid(params, (3, 2))
+    with pytest.raises(ValueError, match=r"transform_grid: size must be batch 2"):
+        F.transform_grid(params, (3, 3, 2, 1))
+    with pytest.raises(ValueError, match=r"transform_grid: tps_grid_size must be a pair"):
+        F.transform_grid(jnp.zeros((2, 18)), (2, 3, 2, 1), transform="tps", tps_grid_size=(3,))
+
+
+def test_transform_grid_tps_empty_batch():
+    """N = 0 with a TPS: an empty grid (reshape(0, -1, 2) raised a raw ValueError)."""
+    grid, aux = F.transform_grid(jnp.zeros((0, 18)), (0, 3, 2, 1), transform="tps")
+    assert grid.shape == (0, 3, 2, 2) and aux["control_points"].shape == (0, 9, 2)

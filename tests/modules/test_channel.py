@@ -66,7 +66,7 @@ def test_se_bad_input():
         m.init(jax.random.key(0), jnp.ones((1, 6, 5, 32), jnp.int32))
     with pytest.raises(ValueError, match=r"SqueezeExcite: rd_ratio must be large enough"):
         L.SqueezeExcite(8, rd_divisor=1).init(jax.random.key(0), jnp.ones((1, 2, 2, 8)))
-    with pytest.raises(ValueError, match=r"get_gate: gate must be a callable or one of"):
+    with pytest.raises(ValueError, match=r"SqueezeExcite: gate must be a callable or one of"):
         L.SqueezeExcite(32, gate="sigmoud").init(jax.random.key(0), jnp.ones((1, 2, 2, 32)))
     with pytest.raises(ValueError, match=r"SqueezeExcite: rd_channels must be an integer >= 1"):
         N.SqueezeExcite(32, rd_channels=0, rngs=nnx.Rngs(0))
@@ -137,6 +137,16 @@ def test_ge_parameter_free_matches_torch(extent):
     assert_close(vjp(jnp.asarray(cot))[0], xt.grad.permute(0, 2, 3, 1).numpy(), what="grad x")
     n = N.GatherExcite(32, extent=extent, use_mlp=False, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(n(XS), y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 5, 32), (2, 6, 0, 32)])
+def test_ge_strided_gather_of_an_empty_map(shape):
+    """extent > 0 on a map with no pixels: an empty output (avg_pool2d refused the empty map,
+    naming itself; found by tests/test_properties.py)."""
+    x = jnp.zeros(shape)
+    m = L.GatherExcite(32, extent=2)
+    assert m.apply(m.init(jax.random.key(0), X), x).shape == shape
+    assert N.GatherExcite(32, extent=2, rngs=nnx.Rngs(0))(x).shape == shape
 
 
 MODULES = {
@@ -229,8 +239,15 @@ def test_eca_even_kernel(api):
 
 @pytest.mark.parametrize("cls", MODULES)
 def test_unknown_gate(cls):
-    with pytest.raises(ValueError, match=r"get_gate: gate must be a callable or one of 'sigmoid'"):
+    """An unknown gate or act is named by the module, and nnx refuses it at construction."""
+    msg = rf"{cls}: gate must be a callable or one of 'sigmoid'"
+    with pytest.raises(ValueError, match=msg):
         getattr(L, cls)(32, **MODULES[cls], gate="sigmoud").init(jax.random.key(0), XS)
+    with pytest.raises(ValueError, match=msg):
+        getattr(N, cls)(32, **MODULES[cls], gate="sigmoud", rngs=nnx.Rngs(0))
+    if cls != "EfficientChannelAttention":  # ECA has no hidden activation
+        with pytest.raises(ValueError, match=rf"{cls}: act must be a callable or one of 'relu'"):
+            getattr(N, cls)(32, **MODULES[cls], act="rleu", rngs=nnx.Rngs(0))
 
 
 def test_ge_bad_options():

@@ -161,18 +161,17 @@ def test_bad_integer_dtype(cls):
 
 @pytest.mark.parametrize("cls", ["ChannelGate", "CBAM", "BAM", "CoordinateAttention"])
 def test_bad_rd_channels(cls):
-    # CBAM builds its ChannelGate, which names itself in the message.
-    who = "ChannelGate" if cls == "CBAM" else cls
-    with pytest.raises(ValueError, match=rf"{who}: rd_channels must be an integer >= 1, got 0"):
+    # CBAM's errors name CBAM, also those of the ChannelGate it builds.
+    with pytest.raises(ValueError, match=rf"{cls}: rd_channels must be an integer >= 1, got 0"):
         getattr(L, cls)(32, rd_channels=0).init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match=rf"{who}: rd_channels must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=rf"{cls}: rd_channels must be an integer >= 1, got 0"):
         getattr(N, cls)(32, rd_channels=0, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("cls", ["SpatialGate", "CBAM"])
 @pytest.mark.parametrize("api", ["linen", "nnx"])
 def test_even_spatial_kernel(cls, api):
-    msg = r"SpatialGate: kernel_size must be an odd positive integer, got 6"
+    msg = rf"{cls}: kernel_size must be an odd positive integer, got 6"
     with pytest.raises(ValueError, match=msg):
         if api == "linen":
             getattr(L, cls)(32, kernel_size=6).init(jax.random.key(0), X)
@@ -182,8 +181,12 @@ def test_even_spatial_kernel(cls, api):
 
 @pytest.mark.parametrize("cls", MODULES)
 def test_unknown_gate(cls):
-    with pytest.raises(ValueError, match=r"get_gate: gate must be a callable or one of 'sigmoid'"):
+    """An unknown gate is named by the module, and nnx refuses it at construction."""
+    msg = rf"{cls}: gate must be a callable or one of 'sigmoid'"
+    with pytest.raises(ValueError, match=msg):
         getattr(L, cls)(32, gate="sigmoud").init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match=msg):
+        getattr(N, cls)(32, gate="sigmoud", rngs=nnx.Rngs(0))
 
 
 def test_bam_unknown_combine():

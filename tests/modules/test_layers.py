@@ -135,6 +135,23 @@ def test_batch_norm_linen_equals_nnx_train_and_eval():
         np.asarray(bn(jnp.asarray(X))))
 
 
+
+@pytest.mark.parametrize("shape", [(0, 5, 6, C), (4, 0, 6, C)])
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_batch_norm_empty_batch_keeps_running_statistics(api, shape):
+    """A training step on no values leaves mean/var as they were, as PyTorch does (found by
+    tests/test_properties.py: Flax averaged NaN into them)."""
+    v = _linen_variables()
+    s = v["batch_stats"]
+    y, mean, var = _train_step(api, v, np.zeros(shape, np.float32))
+    assert y.shape == shape
+    ref = _torch_bn(v["params"]["scale"], v["params"]["bias"], s["mean"], s["var"]).train()
+    ref(nhwc_to_nchw(np.zeros(shape, np.float32)))
+    assert_close(mean, ref.running_mean.numpy(), rtol=0, atol_rel=0)
+    assert_close(var, ref.running_var.numpy(), rtol=0, atol_rel=0)
+    np.testing.assert_array_equal(np.asarray(mean), np.asarray(s["mean"]))
+
+
 # --- conv -------------------------------------------------------------------------------------
 
 XC = RNG.normal(size=(2, 8, 6, 4)).astype(np.float32)  # even sizes: stride 2 + padding matters

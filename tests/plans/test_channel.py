@@ -57,3 +57,13 @@ def test_global_context_and_soca():
 def test_errors(make, msg):
     with pytest.raises(ValueError, match=msg):
         make()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"gamma": 0}, r"gamma must be a positive finite number, got 0"),
+    ({"beta": float("nan")}, r"beta must be a finite number, got nan"),
+])
+def test_eca_bad_constants_name_the_module(kw, msg):
+    """Were a ZeroDivisionError / a ValueError naming no function."""
+    with pytest.raises(ValueError, match=r"EfficientChannelAttention: " + msg):
+        P.EfficientChannelAttentionPlan.create(64, **kw)

@@ -42,6 +42,16 @@ def test_mhsa_positions():
      r"MultiHeadSelfAttention2d: input_size must be \(H, W\) positive ints"),
     (lambda: P.ChannelSelfAttentionPlan.create(2.0),
      r"ChannelSelfAttention: channels must be an integer >= 1, got 2.0"),
+    # implementation is checked with the plan, naming the module (it was checked only by
+    # attention(), naming attention; found by tests/test_properties.py).
+    (lambda: P.NonLocalPlan.create(8, implementation="flash"),
+     r"NonLocal: implementation must be one of 'auto', 'xla', 'chunked', 'native'"),
+    (lambda: P.PositionAttentionPlan.create(8, implementation=None),
+     r"PositionAttention: implementation must be one of"),
+    (lambda: P.DualAttentionHeadPlan.create(8, implementation="flash"),
+     r"DualAttentionHead: implementation must be one of"),
+    (lambda: P.MultiHeadSelfAttention2dPlan.create(8, implementation="flash"),
+     r"MultiHeadSelfAttention2d: implementation must be one of"),
 ])
 def test_errors(make, msg):
     with pytest.raises(ValueError, match=msg):

@@ -31,8 +31,21 @@ def test_spatial_transformer_loc(transform, count):
 @pytest.mark.parametrize("make,msg", [
     (lambda: P.SpatialTransformerPlan.create(0),
      r"SpatialTransformer: channels must be an integer >= 1, got 0"),
+    # Every option of the module is named by it (the transform's was transform_num_params's,
+    # mode/padding_mode/out_size were checked only by the forward, found by
+    # tests/test_properties.py).
     (lambda: P.SpatialTransformerPlan.create(3, transform="rigid"),
-     r"transform_num_params: transform must be one of"),
+     r"SpatialTransformer: transform must be one of"),
+    (lambda: P.SpatialTransformerPlan.create(3, transform="tps", tps_grid_size=(1, 3)),
+     r"SpatialTransformer: tps_grid_size must be an integer >= 2, got 1"),
+    (lambda: P.SpatialTransformerPlan.create(3, mode="area"),
+     r"SpatialTransformer: mode must be one of 'bilinear'"),
+    (lambda: P.SpatialTransformerPlan.create(3, padding_mode="wrap"),
+     r"SpatialTransformer: padding_mode must be one of 'zeros'"),
+    (lambda: P.SpatialTransformerPlan.create(3, out_size=(0, 3)),
+     r"SpatialTransformer: out_size must be an integer >= 1, got 0"),
+    (lambda: P.SpatialTransformerPlan.create(3, features=(8, 0)),
+     r"SpatialTransformer: features must be an integer >= 1, got 0"),
     (lambda: P.LocalisationNetPlan.create(3, pool_size=(4,)),
      r"LocalisationNet: pool_size must be a pair of integers >= 1"),
     (lambda: P.LocalisationNetPlan.create(3, features=(8, 0)),
@@ -43,3 +56,10 @@ def test_spatial_transformer_loc(transform, count):
 def test_errors(make, msg):
     with pytest.raises(ValueError, match=msg):
         make()
+
+
+def test_spatial_transformer_needs_pixels():
+    p = P.SpatialTransformerPlan.create(3)
+    p.check_input(jnp.zeros((0, 4, 4, 3)))  # an empty batch is fine
+    with pytest.raises(ValueError, match=r"SpatialTransformer: x must be H, W >= 1"):
+        p.check_input(jnp.zeros((2, 0, 4, 3)))
