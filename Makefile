@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -n 2
+# worksteal: a worker that runs out of tests takes queued ones from the other (with the default
+# scheduler one long test at the end kept a worker busy while the other idled).
+PYTEST_ARGS ?= -n 2 --dist worksteal
 # timm's own dependencies pull torchvision (and with it a CUDA build of torch): the tests use
 # timm's pure-torch layers only, so it is installed without them.
 TIMM := timm==1.0.31
