@@ -139,12 +139,13 @@ def test_bad_input():
         m.init(jax.random.key(0), jnp.ones((1, 8, 8, 4)))
     with pytest.raises(ValueError, match=r"SpatialTransformer: x must be a floating-point"):
         m.init(jax.random.key(0), jnp.ones((1, 8, 8, 3), jnp.int32))
-    with pytest.raises(ValueError, match=r"transform_num_params: transform must be one of "
+    # Named by the module since the property test (they named the internal helpers before).
+    with pytest.raises(ValueError, match=r"SpatialTransformer: transform must be one of "
                                          r"'affine', 'similarity'"):
         L.SpatialTransformer(3, transform="rigid").init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match=r"spatial_transformer: out_size must be None or a pair"):
+    with pytest.raises(ValueError, match=r"SpatialTransformer: out_size must be a pair of integers >= 1"):
         L.SpatialTransformer(3, out_size=(4,)).init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match=r"spatial_transformer: mode must be one of"):
+    with pytest.raises(ValueError, match=r"SpatialTransformer: mode must be one of"):
         L.SpatialTransformer(3, mode="area").init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match=r"transform_num_params: tps_grid_size must be"):
+    with pytest.raises(ValueError, match=r"SpatialTransformer: tps_grid_size must be"):
         N.SpatialTransformer(3, transform="tps", tps_grid_size=(1, 4), rngs=nnx.Rngs(0))
