@@ -143,7 +143,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"SpatialTransformer: transform must be one of "
                                          r"'affine', 'similarity'"):
         L.SpatialTransformer(3, transform="rigid").init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match=r"SpatialTransformer: out_size must be a pair of integers >= 1"):
+    with pytest.raises(ValueError,
+                       match=r"SpatialTransformer: out_size must be a pair of integers >= 1"):
         L.SpatialTransformer(3, out_size=(4,)).init(jax.random.key(0), X)
     with pytest.raises(ValueError, match=r"SpatialTransformer: mode must be one of"):
         L.SpatialTransformer(3, mode="area").init(jax.random.key(0), X)
