@@ -716,7 +716,7 @@ def test_st_classifiers_sow_their_transform(name, kw):
     returns, and its output as ``sampled``) without changing their logits; nnx's equal linen's
     on one parameter tree. Away from the identity start, so the maps are not trivial."""
     from attention_jax.models import cnn, cnn_nnx
-    from attention_jax.models._classifiers import identity_bias
+    from attention_jax.models.classifier_core import identity_bias
 
     x = jnp.asarray(np.random.default_rng(4).uniform(size=(2, 28, 28, 1)), jnp.float32)
     m = getattr(cnn, name)(**kw)

@@ -4,7 +4,7 @@
 ``pretrained_config(name)`` and ``preprocess(images, name)`` give and apply timm's evaluation
 configuration. The linen models are at this level; the nnx twins (same names) in
 ``models.resnet_nnx`` and ``models.cnn_nnx``; the API-neutral plans and forwards in
-``models.resnet_core`` and ``models._classifiers``.
+``models.resnet_core`` and ``models.classifier_core``.
 """
 
 from attention_jax.models import cnn_nnx, resnet_core, resnet_nnx

@@ -4,7 +4,7 @@ Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015, Sec. 4.1 (distor
 ST classifier is a spatial transformer (a localisation net ``loc`` that regresses an affine,
 projective or thin-plate-spline transform, initialised to the identity, and a sampler) in front
 of a classifier that then sees a rectified digit. These modules only declare layers; the
-forwards are in ``attention_jax.models._classifiers`` and shared with the nnx twins in
+forwards are in ``attention_jax.models.classifier_core`` and shared with the nnx twins in
 ``attention_jax.models.cnn_nnx`` (same parameter trees). NHWC images in, logits out.
 
 Parameters with the default fields, 28x28 inputs and 10 classes: ``FCN`` 109,386, ``CNN``
@@ -27,7 +27,7 @@ from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int
 from attention_jax.linen import LocalisationNet
 from attention_jax.linen._maps import call_and_sow
-from attention_jax.models import _classifiers as C
+from attention_jax.models import classifier_core as C
 
 __all__ = ["FCN", "CNN", "ConvLocalisation", "FCLocalisation", "STCNN", "STFCN",
            "localisation_labels"]
@@ -126,7 +126,9 @@ class CNN(nn.Module):
 
 
 class ConvLocalisation(nn.Module):
-    """The ST-CNN's localisation net (``_classifiers.conv_localisation``): (N, H, W, C) -> (N, P).
+    """The ST-CNN's localisation net (``classifier_core.conv_localisation``).
+
+    (N, H, W, C) -> (N, P).
 
     Attributes:
       final_bias: the identity transform's P parameters (``fc2``'s initial bias; its kernel
@@ -157,7 +159,7 @@ class ConvLocalisation(nn.Module):
 
 
 class FCLocalisation(nn.Module):
-    """The ST-FCN's localisation net (``_classifiers.fc_localisation``): (N, H, W, C) -> (N, P).
+    """The ST-FCN's localisation net (``classifier_core.fc_localisation``): (N, H, W, C) -> (N, P).
 
     Attributes:
       final_bias: the identity transform's P parameters (``fc2`` starts at zero kernel).

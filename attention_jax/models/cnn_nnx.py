@@ -1,5 +1,5 @@
 """The spatial-transformer experiment's classifiers as Flax nnx modules; same parameter trees as
-``attention_jax.models.cnn`` (linen), same forwards (``attention_jax.models._classifiers``).
+``attention_jax.models.cnn`` (linen), same forwards (``attention_jax.models.classifier_core``).
 
 nnx builds every layer eagerly, so a dense layer after a flatten needs the input size: the
 modules take ``in_size`` (H, W) (default (28, 28)) where linen infers it at ``init``.
@@ -17,7 +17,7 @@ from flax import nnx
 from attention_jax import functional as F
 from attention_jax._types import Dtype, PrecisionLike
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
-from attention_jax.models import _classifiers as C
+from attention_jax.models import classifier_core as C
 from attention_jax.nnx import LocalisationNet
 from attention_jax.nnx._maps import call_and_sow
 
