@@ -82,9 +82,11 @@ def timm_model_names() -> list[str]:
 
 # --- key mapping -------------------------------------------------------------------------------
 
-def _to_torch(a: np.ndarray) -> np.ndarray:
-    """Our layout -> PyTorch's, by rank (conv2d HWIO -> OIHW, conv1d (k, I, O) -> (O, I, k),
-    dense (I, O) -> (O, I), vectors as they are)."""
+def kernel_to_torch(a: Any) -> np.ndarray:
+    """Flax kernel layout -> PyTorch weight layout, by rank: conv2d ``(kh, kw, in/g, out)`` ->
+    ``(out, in/g, kh, kw)``, conv1d ``(k, in/g, out)`` -> ``(out, in/g, k)``, dense
+    ``(in, out)`` -> ``(out, in)``; other ranks (vectors) unchanged. No torch needed."""
+    a = np.asarray(a)
     if a.ndim == 4:
         return a.transpose(3, 2, 0, 1)
     if a.ndim == 3:
@@ -94,8 +96,9 @@ def _to_torch(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _to_jax(a: np.ndarray) -> np.ndarray:
-    """PyTorch's layout -> ours, by rank (the inverse of ``_to_torch``)."""
+def kernel_from_torch(a: Any) -> np.ndarray:
+    """PyTorch's weight layout -> Flax's, by rank (the inverse of ``kernel_to_torch``)."""
+    a = np.asarray(a)
     if a.ndim == 4:
         return a.transpose(2, 3, 1, 0)
     if a.ndim == 3:
@@ -106,7 +109,11 @@ def _to_jax(a: np.ndarray) -> np.ndarray:
 
 
 def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(_to_torch(np.empty(shape, np.uint8)).shape)
+    return tuple(kernel_to_torch(np.empty(shape, np.uint8)).shape)
+
+
+def _jax_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(kernel_from_torch(np.empty(torch_shape, np.uint8)).shape)
 
 
 # Names inside a mechanism (ours -> timm's), per mechanism kind, in timm's module order.
@@ -355,7 +362,7 @@ def load_timm_state_dict(
                 _set(variables, e.path, jnp.asarray(node))
     for e in entries:
         if e.key in arrays:
-            _set(variables, e.path, jnp.asarray(_to_jax(arrays[e.key]).astype(e.dtype)))
+            _set(variables, e.path, jnp.asarray(kernel_from_torch(arrays[e.key]).astype(e.dtype)))
     if strict:
         return variables
     return variables, IncompatibleKeys(missing, unexpected)
@@ -394,16 +401,15 @@ def to_timm_state_dict(variables: Any, name: str, **overrides: Any) -> dict[str,
     want = {e.path: e for e in entries}
     missing = sorted("/".join(p) for p in want if p not in have)
     extra = sorted("/".join(p) for p in have if p not in want)
-    wrong = [f"{'/'.join(p)}: expected {_to_jax(np.empty(e.torch_shape, np.uint8)).shape}, got "
+    wrong = [f"{'/'.join(p)}: expected {_jax_shape(e.torch_shape)}, got "
              f"{tuple(np.shape(have[p]))}" for p, e in want.items()
-             if p in have and tuple(np.shape(have[p])) != _to_jax(
-                 np.empty(e.torch_shape, np.uint8)).shape]
+             if p in have and tuple(np.shape(have[p])) != _jax_shape(e.torch_shape)]
     if missing or extra or wrong:
         parts = [f"{what} {_listing(items)}" for what, items in
                  (("missing", missing), ("unexpected", extra), ("wrong shapes", wrong)) if items]
         raise fail(fn, "variables", f"the variables of create_model({name!r}, num_classes="
                    f"{num_classes})", "; ".join(parts))
-    return {e.key: np.array(_to_torch(np.asarray(have[e.path])), order="C", copy=True)
+    return {e.key: np.array(kernel_to_torch(np.asarray(have[e.path])), order="C", copy=True)
             for e in entries}
 
 
