@@ -1,8 +1,14 @@
 import ctypes
 import ctypes.util
 
-import jax
-import pytest
+# Before JAX creates its CPU backend: the code generator the suite compiles with (fast to
+# compile; tests/codegen.py says why, tests/test_codegen.py that it gives the same numbers).
+from tests import codegen
+
+CODEGEN = codegen.apply()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # The files with the longest tests (a notebook run, a subprocess that compiles the native
 # kernels or installs the wheel, a full timm architecture), run first: under xdist a long test
@@ -11,6 +17,7 @@ import pytest
 # order of the tests inside each file, and of every other file, is unchanged.
 SLOW_FIRST = (
     "tests/test_notebooks.py",
+    "tests/test_codegen.py",
     "tests/native/test_variants.py",
     "tests/native/test_cache.py",
     "tests/test_packaging.py",
@@ -18,6 +25,11 @@ SLOW_FIRST = (
     "tests/examples/",
     "tests/train/",
 )
+
+
+def pytest_report_header(config):
+    return (f"XLA:CPU code generator: {CODEGEN} (ATTENTION_JAX_TEST_CODEGEN; XLA_FLAGS="
+            f"{codegen.os.environ.get('XLA_FLAGS', '')!r})")
 
 
 def pytest_collection_modifyitems(session, config, items):

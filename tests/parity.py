@@ -3,6 +3,7 @@ forward and gradients (w.r.t. the input and every parameter) compared in float32
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ __all__ = ["to_torch", "nhwc_to_nchw", "nchw_to_nhwc", "kernel_to_torch", "jax_t
            "check_linen_equals_nnx"]
 
 
+@jax.jit
 def randomize_batch_stats(variables: dict[str, Any], key: jax.Array) -> dict[str, Any]:
     """Non-trivial running statistics so eval-mode BatchNorm is actually exercised."""
     if "batch_stats" not in variables:
@@ -39,6 +41,7 @@ def randomize_batch_stats(variables: dict[str, Any], key: jax.Array) -> dict[str
     return {**variables, "batch_stats": jax.tree_util.tree_unflatten(tree, new)}
 
 
+@partial(jax.jit, static_argnames=("rel", "zero_scale"))
 def perturb_params(variables: dict[str, Any], key: jax.Array, rel: float = 0.2,
                    zero_scale: float = 0.1) -> dict[str, Any]:
     """Move every parameter off its initialisation: ``p + s * N(0, 1)``.
@@ -51,8 +54,8 @@ def perturb_params(variables: dict[str, Any], key: jax.Array, rel: float = 0.2,
     keys = jax.random.split(key, len(leaves))
     new = []
     for leaf, k in zip(leaves, keys, strict=True):
-        rms = float(jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32)))))
-        s = rel * rms if rms > 0 else zero_scale
+        rms = jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32))))
+        s = jnp.where(rms > 0, rel * rms, zero_scale).astype(leaf.dtype)
         new.append(leaf + s * jax.random.normal(k, leaf.shape, leaf.dtype))
     return {**variables, "params": jax.tree_util.tree_unflatten(tree, new)}
 
@@ -90,19 +93,19 @@ def check_module_parity(
     x = jnp.asarray(x, jnp.float32)
     k_init, k_stats, k_cot = jax.random.split(jax.random.key(seed), 3)
     if variables is None:
-        variables = module.init(k_init, x, **apply_kwargs)
+        variables = jax.jit(partial(module.init, **apply_kwargs))(k_init, x)
         variables = randomize_batch_stats(dict(variables), k_stats)
     load_into_torch(torch_module, variables)
     torch_module.eval()
 
-    y = module.apply(variables, x, **apply_kwargs)
-    cot = jax.random.normal(k_cot, y.shape, jnp.float32)
-
-    def loss(params, x):
-        out = module.apply({**variables, "params": params}, x, **apply_kwargs)
+    def loss(params, others, x, cot):
+        out = module.apply({**others, "params": params}, x, **apply_kwargs)
         return jnp.sum(out * cot)
 
-    g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+    y = jax.jit(partial(module.apply, **apply_kwargs))(variables, x)
+    cot = jax.random.normal(k_cot, y.shape, jnp.float32)
+    others = {k: v for k, v in variables.items() if k != "params"}
+    g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 2)))(variables["params"], others, x, cot)
 
     xt = nhwc_to_nchw(x).requires_grad_(True)
     yt = torch_module(xt)
@@ -129,11 +132,13 @@ def check_module_parity(
 def check_linen_equals_nnx(linen_module, nnx_module, x, variables, *, apply_kwargs=None,
                            atol: float = 0.0) -> None:
     """The nnx module, loaded with the linen variables, gives the same output (eval mode)."""
+    from flax import nnx
+
     from attention_jax import load_linen_variables
 
     load_linen_variables(nnx_module, variables)
     if hasattr(nnx_module, "eval"):
         nnx_module.eval()
-    a = linen_module.apply(variables, x, **(apply_kwargs or {}))
-    b = nnx_module(x)
+    a = jax.jit(partial(linen_module.apply, **(apply_kwargs or {})))(variables, x)
+    b = nnx.jit(lambda m, x: m(x))(nnx_module, x)
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=atol or 1e-6)

@@ -15,6 +15,8 @@ import nbclient
 import nbformat
 import pytest
 
+from tests import codegen
+
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = [
@@ -56,6 +58,10 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # Headless plotting, and a scratch working directory: a notebook writes nothing into the repo.
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tensorflow_datasets"))
+    # XLA's default code generator, as a reader's kernel has: the notebooks train small nets and
+    # spend their time running, not compiling (the suite's fast one made them 2x slower).
+    for key, value in codegen.default_env().items():
+        monkeypatch.setenv(key, value)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",

@@ -86,7 +86,7 @@ def test_default_reference_parity_and_nnx(name, c):
     x = X if c == C else X_ROUND
     m = aj.create_attention(name, c)
     k_init, k_stats, k_perturb = jax.random.split(jax.random.key(0), 3)
-    v = randomize_batch_stats(dict(m.init(k_init, x)), k_stats)
+    v = randomize_batch_stats(dict(jax.jit(m.init)(k_init, x)), k_stats)
     v = perturb_params(v, k_perturb)
     check_module_parity(m, REFERENCES[name](c), x, variables=v, rtol=1e-4, atol_rel=1e-5,
                         zero_grads=ZERO_GRADS.get(name, ()))
