@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as tF
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
 from attention_jax.torch_reference import channel as R
+from tests.gradcheck import check_grads
 from tests.parity import assert_close, nchw_to_nhwc, nhwc_to_nchw
 
 RNG = np.random.default_rng(0)

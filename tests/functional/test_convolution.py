@@ -18,10 +18,10 @@ import pytest
 import torch
 from flax import nnx
 from jax import lax
-from jax.test_util import check_grads
 
 from attention_jax.functional import convolution as conv_mod
 from attention_jax.functional.convolution import conv_general_dilated
+from tests.gradcheck import check_grads
 from tests.parity import assert_close, kernel_to_torch, nchw_to_nhwc, nhwc_to_nchw
 
 RNG = np.random.default_rng(0)

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from tests.gradcheck import check_grads
 
 
 @pytest.mark.parametrize(

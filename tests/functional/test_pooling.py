@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as tF
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from tests.gradcheck import check_grads
 from tests.parity import assert_close, nchw_to_nhwc, nhwc_to_nchw
 
 X = np.random.default_rng(0).normal(size=(2, 5, 7, 6)).astype(np.float32)

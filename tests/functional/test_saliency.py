@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from tests.gradcheck import check_grads
 from tests.parity import assert_close
 
 RNG = np.random.default_rng(0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as tF
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from tests.gradcheck import check_grads
 from tests.parity import assert_close
 
 COMBOS = list(itertools.product(("bilinear", "nearest", "bicubic"),

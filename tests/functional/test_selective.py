@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
 from attention_jax.torch_reference.selective import RSoftMax
+from tests.gradcheck import check_grads
 from tests.parity import assert_close, kernel_to_torch, to_torch
 
 RNG = np.random.default_rng(0)
@@ -161,9 +161,13 @@ def test_split_attention_matches_official_formula(radix, card):
 
 
 def test_split_attention_grads(x64):
+    # Its own generator (the module's RNG gave inputs that depended on which tests ran before
+    # in the worker) and eps = 1e-6: the ReLU in the attention branch has a kink, and the
+    # default eps = 1e-4 central difference straddled one for some inputs (0.35% off).
     wc, w1, w2 = _splat_params()
-    x = jnp.asarray(RNG.normal(size=(2, 4, 4, 8)))
-    check_grads(lambda *a: _splat(*a, 2, 2), (x, wc, w1, w2), order=1, modes=("rev",))
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 4, 4, 8)))
+    check_grads(lambda *a: _splat(*a, 2, 2), (x, wc, w1, w2), order=1, modes=("rev",),
+                eps=1e-6)
 
 
 def test_split_attention_jit_vmap():

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.test_util import check_grads
 
 from attention_jax import functional as F
+from tests.gradcheck import check_grads
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(2, 7, 9, 3)).astype(np.float32)
