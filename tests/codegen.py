@@ -3,8 +3,8 @@
 Most of the suite's time is XLA compiling small programs (about 26,000 compiles in a run, each
 jitted function and, op by op, each new primitive and shape), not running them. XLA's default
 code generator spends most of a small compile in LLVM's optimisation pipeline and in the MLIR
-fusion emitters; two flags take it to the LLVM-unoptimised, classic elemental emitter, and a
-fresh-clone ``make test`` from 1,224 s of pytest to 663 s (2-core AMD EPYC VM, 2026-12-01):
+fusion emitters; two flags take it to the LLVM-unoptimised, classic elemental emitter, and the
+whole suite from 1,224 s of pytest to 663 s (same checkout, 2-core AMD EPYC VM, 2026-12-01):
 
 * ``--xla_backend_optimization_level=0``: LLVM at -O0 (no vectorisation, no inlining);
 * ``--xla_cpu_use_fusion_emitters=false``: fusions through XLA's elemental IR emitter.
