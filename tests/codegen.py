@@ -23,7 +23,7 @@ one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 FAST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 CHOICES = ("fast", "default")
@@ -57,7 +57,7 @@ def default_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return env
 
 
-def apply(environ: dict[str, str] | os._Environ = os.environ) -> str:
+def apply(environ: MutableMapping[str, str] = os.environ) -> str:
     """Set ``XLA_FLAGS`` for this process (and the subprocesses it starts) from the choice.
 
     Must run before JAX creates its CPU backend (``XLA_FLAGS`` is read then): the top of

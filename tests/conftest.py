@@ -1,5 +1,6 @@
 import ctypes
 import ctypes.util
+import os
 
 # Before JAX creates its CPU backend: the code generator the suite compiles with (fast to
 # compile; tests/codegen.py says why, tests/test_codegen.py that it gives the same numbers).
@@ -29,7 +30,7 @@ SLOW_FIRST = (
 
 def pytest_report_header(config):
     return (f"XLA:CPU code generator: {CODEGEN} (ATTENTION_JAX_TEST_CODEGEN; XLA_FLAGS="
-            f"{codegen.os.environ.get('XLA_FLAGS', '')!r})")
+            f"{os.environ.get('XLA_FLAGS', '')!r})")
 
 
 def pytest_collection_modifyitems(session, config, items):
