@@ -11,6 +11,12 @@ CODEGEN = codegen.apply()
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# Lowerings share MLIR contexts (tests/lowering.py says why, tests/test_lowering.py that the
+# programs are the same).
+from tests import lowering  # noqa: E402
+
+MLIR_CONTEXT = lowering.install()
+
 # The files with the longest tests (a notebook run, a subprocess that compiles the native
 # kernels or installs the wheel, a full timm architecture), run first: under xdist a long test
 # that starts last keeps its worker busy while the other one idles (`make test` runs with
@@ -29,8 +35,9 @@ SLOW_FIRST = (
 
 
 def pytest_report_header(config):
-    return (f"XLA:CPU code generator: {CODEGEN} (ATTENTION_JAX_TEST_CODEGEN; XLA_FLAGS="
-            f"{os.environ.get('XLA_FLAGS', '')!r})")
+    return [f"XLA:CPU code generator: {CODEGEN} (ATTENTION_JAX_TEST_CODEGEN; XLA_FLAGS="
+            f"{os.environ.get('XLA_FLAGS', '')!r})",
+            f"MLIR contexts: {MLIR_CONTEXT} (ATTENTION_JAX_TEST_MLIR_CONTEXT)"]
 
 
 def pytest_collection_modifyitems(session, config, items):
