@@ -19,6 +19,7 @@ Nothing here downloads.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from collections.abc import Mapping
@@ -223,9 +224,45 @@ def _abstract_variables(model: Any, plan: Any) -> dict[str, Any]:
     return jax.eval_shape(model.init, jax.random.key(0), x)
 
 
+_ENTRIES_KEPT = 32
+_entries_cache: collections.OrderedDict[Any, tuple[tuple[_Entry, ...], Any, Any]] = (
+    collections.OrderedDict())
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for an override: sequences as tuples, each value with its type (so
+    ``True``, ``1`` and ``1.0``, which validate differently, are different keys)."""
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, tuple(_frozen(v) for v in value)
+    return type(value).__name__, value
+
+
 def _entries(fn: str, name: str, num_classes: int | None,
-             overrides: Mapping[str, Any]) -> tuple[list[_Entry], Any, Any]:
-    """The model's variables with their timm keys, in forward order (timm's module order)."""
+             overrides: Mapping[str, Any]) -> tuple[tuple[_Entry, ...], Any, Any]:
+    """The model's variables with their timm keys, in forward order (timm's module order).
+
+    Kept for the last ``_ENTRIES_KEPT`` architectures: finding them traces the model's ``init``
+    (about a second for a ResNet-101 on a 2-core CPU), and a loaded checkpoint is often
+    exported again or compared (load, export, load: three calls for one model).
+    """
+    try:
+        key = (name, num_classes, tuple(sorted((k, _frozen(v)) for k, v in overrides.items())))
+        hash(key)
+    except TypeError:  # an unhashable override: computed each time
+        key = None
+    if key is not None and key in _entries_cache:
+        _entries_cache.move_to_end(key)
+        return _entries_cache[key]
+    result = _find_entries(fn, name, num_classes, overrides)
+    if key is not None:
+        _entries_cache[key] = result
+        while len(_entries_cache) > _ENTRIES_KEPT:
+            _entries_cache.popitem(last=False)
+    return result
+
+
+def _find_entries(fn: str, name: str, num_classes: int | None,
+                  overrides: Mapping[str, Any]) -> tuple[tuple[_Entry, ...], Any, Any]:
     info, model, plan = _model_and_plan(fn, name, num_classes, overrides)
     modules = _module_keys(info.timm_layout, plan)
     position = {m: i for i, m in enumerate(modules)}
@@ -246,7 +283,7 @@ def _entries(fn: str, name: str, num_classes: int | None,
             ranks[key] = (position[module], [_inner_rank(kind, m) for m in inner_names],
                           _LEAF_RANK[_LEAF[leaf_name]])
     entries.sort(key=lambda e: ranks[e.key])
-    return entries, model, plan
+    return tuple(entries), model, plan
 
 
 def timm_key_map(name: str, *, num_classes: int | None = 1000,

@@ -297,3 +297,25 @@ def test_key_map_names_timm_modules():
     assert not any(k.startswith("params/fc") for k in m)
     assert timm_key_map("resnest14d")["params/layer2_0/downsample_conv/kernel"] == \
         "layer2.0.downsample.1.weight"
+
+
+def test_key_maps_are_kept_per_architecture_and_arguments_are_still_checked():
+    """The variables-to-keys table is found once per architecture (tracing ``init``), then
+    kept: the same answer again, a different one for different overrides, and an override that
+    equals a kept one but has the wrong type (``1.0`` or ``True`` for ``1``) is still refused."""
+    from attention_jax.interop import timm as timm_interop
+
+    timm_interop._entries_cache.clear()
+    small = timm_key_map("resnet18", layers=(1, 1, 1, 1))
+    assert len(timm_interop._entries_cache) == 1
+    assert timm_key_map("resnet18", layers=(1, 1, 1, 1)) == small
+    assert len(timm_interop._entries_cache) == 1
+    assert len(timm_key_map("resnet18", layers=(1, 1, 2, 1))) > len(small)
+    assert len(timm_interop._entries_cache) == 2
+    for bad in (1.0, True):
+        with pytest.raises(ValueError, match=rf"timm_key_map: layers must be an integer >= 1, "
+                                             rf"got {bad}"):
+            timm_key_map("resnet18", layers=(1, 1, 1, bad))
+    for i in range(timm_interop._ENTRIES_KEPT + 3):
+        timm_key_map("resnet18", layers=(1, 1, 1, 1), num_classes=i + 1)
+    assert len(timm_interop._entries_cache) == timm_interop._ENTRIES_KEPT
