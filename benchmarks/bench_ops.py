@@ -5,8 +5,9 @@ Run: ``.venv/bin/python benchmarks/bench_ops.py`` (``--batch-sizes``, ``--repeat
 
 A mechanism row of the quick sweep may stay above PyTorch only by the ratio of XLA:CPU's own
 bare operation at the same shapes (issue 15). This script times those operations alone: the
-convolutions of ASPP, SK, split attention, PFA, the STN localisation net and CBAM's spatial
-gate (7x7, two channels in, one out), and the attention core of the self-attention rows,
+convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial
+gate (7x7, two channels in, one out) and BAM's dilated 4 -> 4 convolutions, and the attention
+core of the self-attention rows,
 forward and forward+backward (gradients w.r.t. the input and the weights for a fixed random
 cotangent), each as
 
@@ -94,6 +95,7 @@ OPS: tuple[Conv | Attention, ...] = (
     Conv("stn", 28, 1, 8),
     Conv("stn", 14, 8, 16),
     Conv("cbam", 28, 2, 1, k=7),
+    Conv("bam", 28, 4, 4, dilation=4),
     Attention("attention", 1, 256, 64),
     Attention("mhsa2d", 8, 196, 16),
     Attention("nl", 1, 196, 64),

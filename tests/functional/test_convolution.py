@@ -92,8 +92,10 @@ def test_many_groups_and_plain_convs_are_xla_own():
 
 
 def test_sparse_dilated_conv_runs_by_regions_on_cpu():
-    # ASPP rate 18 on a 28x28 map: a third of the taps read the input.
-    x, kern = _arrays(1, 28, 28, 4, 3, 4, 1)
+    # ASPP rate 18 on a 28x28 map: a third of the taps read the input (more than SMALL_CHANNELS
+    # channels: with up to FEW_CHANNELS the band below takes it, and the dense case with up to
+    # SMALL_CHANNELS the patches).
+    x, kern = _arrays(1, 28, 28, 32, 3, 32, 1)
     pad = ((18, 18), (18, 18))
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), pad, rhs_dilation=(18, 18),
                                           dimension_numbers=NHWC)
@@ -131,9 +133,51 @@ def test_small_channel_conv_is_one_matmul_on_cpu():
     assert not _convs(grad)
     cuda = jax.export.export(jax.jit(f), platforms=["cuda"])(x, kern).mlir_module()
     assert len(_convs(cuda)) == 1
-    # fewer than MIN_PATCH_OUT outputs (CBAM's 2 -> 1 gate): XLA's own
-    x1, k1 = _arrays(2, 14, 14, 2, 7, 1, 1)
+    # fewer than MIN_PATCH_OUT outputs and more than FEW_CHANNELS inputs: XLA's own
+    x1, k1 = _arrays(2, 14, 14, 16, 3, 1, 1)
     assert len(_convs(_lowered(f, x1, k1))) == 1
+
+
+def _dots(text: str) -> int:
+    return text.count("stablehlo.dot_general")
+
+
+@pytest.mark.parametrize("cin,cout,k,dil,w", [(2, 1, 7, 1, 14), (4, 4, 3, 4, 14),
+                                              (1, 3, 3, 2, 150)])
+def test_few_channel_conv_is_a_banded_matmul_on_cpu(cin, cout, k, dil, w):
+    # CBAM's 2 -> 1 7x7 gate, BAM's 4 -> 4 dilated convs (and 150 columns: three blocks): no
+    # convolution, the band built from the kernel and one matmul; reverse mode is matmuls too;
+    # GPU/TPU keep the one convolution.
+    x, kern = _arrays(2, 9, w, cin, k, cout, 1)
+    p = k // 2 * dil
+    f = lambda a, b: conv_general_dilated(a, b, (1, 1), ((p, p), (p, p)),
+                                          rhs_dilation=(dil, dil), dimension_numbers=NHWC)
+    text = _lowered(f, x, kern)
+    assert not _convs(text) and _dots(text) == 2
+    grad = _lowered(jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), (0, 1)), x, kern)
+    assert not _convs(grad) and _dots(grad) >= 4
+    for platform in ("cuda", "tpu"):
+        text = jax.export.export(jax.jit(f), platforms=[platform])(x, kern).mlir_module()
+        assert len(_convs(text)) == 1, platform
+
+
+def test_few_channel_form_bounds():
+    # Strided, grouped, one tap, more than FEW_CHANNELS, 1-D or bf16: not the band.
+    f = lambda a, b, s=1, g=1: conv_general_dilated(a, b, (s, s), "SAME", dimension_numbers=NHWC,
+                                                    feature_group_count=g)
+    x, kern = _arrays(1, 10, 10, 2, 3, 2, 1)
+    assert not _convs(_lowered(f, x, kern))
+    assert f(x[:0], kern).shape == (0, 10, 10, 2)  # an empty batch: the band, empty
+    assert _convs(_lowered(functools.partial(f, s=2), x, kern))
+    assert _convs(_lowered(functools.partial(f, g=2), x, _arrays(1, 10, 10, 2, 3, 2, 2)[1]))
+    assert _convs(_lowered(f, *_arrays(1, 10, 10, 2, 1, 2, 1)))
+    few = conv_mod.FEW_CHANNELS
+    assert _convs(_lowered(f, *_arrays(1, 10, 10, few + 1, 3, 1, 1)))
+    assert _convs(_lowered(f, *_arrays(1, 10, 10, 1, 3, few + 1, 1)))
+    assert _convs(_lowered(f, x.astype(jnp.bfloat16), kern.astype(jnp.bfloat16)))
+    g = lambda a, b: conv_general_dilated(a, b, (1,), "SAME", dimension_numbers=("NWC", "WIO",
+                                                                                 "NWC"))
+    assert _convs(_lowered(g, x[:, 0], kern[0]))
 
 
 def test_gpu_and_tpu_lowerings_keep_the_one_convolution():
@@ -193,6 +237,11 @@ CONFIGS = [
     (10, 9, 1, 3, 8, 1, 1, 1, "SAME"),  # small channels: patches (STN's first conv)
     (11, 12, 8, 3, 16, 1, 2, 2, ((3, 1), (0, 2))),  # patches, strided, dilated, uneven pads
     (9, 9, 16, 5, 16, 2, 1, 1, "VALID"),  # split into groups of 8 -> 8, each by patches
+    (10, 9, 2, 7, 1, 1, 1, 1, "SAME"),  # few channels: the band (CBAM's gate)
+    (9, 11, 3, 3, 2, 1, 1, 2, ((0, 3), (4, 1))),  # band, dilated, uneven pads
+    (9, 11, 2, 3, 3, 1, 1, 1, ((-1, 2), (2, -2))),  # band, negative padding
+    (5, 70, 2, 3, 1, 1, 1, 3, ((3, 3), (3, 0))),  # band, two blocks of columns
+    (12, 7, 8, 3, 8, 1, 1, 9, ((9, 9), (9, 9))),  # regions with more than FEW_CHANNELS
 ]
 
 
@@ -209,7 +258,8 @@ def test_matches_lax_forward_and_gradients(cfg):
 
 
 def test_configs_exercise_every_form():
-    # The configurations above reach the split, the regions and XLA's own convolution.
+    # The configurations above reach the split, the regions, the patches, the band and XLA's
+    # own convolution.
     seen = set()
     for h, w, cin, k, cout, groups, s, d, pad in CONFIGS:
         x, kern = _arrays(1, h, w, cin, k, cout, groups)
@@ -220,11 +270,13 @@ def test_configs_exercise_every_form():
         n = len(_convs(text))
         if groups > 1 and "feature_group_count" not in text:
             seen.add("split")
-        if n == 0 and "stablehlo.dot_general" in text:
+        if n == 0 and _dots(text) == 1:  # the patch matrix times the kernel
             seen.add("patches")
+        elif n == 0 and _dots(text) == 2:  # the band built from the kernel, the matmul
+            seen.add("band")
         elif groups == 1:
             seen.add("regions" if n > 1 else "xla")
-    assert seen == {"split", "regions", "xla", "patches"}, seen
+    assert seen == {"split", "regions", "xla", "patches", "band"}, seen
 
 
 def _torch_conv(x, kern, stride, dilation, padding, groups):
@@ -235,18 +287,20 @@ def _torch_conv(x, kern, stride, dilation, padding, groups):
     return xt, kt, yt
 
 
-@pytest.mark.parametrize("h,cin,cout,groups,stride,dilation", [
-    (28, 64, 128, 2, 1, 1),  # splat (quick sweep)
-    (14, 32, 32, 32, 1, 1),  # one channel per group but <= MAX_SPLIT_GROUPS
-    (13, 16, 8, 4, 2, 1),
-    (28, 8, 8, 1, 1, 18),  # ASPP rate 18
-    (28, 8, 8, 1, 1, 12),
-    (10, 8, 8, 2, 2, 6),
-    (7, 8, 8, 1, 1, 12),
+@pytest.mark.parametrize("h,cin,cout,groups,stride,dilation,k", [
+    (28, 64, 128, 2, 1, 1, 3),  # splat (quick sweep)
+    (14, 32, 32, 32, 1, 1, 3),  # one channel per group but <= MAX_SPLIT_GROUPS
+    (13, 16, 8, 4, 2, 1, 3),
+    (28, 8, 8, 1, 1, 18, 3),  # ASPP rate 18
+    (28, 8, 8, 1, 1, 12, 3),
+    (10, 8, 8, 2, 2, 6, 3),
+    (7, 8, 8, 1, 1, 12, 3),
+    (28, 2, 1, 1, 1, 1, 7),  # CBAM's spatial gate: the band
+    (28, 4, 4, 1, 1, 4, 3),  # BAM's dilated convs (64 channels, reduction 16): the band
 ])
-def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation):
-    x, kern = _arrays(2, h, h, cin, 3, cout, groups)
-    p = dilation
+def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation, k):
+    x, kern = _arrays(2, h, h, cin, k, cout, groups)
+    p = dilation * (k // 2)
     f = lambda a, b: conv_general_dilated(a, b, (stride, stride), ((p, p), (p, p)),
                                           rhs_dilation=(dilation, dilation),
                                           dimension_numbers=NHWC, feature_group_count=groups)
@@ -262,7 +316,8 @@ def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation):
 
 @pytest.mark.parametrize("dn,xshape,kshape,pad,dil,groups", [
     (None, (2, 6, 9, 10), (6, 3, 3, 3), ((2, 2), (2, 2)), (1, 1), 2),  # NCHW / OIHW default
-    (("NWC", "WIO", "NWC"), (2, 14, 4), (3, 4, 4), ((12, 12),), (12,), 1),  # 1-D, regions
+    (("NWC", "WIO", "NWC"), (2, 14, 6), (3, 6, 6), ((12, 12),), (12,), 1),  # 1-D, regions
+    (("NCHW", "OIHW", "NCHW"), (2, 3, 9, 8), (2, 3, 5, 5), ((2, 1), (3, 2)), (1, 2), 1),  # band
     (("NWC", "WIO", "NWC"), (2, 14, 6), (3, 2, 6), "SAME", (1,), 3),  # 1-D, split
     (("NDHWC", "DHWIO", "NDHWC"), (1, 5, 6, 7, 4), (3, 3, 3, 2, 4), ((4, 4),) * 3, (4, 4, 4), 2),
     (("NCHW", "HWIO", "NHWC"), (2, 4, 9, 9), (3, 3, 2, 6), "SAME", (1, 1), 2),
@@ -274,7 +329,7 @@ def test_other_dimension_numbers_and_ranks(dn, xshape, kshape, pad, dil, groups)
     kw = dict(rhs_dilation=dil, dimension_numbers=dn, feature_group_count=groups)
     ours = lambda a, b: conv_general_dilated(a, b, strides, pad, **kw)
     ref = lambda a, b: lax.conv_general_dilated(a, b, strides, pad, **kw)
-    assert len(_convs(_lowered(ours, x, kern))) > 1  # a CPU form, not XLA's own
+    assert len(_convs(_lowered(ours, x, kern))) != 1  # a CPU form, not XLA's own
     assert_close(jax.jit(ours)(x, kern), ref(x, kern))
     g = jax.grad(lambda a, b: jnp.sum(jnp.sin(ours(a, b))), (0, 1))(x, kern)
     g_ref = jax.grad(lambda a, b: jnp.sum(jnp.sin(ref(a, b))), (0, 1))(x, kern)
@@ -287,9 +342,10 @@ def test_other_dimension_numbers_and_ranks(dn, xshape, kshape, pad, dil, groups)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("groups,dil", [(2, 1), (1, 18)])
-def test_vmap_jvp_and_second_order(groups, dil, x64):
-    x, kern = _arrays(2, 20, 20, 4, 3, 4, groups, np.float64)
+@pytest.mark.parametrize("groups,dil,cin,cout", [(2, 1, 4, 4), (1, 18, 8, 8), (1, 2, 2, 3)])
+def test_vmap_jvp_and_second_order(groups, dil, cin, cout, x64):
+    # split per group; by regions (the custom JVP); the band
+    x, kern = _arrays(2, 20, 20, cin, 3, cout, groups, np.float64)
     pad = ((dil, dil), (dil, dil))
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), pad, rhs_dilation=(dil, dil),
                                           dimension_numbers=NHWC, feature_group_count=groups)
