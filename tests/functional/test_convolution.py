@@ -28,9 +28,10 @@ RNG = np.random.default_rng(0)
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _arrays(n, h, w, cin, k, cout, groups, dtype=np.float32):
-    x = RNG.standard_normal((n, h, w, cin)).astype(dtype)
-    kern = (RNG.standard_normal((k, k, cin // groups, cout)) / np.sqrt(k * k * cin)).astype(dtype)
+def _arrays(n, h, w, cin, k, cout, groups, dtype=np.float32, rng=None):
+    rng = RNG if rng is None else rng
+    x = rng.standard_normal((n, h, w, cin)).astype(dtype)
+    kern = (rng.standard_normal((k, k, cin // groups, cout)) / np.sqrt(k * k * cin)).astype(dtype)
     return jnp.asarray(x), jnp.asarray(kern)
 
 
@@ -344,8 +345,11 @@ def test_other_dimension_numbers_and_ranks(dn, xshape, kshape, pad, dil, groups)
 
 @pytest.mark.parametrize("groups,dil,cin,cout", [(2, 1, 4, 4), (1, 18, 8, 8), (1, 2, 2, 3)])
 def test_vmap_jvp_and_second_order(groups, dil, cin, cout, x64):
-    # split per group; by regions (the custom JVP); the band
-    x, kern = _arrays(2, 20, 20, cin, 3, cout, groups, np.float64)
+    # split per group; by regions (the custom JVP); the band. Inputs of their own seed, not the
+    # module's stream (whose draws depend on which tests ran before in the worker): the
+    # second-order finite differences below are within check_grads' 1e-5 for most inputs,
+    # not all (one stream position in 40 gave 2.5e-5 for the split case).
+    x, kern = _arrays(2, 20, 20, cin, 3, cout, groups, np.float64, rng=np.random.default_rng(1))
     pad = ((dil, dil), (dil, dil))
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), pad, rhs_dilation=(dil, dil),
                                           dimension_numbers=NHWC, feature_group_count=groups)
