@@ -274,22 +274,28 @@ def _check_mask_bias(fn: str, mask: Any, bias: Any, target: tuple[int, ...]) -> 
 
 def _masked_exp(s: jax.Array, mask: jax.Array | None,
                 guard: bool = True) -> tuple[jax.Array, jax.Array]:
-    """exp(s - rowmax) and its row sum (1 where the row is empty), for float32 ``s``.
+    """exp(s - rowmax) and its row sum (0.5 where the row is empty), for float32 ``s``.
 
     ``guard=False`` is for scores known to be finite (dot products of finite inputs, no mask,
     no bias): no row is then empty (the max contributes exp(0) = 1 to its sum), so the two
-    ``where`` guards are dropped. That is not only two passes less: XLA:CPU fuses a dot, max,
-    exp, sum, dot chain without selects into one YNNPACK subgraph that keeps the scores in
-    cache (3x faster at 256 heads of 196 tokens), and a select splits it into five passes.
+    guards are dropped. The guards are ``maximum``s, not ``where``s: XLA:CPU fuses a dot, max,
+    exp, sum, dot chain into one YNNPACK subgraph that keeps the scores in cache (3x faster at
+    256 heads of 196 tokens), and a select splits it into five passes; ``maximum`` does not
+    (with a bias, 8 heads of 196 tokens, batch 32: forward 38 -> 4.7 ms on an AMD EPYC Zen 5).
+    A row whose max is ``-inf`` (every key masked) gets ``m = finfo.min``, so ``s - m`` stays
+    ``-inf`` and its ``exp`` 0, instead of ``-inf - -inf = NaN``. A row with any key sums to at
+    least 1 (its max contributes ``exp(0) = 1``), an empty one to 0: the floor 0.5 tells them
+    apart with no tie (at a tie ``maximum`` splits the gradient) and keeps ``0 / denom`` and its
+    derivatives finite (a floor of ``finfo.tiny`` squares to 0 in the quotient rule: NaN).
     """
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf))
     if guard:
-        m = jnp.where(jnp.isfinite(m), m, 0.0)
+        m = jnp.maximum(m, jnp.finfo(s.dtype).min)
     e = jnp.exp(s - m)  # exp(-inf) = 0 with a zero gradient: no NaN from masked entries
     denom = jnp.sum(e, axis=-1, keepdims=True)
-    return e, jnp.where(denom > 0, denom, 1.0) if guard else denom
+    return e, jnp.maximum(denom, 0.5) if guard else denom
 
 
 def _masked_softmax(s: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -414,12 +420,61 @@ def _resolve_score(
     return q, k, lambda a, b: _dot(a, b, precision) * c, c
 
 
+def _sum_leading(g: jax.Array, lead: int) -> jax.Array:
+    """``g`` summed over its first ``lead`` axes, as a matmul with a vector of ones: XLA:CPU
+    sums over leading axes at ~1 GB/s (a (32, 8, 196, 196) float32 array: 37 ms against 0.4 ms
+    as a matmul on an AMD EPYC Zen 5), while a matmul streams the array once."""
+    rows = math.prod(g.shape[:lead])
+    ones = jnp.ones((rows,), g.dtype)
+    out = jnp.einsum("rx,r->x", g.reshape(rows, -1), ones, preferred_element_type=acc_dtype(g),
+                     precision=jax.lax.Precision.HIGHEST)
+    return out.astype(g.dtype).reshape(g.shape[lead:])
+
+
+def _add_leading(s: jax.Array, bias: jax.Array, lead: int) -> jax.Array:
+    """``s + bias`` for a ``bias`` of ``s``'s trailing shape (broadcast over ``lead`` leading
+    axes), whose gradient is summed by ``_sum_leading``."""
+    return s + bias
+
+
+def _add_leading_jvp(lead, primals, tangents):
+    # The bias tangent is broadcast as the transpose of ``_sum_leading``, so that reverse mode
+    # (which transposes the tangent map) sums the cotangent with ``_sum_leading`` as written.
+    s, bias = primals
+    ds, dbias = tangents
+    out = s + bias
+    zero = jax.custom_derivatives.SymbolicZero
+    tangent = None if isinstance(ds, zero) else ds
+    if not isinstance(dbias, zero):
+        spread = jax.linear_transpose(lambda g: _sum_leading(g, lead),
+                                      jax.ShapeDtypeStruct(out.shape, out.dtype))
+        (t_bias,) = spread(dbias)
+        tangent = t_bias if tangent is None else tangent + t_bias
+    return out, tangent
+
+
+_add_leading = jax.custom_jvp(_add_leading, nondiff_argnums=(2,))
+_add_leading.defjvp(_add_leading_jvp, symbolic_zeros=True)
+
+
+def _add_bias(s: jax.Array, bias: jax.Array) -> jax.Array:
+    """``s + bias`` (bias broadcastable to ``s``). A bias shared by the leading (batch) axes,
+    e.g. a relative-position bias (heads, Tq, Tk) on (N, heads, Tq, Tk) scores, takes
+    ``_add_leading``, so that its gradient's sum over the batch is a matmul on the CPU."""
+    while bias.ndim and bias.shape[0] == 1 and bias.ndim >= s.ndim:
+        bias = bias[0]  # leading unit axes: the same broadcast
+    lead = s.ndim - bias.ndim
+    if lead <= 0 or tuple(bias.shape) != tuple(s.shape[lead:]) or math.prod(s.shape[:lead]) < 2:
+        return s + bias
+    return _add_leading(s, bias, lead)
+
+
 def _direct(q, k, v, block, mask, bias, precision, finite=False):
     """``finite``: the scores are dot products (finite for finite inputs); with no mask or
     bias the softmax then needs no empty-row guards (see ``_masked_exp``)."""
     s = block(q, k)
     if bias is not None:
-        s = s + bias.astype(s.dtype)
+        s = _add_bias(s, bias.astype(s.dtype))
     # Normalise after the weighted sum: one (Tq, Dv) division instead of a (Tq, Tk) one.
     e, denom = _masked_exp(s, mask, guard=not (finite and mask is None and bias is None))
     out = jnp.einsum("...qk,...kd->...qd", e.astype(v.dtype), v, precision=precision,
