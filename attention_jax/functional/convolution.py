@@ -421,7 +421,6 @@ def _regions_conv_jvp(pads, bands, kw_items, primals, tangents):
     return out, dx + _regions(lhs, drhs, pads, bands, kw)
 
 
-
 def _band(lhs, rhs, pads, dil, dn, block):
     """A stride-1 2-D convolution as one matmul against a banded kernel: the input's rows for
     each kernel row, side by side (N, Ho, kh, Wp, C), times B (kh, Wp, C, Wo, O) with
