@@ -7,9 +7,8 @@ A mechanism row of the quick sweep may stay above PyTorch only by the ratio of X
 bare operation at the same shapes (issue 15). This script times those operations alone: the
 convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial
 gate (7x7, two channels in, one out) and BAM's dilated 4 -> 4 convolutions, and the attention
-core of the self-attention rows,
-forward and forward+backward (gradients w.r.t. the input and the weights for a fixed random
-cotangent), each as
+core of the self-attention rows, forward and forward+backward (gradients w.r.t. the input and
+the weights for a fixed random cotangent), each as
 
 * ``xla``: the plain JAX call (``lax.conv_general_dilated``; ``attention(implementation="xla")``
   for attention), i.e. what XLA:CPU does with the operation;

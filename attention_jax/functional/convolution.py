@@ -305,13 +305,26 @@ def _conv_one_group(lhs, rhs, *, pads, bands, patches, window_strides, rhs_dilat
                          tuple(sorted(kw.items(), key=lambda kv: kv[0])))
 
 
+def _nhwc(lhs, rhs, dn):
+    """The input as (N, H, W, C) and the kernel as (kh, kw, I, O), from ``dn``'s layouts."""
+    return (jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1])),
+            jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])))
+
+
+def _from_nhwc(out, dn):
+    """An (N, Ho, Wo, O) result in the output layout of ``dn``."""
+    perm = [0] * out.ndim
+    for src, dst in enumerate((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1])):
+        perm[dst] = src
+    return jnp.transpose(out, perm)
+
+
 def _patches_conv(lhs, rhs, strides, pads, *, rhs_dilation, dimension_numbers, precision,
                   preferred_element_type):
     """A 2-D convolution as one matmul: (N, Ho, Wo, kh*kw*Cin) patches (strided crops of the
     padded input, one per tap, side by side) times the (kh*kw*Cin, Cout) kernel."""
     dn = dimension_numbers
-    x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))  # N, H, W, C
-    w = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # kh, kw, I, O
+    x, w = _nhwc(lhs, rhs, dn)
     n, c = x.shape[0], x.shape[-1]
     (kh, kw), (sh, sw), (dh, dw) = w.shape[:2], strides, rhs_dilation
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
@@ -323,10 +336,7 @@ def _patches_conv(lhs, rhs, strides, pads, *, rhs_dilation, dimension_numbers, p
     out = lax.dot_general(lax.concatenate(taps, 3), w.reshape(kh * kw * c, -1),
                           (((3,), (0,)), ((), ())), precision=precision,
                           preferred_element_type=preferred_element_type)  # N, Ho, Wo, O
-    perm = [0] * 4  # back to the output layout of dimension_numbers
-    for src, dst in enumerate((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1])):
-        perm[dst] = src
-    return jnp.transpose(out, perm)
+    return _from_nhwc(out, dn)
 
 
 def _regions(lhs, rhs, pads, bands, kw):
@@ -427,17 +437,16 @@ def _band(lhs, rhs, pads, dil, dn, block):
     ``B[i, v, c, w, o] = rhs[i, j, c, o]`` where ``v = w + j * dilation`` (zero elsewhere).
     Outputs are taken ``block`` columns at a time (each block reads its columns plus the
     kernel's reach, and all blocks share one B), which bounds the zeros B multiplies."""
-    x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))  # N, H, W, C
-    w = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # kh, kw, C, O
-    (kh, kw), (dh, dw) = w.shape[:2], dil
-    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
-    n, hp, wp, c = x.shape
-    ho, wo = hp - (kh - 1) * dh, wp - (kw - 1) * dw
+    x, w = _nhwc(lhs, rhs, dn)  # (N, H, W, C), (kh, kw, C, O)
+    (n, h, wi, c), (kh, kw), (dh, dw) = x.shape, w.shape[:2], dil
+    ho = h + pads[0][0] + pads[0][1] - (kh - 1) * dh
+    wo = wi + pads[1][0] + pads[1][1] - (kw - 1) * dw
     nb = -(-wo // block) if wo > block else 1
     wb = block if nb > 1 else wo  # outputs per block
     win = wb + (kw - 1) * dw  # input columns per block
-    if nb > 1:  # widen the padded input so that the last block is whole
-        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] * 2 + [(0, nb * wb - wo, 0), (0, 0, 0)])
+    # the padding, widened on the right so that the last block is whole
+    wpad = (pads[1][0], pads[1][1] + nb * wb - wo, 0)
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pads[0], 0), wpad, (0, 0, 0)])
     rows = [lax.slice_in_dim(x, i * dh, i * dh + ho, axis=1) for i in range(kh)]
     cols = [lax.slice_in_dim(r, b * wb, b * wb + win, axis=2) for b in range(nb) for r in rows]
     xs = jnp.stack(cols, 2).reshape(n, ho, nb, kh, win, c)
@@ -446,9 +455,4 @@ def _band(lhs, rhs, pads, dil, dn, block):
         sel[j, np.arange(wb) + j * dw, np.arange(wb)] = 1
     band = jnp.einsum("ijco,jvw->ivcwo", w, jnp.asarray(sel, w.dtype))
     out = jnp.einsum("nhbivc,ivcwo->nhbwo", xs, band)
-    out = out.reshape(n, ho, nb * wb, w.shape[3])[:, :, :wo]
-    perm = [0] * 4  # back to the output layout of dimension_numbers
-    for src, dst in enumerate((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1])):
-        perm[dst] = src
-    return jnp.transpose(out, perm)
-
+    return _from_nhwc(out.reshape(n, ho, nb * wb, w.shape[3])[:, :, :wo], dn)
