@@ -121,3 +121,38 @@ def test_pool_bad_options_are_value_errors():
     with pytest.raises(ValueError, match=r"newton_schulz_sqrt: eps must be a positive finite "
                                          r"number, got inf"):
         F.newton_schulz_sqrt(a, eps=float("inf"))  # was a NaN output
+
+
+def _cpu_hlo(fn, x):
+    return jax.jit(fn).lower(x).compile().as_text()
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28, 64), (3, 4, 5, 2), (3, 20, 20, 128)])
+def test_global_avg_pool_both_forms_match_torch(shape):
+    # (1, 28, 28, 64) and (3, 4, 5, 2) take the CPU's matmul form, (3, 20, 20, 128) is above
+    # MATMUL_MEAN_MAX and keeps XLA's reduction; forward and input gradient against PyTorch.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape).astype(np.float32)
+    cot = rng.normal(size=(shape[0], shape[-1])).astype(np.float32)
+    xt = nhwc_to_nchw(x).requires_grad_()
+    yt = tF.adaptive_avg_pool2d(xt, 1).flatten(1)
+    yt.backward(torch.from_numpy(cot))
+    y, pullback = jax.vjp(jax.jit(F.global_avg_pool), jnp.asarray(x))
+    assert_close(y, yt.detach(), rtol=1e-6, atol_rel=1e-6)
+    assert_close(pullback(jnp.asarray(cot))[0], nchw_to_nhwc(xt.grad), rtol=1e-6, atol_rel=1e-6)
+    matmul = x.size <= F.pooling.MATMUL_MEAN_MAX
+    assert ("dot(" in _cpu_hlo(F.global_avg_pool, x)) == matmul
+
+
+def test_global_avg_pool_matmul_form_derivatives(x64):
+    # The matmul form's reverse mode is the mean's broadcast (XLA rewrites the transposed
+    # matmul, an outer product with ones); second order, jvp and vmap in float64.
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 3, 4, 5)))
+    assert "dot(" in _cpu_hlo(F.global_avg_pool, x)
+    grad = jax.grad(lambda a: jnp.sum(F.global_avg_pool(a) ** 2))
+    assert _cpu_hlo(grad, x).count(" dot(") == 1  # the forward's only
+    np.testing.assert_allclose(grad(x), np.broadcast_to(
+        2 * np.mean(np.asarray(x), (1, 2), keepdims=True) / 12, x.shape), rtol=1e-12)
+    check_grads(F.global_avg_pool, (x,), order=2, modes=["rev", "fwd"])
+    np.testing.assert_allclose(jax.vmap(F.global_avg_pool)(x[None])[0],
+                               np.mean(np.asarray(x), (1, 2)), rtol=1e-12)
