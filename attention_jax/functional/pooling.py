@@ -19,7 +19,7 @@ from attention_jax.functional._numerics import acc_dtype, amax, mean
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 # Up to this many elements, ``global_avg_pool`` of a float32/64 map is a matmul with ones on
-# the CPU (``_mean_hw``). Measured on an AMD EPYC Zen 5 (jaxlib 0.10), a (1, 28, 28, 64) map:
+# the CPU (``_mean_hw_matmul``). Measured on an AMD EPYC Zen 5 (jaxlib 0.10), a (1, 28, 28, 64) map:
 # XLA's reduction 60-100 us, the matmul 33 us, PyTorch 15-22 us; SE's forward at batch 1
 # 0.08-0.12 -> 0.05-0.07 ms. At batch 8 (400k elements) the two were even in the forward and
 # the matmul measured no better in forward+backward, so larger maps keep XLA's reduction.
@@ -60,30 +60,18 @@ def global_avg_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     if (x.dtype not in (jnp.float32, jnp.float64) or h * w < 2 or n * c == 0
             or x.size > MATMUL_MEAN_MAX):
         return mean(x, (1, 2), keepdims=keepdims)
-    out = _mean_hw(x)
+    out = jax.lax.platform_dependent(x, cpu=_mean_hw_matmul, default=lambda a: mean(a, (1, 2)))
     return out.reshape(n, 1, 1, c) if keepdims else out
-
-
-def _mean_hw_xla(x: jax.Array) -> jax.Array:
-    return jnp.mean(x, axis=(1, 2))
 
 
 def _mean_hw_matmul(x: jax.Array) -> jax.Array:
     # (N, 1, HW) ones times (N, HW, C), batched over N: YNNPACK's matmul streams the map once.
+    # Its gradient stays a broadcast (XLA rewrites the transposed matmul, an outer product).
     n, h, w, c = x.shape
     ones = jnp.ones((n, 1, h * w), x.dtype)
     s = jax.lax.dot_general(ones, x.reshape(n, h * w, c), (((2,), (1,)), ((0,), (0,))),
                             precision=_HIGHEST)
     return (s / (h * w)).reshape(n, c)
-
-
-def _mean_hw(x: jax.Array) -> jax.Array:
-    """The (N, C) mean of a float32/64 (N, H, W, C) map over H and W. On XLA:CPU a matmul with
-    ones: XLA hands the reduction to YNNPACK, which takes 60-100 us for a (1, 28, 28, 64) map
-    (PyTorch: 15-22 us; AMD EPYC Zen 5, jaxlib 0.10), the matmul 33 us. Its gradient stays a
-    broadcast (XLA rewrites the transposed matmul, an outer product with ones). Other backends
-    keep ``jnp.mean``."""
-    return jax.lax.platform_dependent(x, cpu=_mean_hw_matmul, default=_mean_hw_xla)
 
 
 @batch_dims(x=NHWC)
