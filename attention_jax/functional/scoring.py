@@ -68,12 +68,21 @@ CHUNKED_THRESHOLD = 2**24
 CPU_NATIVE_THRESHOLD = 2**22
 """On the CPU, ``attention(implementation="auto")`` runs the native kernel (where it applies)
 from this many score elements up, below ``CHUNKED_THRESHOLD`` too; other backends are
-unaffected. Measured on an AMD EPYC Zen 5 (one core, CPU time, 196-1024 tokens, D 16-64): the
+unaffected (read when a call is traced: assign another value to move the crossover).
+
+Measured on an AMD EPYC Zen 5 (AVX-512; one core, CPU time, 196-1024 tokens, D 16-64): the
 direct path's forward is one YNNPACK subgraph that keeps the scores in cache and beats the
 kernel's forward up to ~8M elements (1.3-1.7x faster), but its backward materialises
 (Tq, Tk) matrices and two transposed-operand matmuls, and from ~2.5M elements (10 MB of
 float32 scores) the kernel's forward+backward is faster (0.87x at 2.5M, 0.48x at 4.9M and
-9.8M). 2**22 (16 MB of scores) splits the difference, favouring training."""
+9.8M). 2**22 (16 MB of scores) splits the difference, favouring training.
+
+On an Intel Xeon (AVX-512, AMX; 2026-12-02, both cores, the quick benchmark's rows) the
+kernel's forward+backward is faster from far smaller maps (0.75-0.95x from 2**18 elements,
+0.6x at 2.1M: one head of 256 tokens, D 64, batch 32), but in the rows its forward is
+1.3-1.5x slower than the direct path's at 1.2-2.1M elements (non-local and DANet's position
+attention, batch 32), while their forward+backward gains only 7-10%: 2**22 stays for both
+CPUs."""
 
 _IMPLEMENTATIONS = ("auto", "xla", "chunked", "native")
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -473,7 +482,17 @@ def _add_bias(s: jax.Array, bias: jax.Array) -> jax.Array:
 
 def _direct(q, k, v, block, mask, bias, precision, finite=False):
     """``finite``: the scores are dot products (finite for finite inputs); with no mask or
-    bias the softmax then needs no empty-row guards (see ``_masked_exp``)."""
+    bias the softmax then needs no empty-row guards (see ``_masked_exp``), and the leading
+    dims (when q, k and v share them) are flattened into one batch axis: XLA:CPU runs the
+    fused dot/softmax/dot with several batch axes, one of them of size 1, 2-5x slower (the
+    forward of (32, 1, 256, 64) attention 5.6 ms against 2.8 ms as (32, 256, 64); (32, 1, 8,
+    196, 16) 41 against 7.3 ms; Intel Xeon, 2026-12-02)."""
+    lead = q.shape[:-2]
+    if (finite and mask is None and bias is None and len(lead) > 1
+            and k.shape[:-2] == v.shape[:-2] == lead):
+        flat = lambda a: a.reshape((math.prod(lead),) + a.shape[-2:])
+        out = _direct(flat(q), flat(k), flat(v), block, None, None, precision, finite)
+        return out.reshape(lead + out.shape[-2:])
     s = block(q, k)
     if bias is not None:
         s = _add_bias(s, bias.astype(s.dtype))

@@ -86,3 +86,54 @@ def test_auto_takes_native_on_cpu_between_the_thresholds():
     # and the values agree with the direct path
     q, k, v = _n(8, 8, 320, 16), _n(8, 8, 320, 16), _n(8, 8, 320, 16)
     assert_close(jax.jit(f)(q, k, v), F.attention(q, k, v, implementation="xla"))
+
+
+def _dot_batch_dims(fn, *args) -> list[int]:
+    eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
+    return [len(e.params["dimension_numbers"][1][0]) for e in eqns
+            if e.primitive.name == "dot_general"]
+
+
+@pytest.mark.parametrize("score", ["dot", "scaled_dot", "cosine"])
+def test_direct_flattens_shared_leading_dims_into_one_batch_axis(score):
+    # XLA:CPU runs the fused attention with several batch axes, one of size 1, 2-5x slower:
+    # the direct path's dots get one batch axis, values and gradients as PyTorch's.
+    q, k, v, ct = _n(2, 1, 3, 20, 8), _n(2, 1, 3, 24, 8), _n(2, 1, 3, 24, 5), _n(2, 1, 3, 20, 5)
+    f = lambda q, k, v: F.attention(q, k, v, score=score, implementation="xla")
+    assert _dot_batch_dims(f, q, k, v) == [1, 1]
+    backward = _dot_batch_dims(lambda q, k, v: jax.vjp(f, q, k, v)[1](ct), q, k, v)
+    assert len(backward) >= 4 and set(backward) == {1}
+    qt, kt, vt = (torch.from_numpy(np.array(a)).requires_grad_(True) for a in (q, k, v))
+    if score == "cosine":
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            torch.nn.functional.normalize(qt, dim=-1, eps=1e-6),
+            torch.nn.functional.normalize(kt, dim=-1, eps=1e-6), vt, scale=1.0)
+    else:
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, scale=None if score == "scaled_dot" else 1.0)
+    out, pullback = jax.vjp(f, q, k, v)
+    assert out.shape == (2, 1, 3, 20, 5)
+    assert_close(out, ref.detach().numpy())
+    ref.backward(torch.from_numpy(np.array(ct)))
+    for g, t in zip(pullback(ct), (qt, kt, vt), strict=True):
+        assert_close(g, t.grad.numpy())
+
+
+def test_direct_keeps_leading_dims_when_they_differ_or_the_score_is_a_callable():
+    # Broadcast leading dims (k, v shared over q's first axis) stay broadcast (einsum's
+    # own handling), and a callable score sees the caller's leading dims (it may hold
+    # per-head parameters).
+    q, k, v = _n(2, 3, 20, 8), _n(1, 3, 24, 8), _n(1, 3, 24, 5)
+    f = lambda q, k, v: F.attention(q, k, v, implementation="xla")
+    assert "f32[2,3,24," not in str(jax.make_jaxpr(f)(q, k, v))  # k, v never at full batch
+    kb, vb = jnp.broadcast_to(k, (2, 3, 24, 8)), jnp.broadcast_to(v, (2, 3, 24, 5))
+    assert_close(f(q, k, v), f(q, kb, vb))
+    per_head = _n(3, 1, 1)
+    seen = []
+
+    def score(a, b):
+        seen.append(a.shape)
+        return jnp.einsum("...qd,...kd->...qk", a, b) * per_head
+    q4 = _n(2, 3, 20, 8)
+    out = F.attention(q4, kb, vb, score=score, implementation="xla")
+    assert seen and all(len(s) == 4 for s in seen) and out.shape == (2, 3, 20, 5)
