@@ -6,15 +6,16 @@ Run: ``.venv/bin/python benchmarks/bench_ops.py`` (``--batch-sizes``, ``--repeat
 A mechanism row of the quick sweep may stay above PyTorch only by the ratio of XLA:CPU's own
 bare operation at the same shapes (issue 15). This script times those operations alone: the
 convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial
-gate (7x7, two channels in, one out) and BAM's dilated 4 -> 4 convolutions, and the attention
-core of the self-attention rows, forward and forward+backward (gradients w.r.t. the input and
-the weights for a fixed random cotangent), each as
+gate (7x7, two channels in, one out) and BAM's dilated 4 -> 4 convolutions, the attention
+core of the self-attention rows and the batched matmuls of DANet's channel attention, forward
+and forward+backward (gradients w.r.t. the input and the weights for a fixed random
+cotangent), each as
 
 * ``xla``: the plain JAX call (``lax.conv_general_dilated``; ``attention(implementation="xla")``
-  for attention), i.e. what XLA:CPU does with the operation;
+  for attention, ``jnp.matmul``), i.e. what XLA:CPU does with the operation;
 * ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
   ``attention(implementation="auto")``);
-* ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention``.
+* ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm``.
 
 The three are timed alternately in one process (round-robin repeats, each the mean of enough
 calls to last ``--min-repeat-s``), so a shared machine's drifts hit all of them; the table gives
@@ -81,7 +82,21 @@ class Attention:
         return f"attention h{self.heads} t{self.tokens} d{self.depth} {self.score}"
 
 
-OPS: tuple[Conv | Attention, ...] = (
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+    """A batched matmul (N, m, k) @ (N, k, n): DANet's channel attention (energy and attend)."""
+
+    row: str
+    m: int
+    k: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"bmm {self.m}x{self.k} @ {self.k}x{self.n}"
+
+
+OPS: tuple[Conv | Attention | Matmul, ...] = (
     Conv("aspp", 28, 64, 64, dilation=6),
     Conv("aspp", 28, 64, 64, dilation=12),
     Conv("aspp", 28, 64, 64, dilation=18),
@@ -99,6 +114,8 @@ OPS: tuple[Conv | Attention, ...] = (
     Attention("mhsa2d", 8, 196, 16),
     Attention("nl", 1, 196, 64),
     Attention("pam", 1, 196, 16, "dot"),
+    Matmul("cam", 128, 196, 128),
+    Matmul("cam", 128, 128, 196),
 )
 
 
@@ -160,6 +177,32 @@ def _attention_fns(op: Attention, batch: int, rng: np.random.Generator) -> dict[
     return fns
 
 
+def _matmul_fns(op: Matmul, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    a, b, ct = (rng.standard_normal(shape, dtype=np.float32) for shape in (
+        (batch, op.m, op.k), (batch, op.k, op.n), (batch, op.m, op.n)))
+    args, cj = (jnp.asarray(a), jnp.asarray(b)), jnp.asarray(ct)
+    fwd = jax.jit(jnp.matmul).lower(*args).compile()
+    fb = jax.jit(lambda a, b, c: jax.vjp(jnp.matmul, a, b)[1](c)).lower(*args, cj).compile()
+    fns: dict[str, Callable] = {}
+    for name in ("xla", "ours"):  # the library calls XLA's batched dot as it is
+        fns[f"{name} fwd"] = lambda: jax.block_until_ready(fwd(*args))
+        fns[f"{name} f+b"] = lambda: jax.block_until_ready(fb(*args, cj))
+    at, bt = (torch.from_numpy(x).requires_grad_(True) for x in (a, b))
+    ctt = torch.from_numpy(ct)
+
+    def t_fwd():
+        with torch.no_grad():
+            return torch.bmm(at, bt)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(torch.bmm(at, bt), (at, bt), ctt)
+    return fns
+
+
+_MAKERS = {Conv: lambda *a: _conv_fns(*a), Attention: lambda *a: _attention_fns(*a),
+           Matmul: lambda *a: _matmul_fns(*a)}
+
+
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
           clock: Callable[[], float]) -> dict[str, list[float]]:
     numbers = {}
@@ -211,8 +254,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if only and op.row not in only:
             continue
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            make = _conv_fns if isinstance(op, Conv) else _attention_fns
-            samples = _time(make(op, batch, rng), args.repeats, args.min_repeat_s, clock)
+            samples = _time(_MAKERS[type(op)](op, batch, rng), args.repeats,
+                            args.min_repeat_s, clock)
             med = {k: statistics.median(v) for k, v in samples.items()}
             spread = {k: (min(v), max(v)) for k, v in samples.items()}
             res = {"row": op.row, "op": op.label, "batch": batch, "median_s": med,

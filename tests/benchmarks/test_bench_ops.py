@@ -1,0 +1,38 @@
+"""``benchmarks/bench_ops.py``: each kind of bare operation runs, its three forms agree, and
+the ratios it reports are the medians' quotients (a smoke run: one repeat, batch 1)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_ops
+
+
+@pytest.mark.parametrize("row", ["cam", "stn", "pam"])  # a matmul, a convolution, attention
+def test_smoke_run_reports_consistent_ratios(row, tmp_path):
+    out = tmp_path / "ops.json"
+    results = bench_ops.main(["--only", row, "--batch-sizes", "1", "--repeats", "1",
+                              "--min-repeat-s", "0", "--json", str(out)])
+    assert results and all(r["row"] == row for r in results)
+    for r in results:
+        med = r["median_s"]
+        assert set(med) == {f"{n} {m}" for n in ("xla", "ours", "torch") for m in ("fwd", "f+b")}
+        assert all(v > 0 for v in med.values())
+        for mode in ("fwd", "f+b"):
+            assert np.isclose(r[f"ratio_ours_{mode}"], med[f"ours {mode}"] / med[f"torch {mode}"])
+    assert json.loads(out.read_text())["results"][0]["op"] == results[0]["op"]
+
+
+def test_matmul_forms_agree_with_torch():
+    rng = np.random.default_rng(0)
+    fns = bench_ops._matmul_fns(bench_ops.Matmul("cam", 8, 12, 5), 2, rng)
+    ours = np.asarray(fns["ours fwd"]())
+    ref = fns["torch fwd"]().numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    da, db = fns["ours f+b"]()
+    ta, tb = fns["torch f+b"]()
+    np.testing.assert_allclose(np.asarray(da), ta.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(db), tb.numpy(), rtol=1e-5, atol=1e-5)
