@@ -204,7 +204,11 @@ _MAKERS = {Conv: lambda *a: _conv_fns(*a), Attention: lambda *a: _attention_fns(
 
 
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
-          clock: Callable[[], float]) -> dict[str, list[float]]:
+          clock: Callable[[], float], settle_s: float = 0.01) -> dict[str, list[float]]:
+    """Round-robin medians' samples. Each JAX callable that follows a PyTorch one first runs
+    untimed for ``settle_s`` (as the harness's ``Timer.settle``): PyTorch's OpenMP workers
+    spin for milliseconds after each call, and without it the first JAX form in the round
+    (``xla``) read 10-30% slower than the identical ``ours`` (the matmul rows, 2026-12-02)."""
     numbers = {}
     for name, f in fns.items():  # warm-up and calibration
         f()
@@ -212,8 +216,14 @@ def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
         f()
         numbers[name] = max(1, int(min_repeat_s / max(clock() - t0, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    previous = ""
     for _ in range(repeats):  # round robin: every repeat visits every callable
         for name, f in fns.items():
+            if previous.startswith("torch") and not name.startswith("torch"):
+                t_end = time.perf_counter() + settle_s
+                while time.perf_counter() < t_end:
+                    f()
+            previous = name
             t0 = clock()
             for _ in range(numbers[name]):
                 f()
