@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attention_jax._types import Dtype, PrecisionLike
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.plans import conv_padding
 
 __all__ = ["batch_norm", "conv"]
@@ -112,12 +113,15 @@ def conv(
       param_dtype: dtype of ``kernel`` and ``bias``.
       precision: ``jax.lax.Precision`` of the convolution.
       rngs: the module's ``nnx.Rngs``.
-      **kw: other ``flax.nnx.Conv`` options (``kernel_init``, ``bias_init``, ...).
+      **kw: other ``flax.nnx.Conv`` options (``kernel_init``, ``bias_init``, ...);
+        ``conv_general_dilated`` defaults to ``attention_jax.functional.convolution``'s, XLA's
+        convolution with faster forms on the CPU.
 
     Returns:
       An ``nnx.Conv`` mapping (N, *spatial, in_features) -> (N, *spatial', out_features).
     """
     ks = (int(kernel_size),) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+    kw.setdefault("conv_general_dilated", conv_general_dilated)  # the CPU forms
     return nnx.Conv(in_features, out_features, ks, strides=strides,
                     padding=conv_padding(padding, len(ks)), kernel_dilation=kernel_dilation,
                     feature_group_count=feature_group_count, use_bias=use_bias, dtype=dtype,

@@ -163,7 +163,7 @@ def test_few_channel_conv_is_a_banded_matmul_on_cpu(cin, cout, k, dil, w):
 
 
 def test_few_channel_form_bounds():
-    # Strided, grouped, one tap, more than FEW_CHANNELS, 1-D or bf16: not the band.
+    # Strided, grouped, one tap (pointwise), more than FEW_CHANNELS, 1-D or bf16: not the band.
     f = lambda a, b, s=1, g=1: conv_general_dilated(a, b, (s, s), "SAME", dimension_numbers=NHWC,
                                                     feature_group_count=g)
     x, kern = _arrays(1, 10, 10, 2, 3, 2, 1)
@@ -171,7 +171,8 @@ def test_few_channel_form_bounds():
     assert f(x[:0], kern).shape == (0, 10, 10, 2)  # an empty batch: the band, empty
     assert _convs(_lowered(functools.partial(f, s=2), x, kern))
     assert _convs(_lowered(functools.partial(f, g=2), x, _arrays(1, 10, 10, 2, 3, 2, 2)[1]))
-    assert _convs(_lowered(f, *_arrays(1, 10, 10, 2, 1, 2, 1)))
+    one_tap = _lowered(f, *_arrays(1, 10, 10, 2, 1, 2, 1))  # the pointwise matmul instead
+    assert not _convs(one_tap) and _dots(one_tap) == 1
     few = conv_mod.FEW_CHANNELS
     assert _convs(_lowered(f, *_arrays(1, 10, 10, few + 1, 3, 1, 1)))
     assert _convs(_lowered(f, *_arrays(1, 10, 10, 1, 3, few + 1, 1)))
@@ -214,6 +215,15 @@ def test_modules_take_the_cpu_forms():
     va = a.init(jax.random.key(0), x)
     text = _lowered(lambda v, x: a.apply(v, x), va, x)
     assert "pad = [[18, 18], [18, 18]]" not in text and "pad = [[6, 6], [6, 6]]" in text
+    # The layer factories' convolutions (the non-local block's 1x1 projections, linen and nnx)
+    # take the CPU forms: pointwise matmuls, no convolution left.
+    x = jnp.ones((2, 6, 6, 16))
+    nl = aj.create_attention("nl", 16)
+    vn = nl.init(jax.random.key(0), x)
+    assert not _convs(_lowered(lambda v, x: nl.apply(v, x), vn, x))
+    nn_nl = aj.create_attention("nl", 16, api="nnx", rngs=nnx.Rngs(0))
+    graph, state = nnx.split(nn_nl)
+    assert not _convs(_lowered(lambda s, x: nnx.merge(graph, s)(x), state, x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +253,9 @@ CONFIGS = [
     (9, 11, 2, 3, 3, 1, 1, 1, ((-1, 2), (2, -2))),  # band, negative padding
     (5, 70, 2, 3, 1, 1, 1, 3, ((3, 3), (3, 0))),  # band, two blocks of columns
     (12, 7, 8, 3, 8, 1, 1, 9, ((9, 9), (9, 9))),  # regions with more than FEW_CHANNELS
+    (9, 11, 6, 1, 5, 1, 1, 1, "VALID"),  # pointwise: a matmul over the pixels
+    (9, 11, 6, 1, 5, 1, 2, 3, "SAME"),  # pointwise, strided (a dilation changes nothing)
+    (9, 11, 6, 1, 5, 1, 1, 1, ((1, 0), (0, 0))),  # 1x1 with padding: XLA's own
 ]
 
 
@@ -259,8 +272,8 @@ def test_matches_lax_forward_and_gradients(cfg):
 
 
 def test_configs_exercise_every_form():
-    # The configurations above reach the split, the regions, the patches, the band and XLA's
-    # own convolution.
+    # The configurations above reach the split, the regions, the patches, the band, the
+    # pointwise matmul and XLA's own convolution.
     seen = set()
     for h, w, cin, k, cout, groups, s, d, pad in CONFIGS:
         x, kern = _arrays(1, h, w, cin, k, cout, groups)
@@ -271,13 +284,15 @@ def test_configs_exercise_every_form():
         n = len(_convs(text))
         if groups > 1 and "feature_group_count" not in text:
             seen.add("split")
-        if n == 0 and _dots(text) == 1:  # the patch matrix times the kernel
+        if n == 0 and _dots(text) == 1 and k == 1:  # the pixels as rows times the kernel
+            seen.add("pointwise")
+        elif n == 0 and _dots(text) == 1:  # the patch matrix times the kernel
             seen.add("patches")
         elif n == 0 and _dots(text) == 2:  # the band built from the kernel, the matmul
             seen.add("band")
         elif groups == 1:
             seen.add("regions" if n > 1 else "xla")
-    assert seen == {"split", "regions", "xla", "patches", "band"}, seen
+    assert seen == {"split", "regions", "xla", "patches", "band", "pointwise"}, seen
 
 
 def _torch_conv(x, kern, stride, dilation, padding, groups):
@@ -298,6 +313,9 @@ def _torch_conv(x, kern, stride, dilation, padding, groups):
     (7, 8, 8, 1, 1, 12, 3),
     (28, 2, 1, 1, 1, 1, 7),  # CBAM's spatial gate: the band
     (28, 4, 4, 1, 1, 4, 3),  # BAM's dilated convs (64 channels, reduction 16): the band
+    (14, 40, 16, 1, 1, 1, 1),  # pointwise (a self-attention block's projection)
+    (13, 16, 8, 1, 2, 1, 1),  # pointwise, strided (a ResNet shortcut)
+    (14, 16, 8, 2, 1, 1, 1),  # pointwise in two groups
 ])
 def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation, k):
     x, kern = _arrays(2, h, h, cin, k, cout, groups)
@@ -322,6 +340,8 @@ def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation, k):
     (("NWC", "WIO", "NWC"), (2, 14, 6), (3, 2, 6), "SAME", (1,), 3),  # 1-D, split
     (("NDHWC", "DHWIO", "NDHWC"), (1, 5, 6, 7, 4), (3, 3, 3, 2, 4), ((4, 4),) * 3, (4, 4, 4), 2),
     (("NCHW", "HWIO", "NHWC"), (2, 4, 9, 9), (3, 3, 2, 6), "SAME", (1, 1), 2),
+    (("NCHW", "OIHW", "NCHW"), (2, 6, 5, 7), (4, 6, 1, 1), "VALID", (1, 1), 1),  # pointwise
+    (("NWC", "WIO", "NWC"), (2, 9, 6), (1, 6, 4), "VALID", (1,), 1),  # 1-D pointwise
 ])
 def test_other_dimension_numbers_and_ranks(dn, xshape, kshape, pad, dil, groups):
     x = jnp.asarray(RNG.standard_normal(xshape).astype(np.float32))
