@@ -44,8 +44,9 @@ Why (XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK as pad + im2col view +
   after a BatchNorm in training the 98-term sum ran once per statistic and per gradient
   (CBAM's spatial gate in training: forward+backward 2.5x slower than XLA's convolution).
 
-* **Pointwise (1x1) convolutions** (every kernel size 1, no padding: the projections of the
-  self-attention blocks, ASPP's 1x1 branch and projection, the gates' fully connected layers).
+* **Pointwise (1x1) convolutions** (every kernel size 1, no padding, a map of more than one
+  pixel: the projections of the self-attention blocks, ASPP's 1x1 branch and projection,
+  GC's and BAM's 1x1 convolutions over the map).
   XLA:CPU runs them as convolutions, 2-3.5x slower forward than the matmul they are, and their
   filter gradient 6x slower (Intel Xeon, (32, 28, 28, 320) -> 64: forward 13.4 -> 3.8 ms,
   forward+backward 116 -> 19 ms; PyTorch's 14 / 34). Here they are that matmul, on the pixels
@@ -212,8 +213,11 @@ def _cpu_plan(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
         return None  # lax.conv_general_dilated raises its own error
     same_dtype = lhs.dtype == rhs.dtype and preferred_element_type in (None, lhs.dtype)
     if (math.prod(k_sp) == 1 and all(p == (0, 0) for p in pads) and same_dtype
-            and groups <= MAX_SPLIT_GROUPS):
-        # Pointwise: a matmul over the pixels (grouped: one per group).
+            and math.prod(in_sp) > 1 and groups <= MAX_SPLIT_GROUPS):
+        # Pointwise: a matmul over the pixels (grouped: one per group). Not on a one-pixel
+        # map (the gates' fully connected layers on pooled vectors): there XLA's convolution
+        # is as fast alone, and in PFANet's and split attention's gates the matmul made the
+        # module's forward+backward 5-10% slower (batch 32, Intel Xeon, 2026-12-02).
         point = functools.partial(_pointwise, strides=tuple(window_strides), dn=dn,
                                   precision=precision,
                                   preferred_element_type=preferred_element_type)

@@ -182,6 +182,25 @@ def test_few_channel_form_bounds():
     assert _convs(_lowered(g, x[:, 0], kern[0]))
 
 
+def test_pointwise_form_bounds():
+    # A 1x1 unpadded convolution over a map of more than one pixel is one matmul on the CPU
+    # (strided and grouped too); with padding, or on one pixel (a gate's fully connected layer),
+    # it stays XLA's; GPU/TPU keep the convolution.
+    f = lambda a, b, s=1, g=1, pad="VALID": conv_general_dilated(
+        a, b, (s, s), pad, dimension_numbers=NHWC, feature_group_count=g)
+    x, kern = _arrays(2, 9, 11, 6, 1, 4, 1)
+    for kw in ({}, {"s": 2}):
+        text = _lowered(functools.partial(f, **kw), x, kern)
+        assert not _convs(text) and _dots(text) == 1, kw
+    grouped = _lowered(functools.partial(f, g=2), x, _arrays(1, 1, 1, 6, 1, 4, 2)[1])
+    assert not _convs(grouped) and _dots(grouped) == 2
+    assert len(_convs(_lowered(functools.partial(f, pad=((1, 0), (0, 0))), x, kern))) == 1
+    assert len(_convs(_lowered(f, x[:, :1, :1], kern))) == 1
+    for platform in ("cuda", "tpu"):
+        text = jax.export.export(jax.jit(f), platforms=[platform])(x, kern).mlir_module()
+        assert len(_convs(text)) == 1 and not _dots(text), platform
+
+
 def test_gpu_and_tpu_lowerings_keep_the_one_convolution():
     x, kern = _arrays(1, 28, 28, 8, 3, 8, 2)
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), ((18, 18), (18, 18)),
@@ -256,6 +275,7 @@ CONFIGS = [
     (9, 11, 6, 1, 5, 1, 1, 1, "VALID"),  # pointwise: a matmul over the pixels
     (9, 11, 6, 1, 5, 1, 2, 3, "SAME"),  # pointwise, strided (a dilation changes nothing)
     (9, 11, 6, 1, 5, 1, 1, 1, ((1, 0), (0, 0))),  # 1x1 with padding: XLA's own
+    (1, 1, 6, 1, 5, 1, 1, 1, "VALID"),  # 1x1 on one pixel (a gate's fc): XLA's own
 ]
 
 
