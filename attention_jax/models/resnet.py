@@ -51,7 +51,7 @@ class _Declare:
             p = spec.padding
             return nn.Conv(spec.out_channels, (spec.kernel, spec.kernel), strides=spec.stride,
                            padding=((p, p), (p, p)), feature_group_count=spec.groups,
-                           use_bias=False, **c)
+                           use_bias=False, conv_general_dilated=spec.conv_general_dilated, **c)
         if isinstance(spec, core.Norm):
             return batch_norm(dtype=c["dtype"], param_dtype=c["param_dtype"])
         if isinstance(spec, core.Spatial):

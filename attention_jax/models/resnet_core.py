@@ -37,6 +37,7 @@ from flax.core import FrozenDict
 
 from attention_jax._validation import check_choice, check_nhwc, check_positive_int, fail
 from attention_jax.functional._numerics import acc_dtype
+from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.functional.gating import get_act
 from attention_jax.functional.pooling import avg_pool2d, global_avg_pool
 
@@ -119,6 +120,14 @@ class Conv:
     @property
     def padding(self) -> int:
         return self.kernel // 2
+
+    @property
+    def conv_general_dilated(self) -> Callable[..., jax.Array]:
+        """The convolution the layer runs: the library's for 1x1 kernels (a matmul over the
+        pixels on the CPU: XLA:CPU ran a bottleneck's 1x1 convolutions and above all their
+        gradients slowly), XLA's own for the rest (splitting the grouped 3x3s of the 32-group
+        models per group would make programs of ~1,000 convolutions, slow to compile)."""
+        return conv_general_dilated if self.kernel == 1 else jax.lax.conv_general_dilated
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def _declare(spec: core.LayerSpec, common: dict[str, Any], rngs: nnx.Rngs) -> nn
         p = spec.padding
         return nnx.Conv(spec.in_channels, spec.out_channels, (spec.kernel, spec.kernel),
                         strides=spec.stride, padding=((p, p), (p, p)),
-                        feature_group_count=spec.groups, use_bias=False, rngs=rngs, **common)
+                        feature_group_count=spec.groups, use_bias=False, rngs=rngs,
+                        conv_general_dilated=spec.conv_general_dilated, **common)
     if isinstance(spec, core.Norm):
         return batch_norm(spec.channels, dtype=common["dtype"], param_dtype=common["param_dtype"],
                           rngs=rngs)

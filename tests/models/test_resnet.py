@@ -243,3 +243,28 @@ def test_splat_radix_not_dividing_block_width():
                                          r"groups \* radix=3"):
         _init(RL.resnet_tiny(block="bottleneck", spatial_conv="splat",
                              spatial_kwargs={"radix": 3}))
+
+
+def test_1x1_convs_are_matmuls_on_cpu_3x3_stay_xla():
+    # A bottleneck ResNet's 1x1 convolutions (and the strided 1x1 shortcut) take the library's
+    # convolution (a matmul over the pixels on the CPU; XLA:CPU differentiated them ~6x
+    # slower); the stem and the 3x3s stay XLA's own, in linen and nnx alike.
+    from attention_jax.functional.convolution import conv_general_dilated
+    from attention_jax.models import resnet_core as core
+
+    assert core.Conv(8, 8, 1, stride=2).conv_general_dilated is conv_general_dilated
+    assert core.Conv(8, 8, 3, groups=4).conv_general_dilated is jax.lax.conv_general_dilated
+    kw = {"layers": (1, 1), "widths": (4, 8), "stem_width": 8, "block": "bottleneck",
+          "small_stem": True}
+    x = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    m = RL.ResNet(num_classes=5, **kw)
+    v = jax.eval_shape(m.init, jax.random.key(0), x)
+    linen_text = jax.jit(lambda v, x: m.apply(v, x)).lower(v, x).as_text()
+    n = RN.ResNet(num_classes=5, **kw, rngs=nnx.Rngs(0))
+    graph, state = nnx.split(n)
+    nnx_text = jax.jit(lambda s, x: nnx.merge(graph, s)(x)).lower(state, x).as_text()
+    for text in (linen_text, nnx_text):
+        convs = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+        kernels = [line.split("tensor<")[2] for line in convs]  # (input, kernel) -> output
+        assert kernels and not any(k.startswith("1x1x") for k in kernels), kernels
+        assert text.count("stablehlo.dot_general") >= 6  # 2 blocks x 3 1x1s, a shortcut, fc
