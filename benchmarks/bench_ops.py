@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from attention_jax import functional as F
+from attention_jax.bench.timing import Timer
 from attention_jax.functional.convolution import conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -199,16 +200,15 @@ def _matmul_fns(op: Matmul, batch: int, rng: np.random.Generator) -> dict[str, C
     return fns
 
 
-_MAKERS = {Conv: lambda *a: _conv_fns(*a), Attention: lambda *a: _attention_fns(*a),
-           Matmul: lambda *a: _matmul_fns(*a)}
+_MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns}
 
 
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
           clock: Callable[[], float], settle_s: float = 0.01) -> dict[str, list[float]]:
     """Round-robin medians' samples. Each JAX callable that follows a PyTorch one first runs
-    untimed for ``settle_s`` (as the harness's ``Timer.settle``): PyTorch's OpenMP workers
-    spin for milliseconds after each call, and without it the first JAX form in the round
-    (``xla``) read 10-30% slower than the identical ``ours`` (the matmul rows, 2026-12-02)."""
+    untimed for ``settle_s`` (the harness's ``Timer.settle``: PyTorch's OpenMP workers spin for
+    milliseconds after each call); without it the first JAX form in the round (``xla``) read
+    10-30% slower than the identical ``ours`` (the matmul rows, 2026-12-02)."""
     numbers = {}
     for name, f in fns.items():  # warm-up and calibration
         f()
@@ -220,9 +220,7 @@ def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
     for _ in range(repeats):  # round robin: every repeat visits every callable
         for name, f in fns.items():
             if previous.startswith("torch") and not name.startswith("torch"):
-                t_end = time.perf_counter() + settle_s
-                while time.perf_counter() < t_end:
-                    f()
+                Timer(f, min_repeat_s=min_repeat_s).settle(settle_s)
             previous = name
             t0 = clock()
             for _ in range(numbers[name]):
