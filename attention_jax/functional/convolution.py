@@ -51,6 +51,14 @@ Why (XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK as pad + im2col view +
   filter gradient 6x slower (Intel Xeon, (32, 28, 28, 320) -> 64: forward 13.4 -> 3.8 ms,
   forward+backward 116 -> 19 ms; PyTorch's 14 / 34). Here they are that matmul, on the pixels
   as rows ((N*H*W, Cin) times (Cin, Cout); a stride is a strided slice first).
+* **Few outputs over few output pixels** (at most ``SMALL_CHANNELS`` outputs from more
+  inputs, at most ``TAP_GRAD_MAX_ROWS`` output pixels over the batch: PFANet's 64 -> 16
+  branches at batch 1). The forward and the input gradient are XLA's convolution, which runs
+  them well; XLA:CPU's filter gradient of such a convolution ran 8-13x slower than the
+  forward. Here a custom JVP writes the kernel's tangent as one matmul per tap (the crop of the
+  input that tap reads, times that tap's slice of the kernel), so reverse mode computes the
+  filter gradient as one matmul per tap over the output pixels.
+
 Everything else (no groups and dense taps, ``lhs_dilation`` (transposed convolutions),
 ``batch_group_count``, an ``out_sharding``) calls ``lax.conv_general_dilated`` directly.
 """
@@ -122,6 +130,22 @@ XLA's padded convolution 9.4 / 10.2 / 25.4 ms (rate 1: 9.4 ms), the regions 11.5
 concatenation), so they pay off below ~0.6-0.7 useful.
 """
 
+TAP_GRAD_MAX_ROWS = 2048
+"""An ungrouped 2-D convolution with at most ``SMALL_CHANNELS`` outputs (and more inputs, else
+the patch form applies) takes its filter gradient as per-tap matmuls on the CPU when it has at
+most this many output pixels over the batch (N * Ho * Wo).
+
+XLA:CPU's filter gradient of a convolution with 16 or fewer outputs runs far below the
+forward's speed at small batches: 64 -> 16 channels, 3x3, 28x28, batch 1, dilation 1 / 3 / 7:
+forward 0.22-0.27 ms, input gradient 0.23 ms, filter gradient 2.1-3.5 ms; with 32 or more
+outputs it runs at the forward's speed (0.64 ms at 64 -> 32). One matmul per tap
+((Cin, N*Ho*Wo) times (N*Ho*Wo, Cout)) takes 0.6-0.9 ms. Forward+backward of a tanh of the
+convolution, XLA's -> per-tap (AMD EPYC Zen 4, 2 cores, 2026-12-02, ms): batch 1 (784 pixels)
+3.2 -> 1.7 (dilation 3), 4.6 -> 1.6 (7), 4.9 -> 1.5 (1); batch 2 3.9 -> 2.1, 5.0 -> 3.2,
+6.4 -> 4.5; batch 4 even (4.3 / 4.6, 6.8 / 4.7, 7.2 / 7.1); batch 8 XLA's faster (7.1 / 10.2).
+Hence the bound, between batch 2 and 4 of a 28x28 map.
+"""
+
 
 def conv_general_dilated(
     lhs: jax.Array,
@@ -145,9 +169,10 @@ def conv_general_dilated(
     ``jit``, ``vmap`` and ``grad``. On the CPU a grouped convolution (2 to ``MAX_SPLIT_GROUPS``
     groups) runs as one convolution per group, a dilated convolution whose taps mostly read
     padding as one convolution per output region over its crop, a small-channel one as patches
-    times one matmul, and one with very few channels as a matmul against a banded kernel (see
-    the module docstring); on other backends, and for every other convolution, this is
-    ``lax.conv_general_dilated``.
+    times one matmul, one with very few channels as a matmul against a banded kernel, and one
+    with few outputs over few output pixels is XLA's convolution with its filter gradient as
+    one matmul per tap (see the module docstring); on other backends, and for every other
+    convolution, this is ``lax.conv_general_dilated``.
 
     Args:
       lhs: input, e.g. (N, H, W, Cin) with ``dimension_numbers=("NHWC", "HWIO", "NHWC")``.
@@ -243,11 +268,19 @@ def _cpu_plan(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
              and cout // groups >= MIN_PATCH_OUT
              and lhs.dtype in (jnp.float32, jnp.float64) and same_dtype
              and 0 < n_patch <= MAX_PATCH_ELEMENTS and use_regions is None)
-    if not (2 <= groups <= MAX_SPLIT_GROUPS) and use_regions is None and not small:
-        return None
     common = dict(window_strides=tuple(window_strides), rhs_dilation=dil,
                   dimension_numbers=dn, precision=precision,
                   preferred_element_type=preferred_element_type)
+    # Few outputs over few pixels: XLA's convolution, the filter gradient by per-tap matmuls
+    # (see TAP_GRAD_MAX_ROWS).
+    rows = lhs.shape[dn.lhs_spec[0]] * math.prod(out_sp)
+    if (nsp == 2 and groups == 1 and cout <= SMALL_CHANNELS < cin and math.prod(k_sp) > 1
+            and 0 < rows <= TAP_GRAD_MAX_ROWS and lhs.dtype in (jnp.float32, jnp.float64)
+            and same_dtype and use_regions is None):
+        return functools.partial(_tap_grad, pads=tuple(map(tuple, pads)),
+                                 kw_items=tuple(sorted(common.items(), key=lambda kv: kv[0])))
+    if not (2 <= groups <= MAX_SPLIT_GROUPS) and use_regions is None and not small:
+        return None
     one_group = functools.partial(_conv_one_group, pads=pads, bands=use_regions, patches=small,
                                   **common)
     if 2 <= groups <= MAX_SPLIT_GROUPS:
@@ -355,18 +388,66 @@ def _patches_conv(lhs, rhs, strides, pads, *, rhs_dilation, dimension_numbers, p
     padded input, one per tap, side by side) times the (kh*kw*Cin, Cout) kernel."""
     dn = dimension_numbers
     x, w = _nhwc(lhs, rhs, dn)
-    n, c = x.shape[0], x.shape[-1]
-    (kh, kw), (sh, sw), (dh, dw) = w.shape[:2], strides, rhs_dilation
-    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
-    ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
-    taps = [lax.slice(x, (0, i * dh, j * dw, 0),
-                      (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
-                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-    out = lax.dot_general(lax.concatenate(taps, 3), w.reshape(kh * kw * c, -1),
+    taps = _tap_crops(x, w.shape[:2], strides, pads, rhs_dilation)
+    out = lax.dot_general(lax.concatenate(taps, 3), w.reshape(-1, w.shape[-1]),
                           (((3,), (0,)), ((), ())), precision=precision,
                           preferred_element_type=preferred_element_type)  # N, Ho, Wo, O
     return _from_nhwc(out, dn)
+
+
+def _tap_crops(x, k_sp, strides, pads, dil):
+    """The (N, Ho, Wo, C) crop of the zero-padded (N, H, W, C) ``x`` that each tap of a 2-D
+    kernel reads (strided), taps in row-major order."""
+    n, c = x.shape[0], x.shape[-1]
+    (kh, kw), (sh, sw), (dh, dw) = k_sp, strides, dil
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)])
+    ho = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    wo = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    return [lax.slice(x, (0, i * dh, j * dw, 0),
+                      (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                      (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+
+
+def _tap_products(lhs, rhs, pads, kw):
+    """A 2-D convolution as a sum over taps of (the crop that tap reads) times (that tap's
+    (Cin, Cout) kernel slice): linear in ``rhs``, and its transpose in ``rhs`` (the filter
+    gradient) is one matmul per tap, (Cin, N*Ho*Wo) times (N*Ho*Wo, Cout)."""
+    dn = kw["dimension_numbers"]
+    x, w = _nhwc(lhs, rhs, dn)
+    crops = _tap_crops(x, w.shape[:2], kw["window_strides"], pads, kw["rhs_dilation"])
+    out = None
+    for crop, w_t in zip(crops, w.reshape(-1, *w.shape[2:]), strict=True):
+        term = lax.dot_general(crop, w_t, (((3,), (0,)), ((), ())), precision=kw["precision"],
+                               preferred_element_type=kw["preferred_element_type"])
+        out = term if out is None else out + term
+    return _from_nhwc(out, dn)
+
+
+def _tap_grad(lhs, rhs, *, pads, kw_items):
+    """XLA's convolution, whose filter gradient is per-tap matmuls (see TAP_GRAD_MAX_ROWS)."""
+    return _tap_grad_conv(lhs, rhs, pads, kw_items)
+
+
+def _xla_conv(lhs, rhs, pads, kw):
+    kw = dict(kw)
+    return lax.conv_general_dilated(lhs, rhs, kw.pop("window_strides"), pads, **kw)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _tap_grad_conv(lhs, rhs, pads, kw_items):
+    return _xla_conv(lhs, rhs, pads, kw_items)
+
+
+@_tap_grad_conv.defjvp
+def _tap_grad_conv_jvp(pads, kw_items, primals, tangents):
+    # Linear in each argument. The input tangent is XLA's convolution (its transpose, the input
+    # gradient, is XLA's too, and fast); the kernel tangent is the per-tap products, whose
+    # transpose is the per-tap filter gradient.
+    lhs, rhs = primals
+    dlhs, drhs = tangents
+    out = _xla_conv(lhs, rhs, pads, kw_items)
+    return out, _xla_conv(dlhs, rhs, pads, kw_items) + _tap_products(lhs, drhs, pads,
+                                                                      dict(kw_items))
 
 
 def _regions(lhs, rhs, pads, bands, kw):

@@ -201,6 +201,39 @@ def test_pointwise_form_bounds():
         assert len(_convs(text)) == 1 and not _dots(text), platform
 
 
+def _grad_text(f, x, kern):
+    return _lowered(jax.grad(lambda a, b: jnp.sum(jnp.tanh(f(a, b))), (0, 1)), x, kern)
+
+
+def test_few_output_conv_takes_its_filter_gradient_per_tap():
+    # More than SMALL_CHANNELS in, at most SMALL_CHANNELS out, few output pixels (PFANet's
+    # 64 -> 16 branches at batch 1): XLA's convolution forward and for the input gradient, the
+    # filter gradient as one matmul per tap. Over the pixel bound, with more outputs, with one
+    # tap, or grouped: XLA's filter gradient (no matmul). GPU/TPU keep XLA's throughout.
+    f = lambda a, b, s=1, d=1, g=1: conv_general_dilated(
+        a, b, (s, s), ((d, d), (d, d)), rhs_dilation=(d, d), dimension_numbers=NHWC,
+        feature_group_count=g)
+    small = conv_mod.SMALL_CHANNELS
+    x, kern = _arrays(1, 28, 28, 64, 3, small, 1)
+    fwd = _lowered(f, x, kern)
+    assert len(_convs(fwd)) == 1 and not _dots(fwd)
+    for kw in ({}, {"d": 3}, {"s": 2}):
+        grad = _grad_text(functools.partial(f, **kw), x, kern)
+        assert len(_convs(grad)) == 2 and _dots(grad) == 9, kw  # forward, input gradient
+    rows = conv_mod.TAP_GRAD_MAX_ROWS
+    n_over = rows // (28 * 28) + 1
+    assert _dots(_grad_text(f, *_arrays(n_over, 28, 28, 64, 3, small, 1))) == 0
+    assert _dots(_grad_text(f, *_arrays(1, 28, 28, 64, 3, small + 1, 1))) == 0
+    grouped = _grad_text(functools.partial(f, g=2), *_arrays(1, 28, 28, 64, 3, small, 2))
+    assert "feature_group_count = 2" not in grouped and not _dots(grouped)  # split, XLA per group
+    x1, k1 = _arrays(1, 8, 8, 64, 1, small, 1)  # one tap, padded: XLA's convolution
+    assert _dots(_grad_text(functools.partial(f, d=1), x1, k1)) == 0
+    for platform in ("cuda", "tpu"):
+        g = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.tanh(f(a, b))), (0, 1)))
+        text = jax.export.export(g, platforms=[platform])(x, kern).mlir_module()
+        assert _convs(text) and not _dots(text), platform
+
+
 def test_gpu_and_tpu_lowerings_keep_the_one_convolution():
     x, kern = _arrays(1, 28, 28, 8, 3, 8, 2)
     f = lambda a, b: conv_general_dilated(a, b, (1, 1), ((18, 18), (18, 18)),
@@ -276,6 +309,8 @@ CONFIGS = [
     (9, 11, 6, 1, 5, 1, 2, 3, "SAME"),  # pointwise, strided (a dilation changes nothing)
     (9, 11, 6, 1, 5, 1, 1, 1, ((1, 0), (0, 0))),  # 1x1 with padding: XLA's own
     (1, 1, 6, 1, 5, 1, 1, 1, "VALID"),  # 1x1 on one pixel (a gate's fc): XLA's own
+    (9, 11, 20, 3, 5, 1, 1, 2, ((0, 3), (4, 1))),  # few outputs: filter gradient per tap
+    (9, 11, 20, 3, 5, 1, 2, 1, "SAME"),  # the same, strided
 ]
 
 
@@ -293,7 +328,7 @@ def test_matches_lax_forward_and_gradients(cfg):
 
 def test_configs_exercise_every_form():
     # The configurations above reach the split, the regions, the patches, the band, the
-    # pointwise matmul and XLA's own convolution.
+    # pointwise matmul, the per-tap filter gradient and XLA's own convolution.
     seen = set()
     for h, w, cin, k, cout, groups, s, d, pad in CONFIGS:
         x, kern = _arrays(1, h, w, cin, k, cout, groups)
@@ -310,9 +345,11 @@ def test_configs_exercise_every_form():
             seen.add("patches")
         elif n == 0 and _dots(text) == 2:  # the band built from the kernel, the matmul
             seen.add("band")
+        elif groups == 1 and n == 1 and _dots(_grad_text(f, x, kern)):
+            seen.add("tap_grad")  # XLA's convolution, the filter gradient per tap
         elif groups == 1:
             seen.add("regions" if n > 1 else "xla")
-    assert seen == {"split", "regions", "xla", "patches", "band", "pointwise"}, seen
+    assert seen == {"split", "regions", "xla", "patches", "band", "pointwise", "tap_grad"}, seen
 
 
 def _torch_conv(x, kern, stride, dilation, padding, groups):
@@ -336,6 +373,7 @@ def _torch_conv(x, kern, stride, dilation, padding, groups):
     (14, 40, 16, 1, 1, 1, 1),  # pointwise (a self-attention block's projection)
     (13, 16, 8, 1, 2, 1, 1),  # pointwise, strided (a ResNet shortcut)
     (14, 16, 8, 2, 1, 1, 1),  # pointwise in two groups
+    (28, 64, 16, 1, 1, 3, 3),  # PFANet's branch: the filter gradient per tap
 ])
 def test_matches_torch_conv2d(h, cin, cout, groups, stride, dilation, k):
     x, kern = _arrays(2, h, h, cin, k, cout, groups)
@@ -404,6 +442,34 @@ def test_vmap_jvp_and_second_order(groups, dil, cin, cout, x64):
     check_grads(lambda a, b: jnp.tanh(f(a, b)), (x[:1], kern), order=2, modes=("fwd", "rev"))
     t = jax.jvp(f, (x, kern), (x, kern))[1]
     np.testing.assert_allclose(t, jax.jvp(ref, (x, kern), (x, kern))[1], rtol=1e-12, atol=1e-12)
+
+
+def test_per_tap_filter_gradient_under_vmap_jvp_and_second_order(x64):
+    # The per-tap form's custom JVP against lax's own derivatives, float64: forward mode,
+    # forward-over-reverse (Hessian-vector products) and reverse-over-reverse, under vmap too.
+    x, kern = _arrays(2, 12, 10, 20, 3, 5, 1, np.float64, rng=np.random.default_rng(2))
+    kw = dict(window_strides=(1, 1), padding=((2, 2), (1, 3)), rhs_dilation=(2, 2),
+              dimension_numbers=NHWC)
+    f = lambda a, b: conv_general_dilated(a, b, **kw)
+    ref = lambda a, b: lax.conv_general_dilated(a, b, **kw)
+    assert _dots(_grad_text(f, x, kern)) == 9  # the form under test
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-10, atol=1e-10)
+    xs = jnp.stack([x, 2 * x])
+    close(jax.vmap(f, (0, None))(xs, kern), jax.vmap(ref, (0, None))(xs, kern))
+    close(jax.jvp(f, (x, kern), (x, kern))[1], jax.jvp(ref, (x, kern), (x, kern))[1])
+
+    def grads(fn):
+        return jax.grad(lambda a, b: jnp.sum(jnp.tanh(fn(a, b))), (0, 1))
+
+    for a, b in zip(jax.vmap(grads(f), (0, None))(xs, kern),
+                    jax.vmap(grads(ref), (0, None))(xs, kern), strict=True):
+        close(a, b)
+    tangents = (0.3 * x, 0.7 * kern)
+    for a, b in zip(jax.jvp(grads(f), (x, kern), tangents)[1],
+                    jax.jvp(grads(ref), (x, kern), tangents)[1], strict=True):
+        close(a, b)
+    gg = lambda fn: jax.grad(lambda b: jnp.sum(grads(fn)(x, b)[0] ** 2))(kern)
+    close(gg(f), gg(ref))
 
 
 def test_bf16_finite_and_close_to_float32():
