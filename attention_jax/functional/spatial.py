@@ -198,14 +198,11 @@ def _window_max2_jvp(primals, tangents):
     n, h, w, c = x.shape
     windows = (n, h // 2, 2, w // 2, 2, c)
     hit = x.reshape(windows) == out[:, :, None, :, None, :]
-    first, seen = [], None
-    for a in (0, 1):
-        for b in (0, 1):
-            e = hit[:, :, a, :, b, :]
-            first.append(e if seen is None else e & ~seen)
-            seen = e if seen is None else seen | e
-    mask = jnp.stack(first, 2).reshape(n, h // 2, 2, 2, w // 2, c)  # (a, b) -> axes 2, 3
-    mask = jnp.moveaxis(mask, 3, 4)  # (N, Ho, 2, Wo, 2, C), as ``windows``
+    h00, h01, h10, h11 = (hit[:, :, a, :, b, :] for a in (0, 1) for b in (0, 1))
+    # each window's first hit in row-major order, as (N, Ho, 2, Wo, 2, C) like ``windows``
+    top = jnp.stack([h00, h01 & ~h00], 3)
+    bottom = jnp.stack([h10 & ~(h00 | h01), h11 & ~(h00 | h01 | h10)], 3)
+    mask = jnp.stack([top, bottom], 2)
     return out, jnp.sum(jnp.where(mask, t.reshape(windows), 0), axis=(2, 4)).astype(t.dtype)
 
 
