@@ -426,6 +426,27 @@ struct Scratch {
   std::vector<float> kt, vt, vp, kp, qs, s, dp, acc, m, l, delta;
 };
 
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The forward's query blocks per task: kGroup (they share each key block read from L2),
+// halved while the call would have fewer tasks than threads.
+int64_t TaskGroup(const Dims& x, int64_t threads) {
+  int64_t group = kGroup;
+  while (group > 1 && x.n * CeilDiv(x.tq, kBq * group) < std::max<int64_t>(1, threads)) {
+    group /= 2;
+  }
+  return group;
+}
+
+// The backward's query ranges per head: 1 (a head per task) unless there are fewer heads than
+// threads; then each head's query blocks are split into up to threads / n ranges, whose dK
+// and dV are partial sums added afterwards (dQ rows belong to one range).
+int64_t BackwardParts(const Dims& x, int64_t threads) {
+  threads = std::max<int64_t>(1, threads);
+  if (x.n >= threads) return 1;
+  return std::max<int64_t>(1, std::min(CeilDiv(x.tq, kBq), CeilDiv(threads, x.n)));
+}
+
 Scratch& ThreadScratch(const Dims& x, bool backward) {
   thread_local Scratch sc;
   auto fit = [](std::vector<float>& v, int64_t n) {
@@ -506,19 +527,23 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     std::memset(sp, 0, sizeof(float) * x.n * x.tq * 2);
     return ffi::Error::Success();
   }
-  const int64_t nqb = (x.tq + kBq * kGroup - 1) / (kBq * kGroup);  // query groups per head
+  // Query blocks per task: kGroup, halved while that leaves fewer tasks than threads (one head
+  // of 256 queries at batch 1 was one task, one thread busy: 1.6x PyTorch's forward on the
+  // 2-core AMD EPYC Zen 4, 1.0-1.3x with two tasks; each task packs its head's K and V).
+  const int64_t rows = kBq * TaskGroup(x, pool.num_threads());
+  const int64_t nqb = CeilDiv(x.tq, rows);  // tasks per head
   aj::ParallelFor(pool, x.n * nqb, 1, [&](int64_t begin, int64_t end) {
     Scratch& sc = ThreadScratch(x, false);
     int64_t packed = -1;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / nqb, i0 = (t % nqb) * kBq * kGroup;
+      const int64_t h = t / nqb, i0 = (t % nqb) * rows;
       if (h != packed) {
         PackTransposedPanels(kp + h * x.tk * x.d, x.tk, x.d, sc.kt.data());
         PackPanels(vp + h * x.tk * x.dv, x.tk, x.dv, sc.vp.data());
         packed = h;
       }
       ForwardGroup(qp + h * x.tq * x.d, op + h * x.tq * x.dv, sp + h * x.tq * 2, x, scale, i0,
-                   std::min(kBq * kGroup, x.tq - i0), sc);
+                   std::min(rows, x.tq - i0), sc);
     }
   }, /*chunks_per_thread=*/32);
   return ffi::Error::Success();
@@ -528,28 +553,30 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
 // the block's dK and dV rows (2 x 256 x D floats) stay in cache while every query block adds
 // to them, and dQ is what goes back and forth (once per key block). Query blocks outside
 // re-read and re-wrote all of dK and dV per query block (1.2x slower here).
+// Query rows [qa, qb) of one head (qa a multiple of kBq): their dQ rows, and their terms of
+// dK and dV (all of them when [qa, qb) is every query; else a partial sum, into other memory).
 void BackwardHead(const float* q, const float* k, const float* v, const float* o,
                   const float* st, const float* dout, float* dq, float* dk, float* dv,
-                  const Dims& x, float scale, Scratch& sc) {
+                  const Dims& x, float scale, int64_t qa, int64_t qb, Scratch& sc) {
   const int64_t d = x.d, dvd = x.dv;
   PackTransposedPanels(k, x.tk, d, sc.kt.data());
   PackTransposedPanels(v, x.tk, dvd, sc.vt.data());
   PackPanels(k, x.tk, d, sc.kp.data());
-  std::memset(dq, 0, sizeof(float) * x.tq * d);
+  std::memset(dq + qa * d, 0, sizeof(float) * (qb - qa) * d);
   std::memset(dk, 0, sizeof(float) * x.tk * d);
   std::memset(dv, 0, sizeof(float) * x.tk * dvd);
   float* qs = sc.qs.data();
   float* s = sc.s.data();
   float* dp = sc.dp.data();
-  for (int64_t i = 0; i < x.tq * d; ++i) qs[i] = q[i] * scale;
-  for (int64_t r = 0; r < x.tq; ++r) sc.delta[r] = Dot(dout + r * dvd, o + r * dvd, dvd);
+  for (int64_t i = qa * d; i < qb * d; ++i) qs[i] = q[i] * scale;
+  for (int64_t r = qa; r < qb; ++r) sc.delta[r] = Dot(dout + r * dvd, o + r * dvd, dvd);
   for (int64_t j0 = 0; j0 < x.tk; j0 += kBk) {
     const int64_t bk = std::min(kBk, x.tk - j0), bkp = RoundUp16(bk);
     const BMat kt = TransposedPanelsAt(sc.kt.data(), d, j0);
     const BMat vt = TransposedPanelsAt(sc.vt.data(), dvd, j0);
     const BMat kp = PanelsAt(sc.kp.data(), x.tk, j0);
-    for (int64_t i0 = 0; i0 < x.tq; i0 += kBq) {
-      const int64_t bq = std::min(kBq, x.tq - i0);
+    for (int64_t i0 = qa; i0 < qb; i0 += kBq) {
+      const int64_t bq = std::min(kBq, qb - i0);
       const float* dob = dout + i0 * dvd;
       Gemm<false>(qs + i0 * d, d, 1, kt, d, s, kBk, bq, bkp);  // S
       for (int64_t r = 0; r < bq; ++r) {                     // P = exp(S - m) / l
@@ -594,15 +621,42 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
     std::memset(dqp, 0, sizeof(float) * x.n * x.tq * x.d);
     return ffi::Error::Success();
   }
-  aj::ParallelFor(pool, x.n, 1, [&](int64_t begin, int64_t end) {
+  const int64_t parts = BackwardParts(x, pool.num_threads());
+  const int64_t qblocks = CeilDiv(x.tq, kBq);
+  const int64_t kv = x.tk * (x.d + x.dv);  // one range's partial dK and dV
+  // Fewer heads than threads (batch 1, one head: one thread busy, 1.1x PyTorch's
+  // forward+backward on the 2-core Zen 4, 0.75-0.87x split): each range's partial dK, dV here,
+  // summed below.
+  std::vector<float> partial(parts > 1 ? x.n * parts * kv : 0);
+  aj::ParallelFor(pool, x.n * parts, 1, [&](int64_t begin, int64_t end) {
     Scratch& sc = ThreadScratch(x, true);
-    for (int64_t h = begin; h < end; ++h) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t h = t / parts, p = t % parts;
+      const int64_t qa = p * qblocks / parts * kBq;
+      const int64_t qb = std::min(x.tq, (p + 1) * qblocks / parts * kBq);
+      float* dkt = parts > 1 ? partial.data() + t * kv : dkp + h * x.tk * x.d;
+      float* dvt = parts > 1 ? partial.data() + t * kv + x.tk * x.d : dvp + h * x.tk * x.dv;
       BackwardHead(qp + h * x.tq * x.d, kp + h * x.tk * x.d, vp + h * x.tk * x.dv,
                    op + h * x.tq * x.dv, sp + h * x.tq * 2, gp + h * x.tq * x.dv,
-                   dqp + h * x.tq * x.d, dkp + h * x.tk * x.d, dvp + h * x.tk * x.dv, x,
-                   scale, sc);
+                   dqp + h * x.tq * x.d, dkt, dvt, x, scale, qa, qb, sc);
     }
-  }, /*chunks_per_thread=*/x.n);  // one head per claim
+  }, /*chunks_per_thread=*/x.n * parts);  // one range per claim
+  if (parts > 1) {
+    // Each head's dK rows then dV rows, (x.tk * (d + dv)) floats, sum of its parts'.
+    aj::ParallelFor(pool, x.n * kv, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t h = i / kv, j = i % kv;
+        const float* src = partial.data() + h * parts * kv + j;
+        float acc = 0.f;
+        for (int64_t p = 0; p < parts; ++p) acc += src[p * kv];
+        if (j < x.tk * x.d) {
+          dkp[h * x.tk * x.d + j] = acc;
+        } else {
+          dvp[h * x.tk * x.dv + (j - x.tk * x.d)] = acc;
+        }
+      }
+    });
+  }
   return ffi::Error::Success();
 }
 
