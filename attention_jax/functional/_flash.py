@@ -453,9 +453,31 @@ def _native_flash_bwd(scale, res, dout):
 _native_flash.defvjp(_native_flash_fwd, _native_flash_bwd)
 
 
-def native_attention(q, k, v, *, scale: float) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _native_grad_flash(q, k, v, scale, primal):
+    return primal(q, k, v)
+
+
+def _native_grad_flash_fwd(q, k, v, scale, primal):
+    return _native_flash_fwd(q, k, v, scale)
+
+
+def _native_grad_flash_bwd(scale, primal, res, dout):
+    return _native_flash_bwd(scale, res, dout)
+
+
+_native_grad_flash.defvjp(_native_grad_flash_fwd, _native_grad_flash_bwd)
+
+
+def native_attention(q, k, v, *, scale: float, primal: Callable | None = None) -> jax.Array:
     """softmax(scale * q k^T) v on the C++ kernel (CPU only; check ``native_unsupported``
-    first). Leading dims are broadcast (their gradients summed back by JAX)."""
+    first). Leading dims are broadcast (their gradients summed back by JAX).
+
+    ``primal``: a function of (q, k, v) computing the same attention, run where the call is
+    not differentiated; under ``jax.grad`` / ``jax.vjp`` the kernel runs forward and backward
+    (reverse mode only, either way)."""
     batch = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     q, k, v = (jnp.broadcast_to(a, batch + a.shape[-2:]) for a in (q, k, v))
+    if primal is not None:
+        return _native_grad_flash(q, k, v, float(scale), primal)
     return _native_flash(q, k, v, float(scale))

@@ -49,6 +49,7 @@ __all__ = [
     "SCORES",
     "CHUNKED_THRESHOLD",
     "CPU_NATIVE_THRESHOLD",
+    "CPU_NATIVE_GRAD_THRESHOLD",
     "dot_scores",
     "scaled_dot_scores",
     "cosine_scores",
@@ -83,6 +84,21 @@ kernel's forward+backward is faster from far smaller maps (0.75-0.95x from 2**18
 1.3-1.5x slower than the direct path's at 1.2-2.1M elements (non-local and DANet's position
 attention, batch 32), while their forward+backward gains only 7-10%: 2**22 stays for both
 CPUs."""
+
+CPU_NATIVE_GRAD_THRESHOLD = 2**18
+"""On the CPU, ``attention(implementation="auto")`` differentiated (``jax.grad``, ``jax.vjp``)
+runs the native kernel's forward and backward from this many score elements up (where it
+applies); not differentiated it stays on the direct path up to ``CPU_NATIVE_THRESHOLD``
+(read when a call is traced). The kernel's backward needs its own forward's row statistics,
+so the forward under differentiation is the kernel's too.
+
+The kernel's forward+backward against the direct path's, both cores: on the Intel Xeon
+0.75-0.95x from 2**18 elements, 0.6x at 2.1M (2026-12-02); on the AMD EPYC Zen 4
+(2026-12-02, after the kernel split a call with fewer heads than threads over query ranges),
+batch 8 / 32: one head of 196 or 256 tokens at D 64 0.68-1.02x (196 at batch 8: even), one
+of 196 at D 16 0.51 / 0.59x, eight of 196 at D 16 0.41 / 0.25x.
+On the AMD EPYC Zen 5 (one core, CPU time, before both the 12 x 32 micro-kernel and the
+split) it was faster only from ~2.5M elements: not yet measured there since."""
 
 _IMPLEMENTATIONS = ("auto", "xla", "chunked", "native")
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -561,9 +577,12 @@ def attention(
       * ``"auto"``: above ``CHUNKED_THRESHOLD`` score elements, ``"native"`` when compiling for
         the CPU and it applies (``jax.lax.platform_dependent``; not inside
         ``native_disabled()``, the way to ``jax.export`` for the CPU), else ``"chunked"``; below
-        it, ``"xla"``, except on the CPU above ``CPU_NATIVE_THRESHOLD``: ``"native"`` where it
-        applies. On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no
-        mask or bias and a head dim that is a multiple of 8 up to 128, it first tries
+        it, ``"xla"``, except on the CPU where ``"native"`` applies: above
+        ``CPU_NATIVE_THRESHOLD`` ``"native"``, above ``CPU_NATIVE_GRAD_THRESHOLD`` ``"xla"``'s
+        value with the kernel's forward and backward under ``jax.grad`` / ``jax.vjp``: there,
+        ``"auto"`` is reverse mode only (``"xla"`` for ``jax.jvp`` / ``jax.hessian``). On
+        GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no mask or bias and a head dim
+        that is a multiple of 8 up to 128, it first tries
         ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
         falls back to the above if cuDNN rejects the shapes.
 
@@ -619,13 +638,16 @@ def attention(
                 return _jax_nn_attention(q, k, v, scale=scale, implementation="cudnn")
             except (ValueError, NotImplementedError, RuntimeError):
                 pass
-        big = math.prod(score_shape) > CHUNKED_THRESHOLD
+        elements = math.prod(score_shape)
+        big = elements > CHUNKED_THRESHOLD
         implementation = "chunked" if big else "xla"
-        if (not big and math.prod(score_shape) > CPU_NATIVE_THRESHOLD
+        if (not big and elements > CPU_NATIVE_GRAD_THRESHOLD
                 and native_unsupported(qp, kp, v, mask, bias, dot_scale) is None):
-            # Mid-sized on the CPU: the kernel (see CPU_NATIVE_THRESHOLD); elsewhere direct.
+            # Mid-sized on the CPU: the kernel (see CPU_NATIVE_THRESHOLD), or only under
+            # differentiation (CPU_NATIVE_GRAD_THRESHOLD); elsewhere direct.
             direct = lambda q, k, v: _direct(q, k, v, block, mask, bias, precision, finite=True)
-            native = lambda q, k, v: native_attention(q, k, v, scale=dot_scale)
+            primal = None if elements > CPU_NATIVE_THRESHOLD else direct
+            native = lambda q, k, v: native_attention(q, k, v, scale=dot_scale, primal=primal)
             return jax.lax.platform_dependent(qp, kp, v, cpu=native, default=direct)
     if implementation == "native":
         why = native_unsupported(qp, kp, v, mask, bias, dot_scale)

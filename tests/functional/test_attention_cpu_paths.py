@@ -1,5 +1,6 @@
 """The CPU-specific paths of ``attention``: the guard-free direct softmax and the mid-size
-native route of ``implementation="auto"`` (``scoring.CPU_NATIVE_THRESHOLD``)."""
+native routes of ``implementation="auto"`` (``scoring.CPU_NATIVE_THRESHOLD`` and
+``CPU_NATIVE_GRAD_THRESHOLD``)."""
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,37 @@ def test_auto_takes_native_on_cpu_between_the_thresholds():
     # and the values agree with the direct path
     q, k, v = _n(8, 8, 320, 16), _n(8, 8, 320, 16), _n(8, 8, 320, 16)
     assert_close(jax.jit(f)(q, k, v), F.attention(q, k, v, implementation="xla"))
+
+
+def test_auto_differentiated_takes_the_kernel_from_the_grad_threshold():
+    # Between the two thresholds: the direct path's value, the kernel's forward and backward
+    # under differentiation; below both, the direct path both ways.
+    assert 0 < S.CPU_NATIVE_GRAD_THRESHOLD < S.CPU_NATIVE_THRESHOLD
+    mid, tiny = (4, 2, 256, 16), (1, 2, 64, 16)
+    assert S.CPU_NATIVE_GRAD_THRESHOLD < 4 * 2 * 256 * 256 <= S.CPU_NATIVE_THRESHOLD
+    assert 2 * 64 * 64 <= S.CPU_NATIVE_GRAD_THRESHOLD
+    f = lambda q, k, v: F.attention(q, k, v, score="scaled_dot")
+    fwd, bwd = _native.attention_target("fwd"), _native.attention_target("bwd")
+    for shape, native in ((mid, True), (tiny, False)):
+        spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+        assert fwd not in jax.jit(f).lower(spec, spec, spec).as_text()
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), (0, 1, 2)))
+        text = grad.lower(spec, spec, spec).as_text()
+        assert (fwd in text and bwd in text) == native, shape
+    q, k, v, ct = _n(*mid), _n(*mid), _n(*mid), _n(*mid)
+    direct = lambda q, k, v: F.attention(q, k, v, score="scaled_dot", implementation="xla")
+    np.testing.assert_array_equal(jax.jit(f)(q, k, v), jax.jit(direct)(q, k, v))
+    qt, kt, vt = (torch.from_numpy(np.array(a)).requires_grad_(True) for a in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+    ref.backward(torch.from_numpy(np.array(ct)))
+    out, pullback = jax.vjp(f, q, k, v)
+    assert_close(out, ref.detach().numpy())
+    for g, t in zip(jax.jit(pullback)(ct), (qt, kt, vt), strict=True):
+        assert_close(g, t.grad.numpy())
+    # reverse mode only there; "xla" takes forward mode
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(f, (q, k, v), (ct, ct, ct))
+    jax.jvp(direct, (q, k, v), (ct, ct, ct))
 
 
 def _dot_batch_dims(fn, *args) -> list[int]:
