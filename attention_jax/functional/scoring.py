@@ -580,9 +580,10 @@ def attention(
         it, ``"xla"``, except on the CPU where ``"native"`` applies: above
         ``CPU_NATIVE_THRESHOLD`` ``"native"``, above ``CPU_NATIVE_GRAD_THRESHOLD`` ``"xla"``'s
         value with the kernel's forward and backward under ``jax.grad`` / ``jax.vjp``: there,
-        ``"auto"`` is reverse mode only (``"xla"`` for ``jax.jvp`` / ``jax.hessian``). On
-        GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no mask or bias and a head dim
-        that is a multiple of 8 up to 128, it first tries
+        ``"auto"`` is reverse mode only (``"xla"``, or ``"auto"`` inside
+        ``attention_jax.native_disabled()`` for modules that call it, takes ``jax.jvp`` /
+        ``jax.hessian``). On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no mask
+        or bias and a head dim that is a multiple of 8 up to 128, it first tries
         ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
         falls back to the above if cuDNN rejects the shapes.
 
