@@ -26,7 +26,7 @@ from attention_jax._validation import (
 )
 from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
-from attention_jax.functional.scoring import attend, attention, attention_weights, dot_scores
+from attention_jax.functional.scoring import _masked_exp, attention, attention_weights
 
 __all__ = [
     "NON_LOCAL_MODES",
@@ -226,12 +226,18 @@ def channel_self_attention(
     if x.size == 0:  # gamma * (an empty y) + x
         return jnp.asarray(x)
     acc = acc_dtype(x)
-    xc = jnp.swapaxes(_tokens(x), 1, 2).astype(acc)  # (N, C, HW)
-    energy = dot_scores(xc, xc)  # (N, C, C)
+    # The pixel axis is contracted where it lies, on the (N, HW, C) tokens: no (N, C, HW) copy
+    # either way. The energies are finite dot products and no channel is masked, so the softmax
+    # needs no empty-row guard. Against the transposed (N, C, HW) form with the guarded softmax,
+    # XLA:CPU's forward+backward at 14x14x128 (AMD EPYC Zen 4, 2026-12-02, two alternating
+    # runs): batch 1 0.69-0.78 -> 0.61-0.69 ms, batch 8 3.7-4.4 -> 3.0-3.4, batch 32 15.9-17.2
+    # -> 15.1-15.4; forward unchanged within noise.
+    t = _tokens(x).astype(acc)  # (N, HW, C)
+    energy = jnp.einsum("npc,npd->ncd", t, t)  # (N, C, C)
     energy = jax.lax.stop_gradient(jnp.max(energy, -1, keepdims=True)) - energy
-    a = attention_weights(energy)  # (N, C, C)
-    y = attend(a, xc)  # (N, C, HW)
-    y = jnp.swapaxes(y, 1, 2).reshape(x.shape)
+    e, denom = _masked_exp(energy, None, guard=False)
+    a = e / denom  # (N, C, C)
+    y = jnp.einsum("ncd,npd->npc", a, t).reshape(x.shape)
     out = (gamma.reshape(()).astype(acc) * y + x).astype(x.dtype)
     return (out, {"attention": a}) if return_maps else out
 
