@@ -6,16 +6,21 @@ Run: ``.venv/bin/python benchmarks/bench_ops.py`` (``--batch-sizes``, ``--repeat
 A mechanism row of the quick sweep may stay above PyTorch only by the ratio of XLA:CPU's own
 bare operation at the same shapes (issue 15). This script times those operations alone: the
 convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial
-gate (7x7, two channels in, one out) and BAM's dilated 4 -> 4 convolutions, the attention
-core of the self-attention rows and the batched matmuls of DANet's channel attention, forward
-and forward+backward (gradients w.r.t. the input and the weights for a fixed random
-cotangent), each as
+gate (7x7, two channels in, one out), BAM's dilated 4 -> 4 convolutions and DANet's head,
+the attention core of the self-attention rows (and, for the attention row, its two batched
+matmuls and softmax alone), the batched matmuls of DANet's channel attention
+and the channel gates' two passes over the map (the global average pool and the rescale: SE,
+ECA and GE, row ``gates``), forward and forward+backward (gradients w.r.t. the input and the
+weights for a fixed random cotangent), each as
 
 * ``xla``: the plain JAX call (``lax.conv_general_dilated``; ``attention(implementation="xla")``
-  for attention, ``jnp.matmul``), i.e. what XLA:CPU does with the operation;
+  for attention, ``jnp.matmul``, ``jax.nn.softmax``, ``jnp.mean`` and ``*``), i.e. what
+  XLA:CPU does with the operation;
 * ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
-  ``attention(implementation="auto")``);
-* ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm``.
+  ``attention(implementation="auto")``; ``functional.attention_weights``;
+  ``functional.global_avg_pool``, ``functional.rescale``);
+* ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm`` /
+  ``softmax`` / ``mean`` and ``*`` on the NCHW map.
 
 The three are timed alternately in one process (round-robin repeats, each the mean of enough
 calls to last ``--min-repeat-s``), so a shared machine's drifts hit all of them; the table gives
@@ -97,7 +102,39 @@ class Matmul:
         return f"bmm {self.m}x{self.k} @ {self.k}x{self.n}"
 
 
-OPS: tuple[Conv | Attention | Matmul, ...] = (
+@dataclasses.dataclass(frozen=True)
+class Softmax:
+    """A softmax over the last axis of (N, rows, cols) scores: the middle of an attention."""
+
+    row: str
+    rows: int
+    cols: int
+
+    @property
+    def label(self) -> str:
+        return f"softmax {self.rows}x{self.cols}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A channel gate's passes over an (N, H, W, C) map, without its small layers.
+
+    ``form``: ``"pool"``, the global average pool to (N, C); ``"rescale"``, ``x * w`` with an
+    (N, 1, 1, C) weight (its f+b: gradients w.r.t. both); ``"gate"``, both as one SE-like gate
+    with nothing between, ``x * sigmoid(mean_hw(x))``.
+    """
+
+    row: str
+    h: int
+    c: int
+    form: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.form} {self.h}x{self.h}x{self.c}"
+
+
+OPS: tuple[Conv | Attention | Matmul | Softmax | Gate, ...] = (
     Conv("aspp", 28, 64, 64, dilation=6),
     Conv("aspp", 28, 64, 64, dilation=12),
     Conv("aspp", 28, 64, 64, dilation=18),
@@ -111,12 +148,20 @@ OPS: tuple[Conv | Attention | Matmul, ...] = (
     Conv("stn", 14, 8, 16),
     Conv("cbam", 28, 2, 1, k=7),
     Conv("bam", 28, 4, 4, dilation=4),
+    Conv("danet", 14, 128, 32),
+    Conv("danet", 14, 32, 32),
     Attention("attention", 1, 256, 64),
+    Matmul("attention", 256, 64, 256),
+    Softmax("attention", 256, 256),
+    Matmul("attention", 256, 256, 64),
     Attention("mhsa2d", 8, 196, 16),
     Attention("nl", 1, 196, 64),
     Attention("pam", 1, 196, 16, "dot"),
     Matmul("cam", 128, 196, 128),
     Matmul("cam", 128, 128, 196),
+    Gate("gates", 28, 64, "pool"),
+    Gate("gates", 28, 64, "rescale"),
+    Gate("gates", 28, 64, "gate"),
 )
 
 
@@ -200,7 +245,67 @@ def _matmul_fns(op: Matmul, batch: int, rng: np.random.Generator) -> dict[str, C
     return fns
 
 
-_MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns}
+def _softmax_fns(op: Softmax, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    s, ct = (rng.standard_normal((batch, op.rows, op.cols), dtype=np.float32) for _ in range(2))
+    sj, cj = jnp.asarray(s), jnp.asarray(ct)
+    fns: dict[str, Callable] = {}
+    for name, f in (("xla", functools.partial(jax.nn.softmax, axis=-1)),
+                    ("ours", F.attention_weights)):
+        fwd = jax.jit(f).lower(sj).compile()
+        fb = jax.jit(lambda a, c, f=f: jax.vjp(f, a)[1](c)).lower(sj, cj).compile()
+        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(sj))
+        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(sj, cj))
+    st, ctt = torch.from_numpy(s).requires_grad_(True), torch.from_numpy(ct)
+
+    def t_fwd():
+        with torch.no_grad():
+            return torch.softmax(st, -1)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(torch.softmax(st, -1), (st,), ctt)
+    return fns
+
+
+def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    x = rng.standard_normal((batch, op.h, op.h, op.c), dtype=np.float32)
+    w = rng.random((batch, 1, 1, op.c), dtype=np.float32)
+    ct_shape = (batch, op.c) if op.form == "pool" else x.shape
+    ct = rng.standard_normal(ct_shape, dtype=np.float32)
+    forms = {
+        "pool": (lambda a: jnp.mean(a, (1, 2)), F.global_avg_pool),
+        "rescale": (lambda a, b: a * b, F.rescale),
+        "gate": (lambda a: a * jax.nn.sigmoid(jnp.mean(a, (1, 2), keepdims=True)),
+                 lambda a: F.rescale(a, jax.nn.sigmoid(F.global_avg_pool(a, keepdims=True)))),
+    }[op.form]
+    args = (jnp.asarray(x), jnp.asarray(w)) if op.form == "rescale" else (jnp.asarray(x),)
+    cj = jnp.asarray(ct)
+    fns: dict[str, Callable] = {}
+    for name, f in zip(("xla", "ours"), forms, strict=True):
+        fwd = jax.jit(f).lower(*args).compile()
+        fb = jax.jit(lambda *a, f=f: jax.vjp(f, *a[:-1])[1](a[-1])).lower(*args, cj).compile()
+        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
+        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, cj))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    wt = torch.from_numpy(w).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    ctt = torch.from_numpy(ct)
+    ctt = ctt if op.form == "pool" else ctt.permute(0, 3, 1, 2).contiguous()
+    t_op, t_args = {
+        "pool": (lambda a: a.mean((2, 3)), (xt,)),
+        "rescale": (lambda a, b: a * b, (xt, wt)),
+        "gate": (lambda a: a * torch.sigmoid(a.mean((2, 3), keepdim=True)), (xt,)),
+    }[op.form]
+
+    def t_fwd():
+        with torch.no_grad():
+            return t_op(*t_args)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(t_op(*t_args), t_args, ctt)
+    return fns
+
+
+_MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns, Softmax: _softmax_fns,
+           Gate: _gate_fns}
 
 
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,
@@ -245,7 +350,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--min-repeat-s", type=float, default=0.02)
-    ap.add_argument("--only", default="", help="comma-separated rows (aspp, sk, splat, ...)")
+    ap.add_argument("--only", default="", help="comma-separated rows (aspp, sk, splat, ..., gates)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--json", default="", help="also write the results to this file")
     args = ap.parse_args(argv)

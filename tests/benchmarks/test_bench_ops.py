@@ -12,7 +12,7 @@ import pytest
 from benchmarks import bench_ops
 
 
-@pytest.mark.parametrize("row", ["cam", "stn", "pam"])  # a matmul, a convolution, attention
+@pytest.mark.parametrize("row", ["cam", "stn", "pam", "gates"])  # matmul, conv, attention, gates
 def test_smoke_run_reports_consistent_ratios(row, tmp_path):
     out = tmp_path / "ops.json"
     results = bench_ops.main(["--only", row, "--batch-sizes", "1", "--repeats", "2",
@@ -37,3 +37,34 @@ def test_matmul_forms_agree_with_torch():
     ta, tb = fns["torch f+b"]()
     np.testing.assert_allclose(np.asarray(da), ta.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(db), tb.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _nhwc(t) -> np.ndarray:
+    a = t.detach().numpy()
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+@pytest.mark.parametrize("form", ["pool", "rescale", "gate"])
+def test_gate_forms_agree_with_torch(form):
+    rng = np.random.default_rng(1)
+    fns = bench_ops._gate_fns(bench_ops.Gate("gates", 5, 3, form), 2, rng)
+    ref = _nhwc(fns["torch fwd"]())
+    ref_grads = [_nhwc(g) for g in fns["torch f+b"]()]
+    assert len(ref_grads) == (2 if form == "rescale" else 1)
+    for name in ("xla", "ours"):
+        np.testing.assert_allclose(np.asarray(fns[f"{name} fwd"]()), ref, rtol=1e-5, atol=1e-6)
+        grads = fns[f"{name} f+b"]()
+        assert len(grads) == len(ref_grads)
+        for g, r in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(np.asarray(g), r, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_forms_agree_with_torch():
+    rng = np.random.default_rng(2)
+    fns = bench_ops._softmax_fns(bench_ops.Softmax("attention", 4, 7), 3, rng)
+    ref = fns["torch fwd"]().numpy()
+    (ref_grad,) = fns["torch f+b"]()
+    for name in ("xla", "ours"):
+        np.testing.assert_allclose(np.asarray(fns[f"{name} fwd"]()), ref, rtol=1e-5, atol=1e-6)
+        (grad,) = fns[f"{name} f+b"]()
+        np.testing.assert_allclose(np.asarray(grad), ref_grad.numpy(), rtol=1e-5, atol=1e-6)
