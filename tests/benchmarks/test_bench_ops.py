@@ -33,7 +33,8 @@ def test_matmul_forms_agree_with_torch():
     ours = np.asarray(fns["ours fwd"]())
     ref = fns["torch fwd"]().numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
-    da, db = fns["ours f+b"]()
+    y, (da, db) = fns["ours f+b"]()
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
     ta, tb = fns["torch f+b"]()
     np.testing.assert_allclose(np.asarray(da), ta.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(db), tb.numpy(), rtol=1e-5, atol=1e-5)
@@ -53,7 +54,8 @@ def test_gate_forms_agree_with_torch(form):
     assert len(ref_grads) == (2 if form == "rescale" else 1)
     for name in ("xla", "ours"):
         np.testing.assert_allclose(np.asarray(fns[f"{name} fwd"]()), ref, rtol=1e-5, atol=1e-6)
-        grads = fns[f"{name} f+b"]()
+        y, grads = fns[f"{name} f+b"]()
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-6)
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads, strict=True):
             np.testing.assert_allclose(np.asarray(g), r, rtol=1e-5, atol=1e-6)
@@ -66,5 +68,20 @@ def test_softmax_forms_agree_with_torch():
     (ref_grad,) = fns["torch f+b"]()
     for name in ("xla", "ours"):
         np.testing.assert_allclose(np.asarray(fns[f"{name} fwd"]()), ref, rtol=1e-5, atol=1e-6)
-        (grad,) = fns[f"{name} f+b"]()
+        y, (grad,) = fns[f"{name} f+b"]()
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(grad), ref_grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", [bench_ops.Conv("stn", 6, 2, 3), bench_ops.Matmul("cam", 4, 5, 3)],
+                         ids=["conv", "matmul"])
+def test_jax_forward_backward_step_computes_the_forward(op):
+    """The JAX f+b step returns the output with the gradients, so its compiled program runs the
+    forward (PyTorch's autograd does): for a linear operation XLA would otherwise drop it."""
+    fns = bench_ops._MAKERS[type(op)](op, 2, np.random.default_rng(3))
+    for name in ("xla", "ours"):
+        y, grads = fns[f"{name} f+b"]()
+        np.testing.assert_allclose(np.asarray(y), np.asarray(fns[f"{name} fwd"]()), rtol=1e-6,
+                                   atol=1e-6)
+        assert len(grads) == 2
+
