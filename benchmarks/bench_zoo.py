@@ -250,8 +250,9 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
                    mode: str = "forward") -> dict[str, Any]:
     """Each distinct convolution of the model alone, JAX vs PyTorch, times its count.
 
-    ``mode="forward"``: the convolution; ``"train"``: forward plus the gradients w.r.t. its
-    input and its weight for a random cotangent (``jax.vjp``; torch ``autograd.grad``).
+    ``mode="forward"``: the convolution; ``"train"``: its output and the gradients w.r.t. its
+    input and its weight for a random cotangent (``jax.vjp``; torch ``autograd.grad``; before
+    2026-12-02 the JAX side returned the gradients alone, and XLA dropped the forward).
     """
     rows = []
     for shape, count in conv_shapes(tm, torch, device, batch, size).items():
@@ -281,7 +282,10 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
         else:
             out_shape = jax.eval_shape(conv, xj, wj).shape
             ct = jax.device_put(jnp.asarray(rng.normal(size=out_shape).astype(np.float32)))
-            fj = jax.jit(lambda a, b, ct, conv=conv: jax.vjp(conv, a, b)[1](ct))
+            # The output is returned with the gradients (PyTorch's step runs the forward):
+            # with the gradients alone XLA would drop the convolution's forward.
+            fj = jax.jit(lambda a, b, ct, conv=conv: (lambda y, pb: (y, pb(ct)))(
+                *jax.vjp(conv, a, b)))
             ctt = torch.from_numpy(np.asarray(ct)).permute(0, 3, 1, 2).contiguous().to(device)
             xt.requires_grad_(True)
             wtt.requires_grad_(True)
