@@ -5,24 +5,24 @@ Run: ``.venv/bin/python benchmarks/bench_ops.py`` (``--batch-sizes``, ``--repeat
 
 A mechanism row of the quick sweep may stay above PyTorch only by the ratio of XLA:CPU's own
 bare operation at the same shapes (issue 15). This script times those operations alone: the
-convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial
-gate (7x7, two channels in, one out), BAM's dilated 4 -> 4 convolutions and DANet's head,
-the attention core of the self-attention rows (and, for the attention row, its two batched
-matmuls and softmax alone), the batched matmuls of DANet's channel attention
-and the channel gates' two passes over the map (the global average pool and the rescale: SE,
-ECA and GE, row ``gates``), forward and forward+backward (the output and the gradients
-w.r.t. the input and the weights for a fixed random cotangent; until 2026-12-02 the JAX side
-returned the gradients alone, so XLA skipped a convolution's or matmul's forward there and
-the f+b ratios of the tables measured before then are too low), each as
+convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's spatial gate
+(7x7, two channels in, one out), BAM's dilated 4 -> 4 convolutions and DANet's head, the
+attention core of the self-attention rows (and, for the attention row, its two batched matmuls
+and softmax alone; for mhsa2d, its two per-pixel projections), the batched matmuls of DANet's
+channel attention and the channel gates' two passes over the map (the global average pool and
+the rescale: SE, ECA and GE, row ``gates``), forward and forward+backward (the output and the
+gradients w.r.t. the input and the weights for a fixed random cotangent; until 2026-12-02 the
+JAX side returned the gradients alone, so XLA skipped a convolution's or matmul's forward there
+and the f+b ratios of the tables measured before then are too low), each as
 
 * ``xla``: the plain JAX call (``lax.conv_general_dilated``; ``attention(implementation="xla")``
-  for attention, ``jnp.matmul``, ``jax.nn.softmax``, ``jnp.mean`` and ``*``), i.e. what
-  XLA:CPU does with the operation;
+  for attention, ``jnp.matmul``, ``x @ w + b``, ``jax.nn.softmax``, ``jnp.mean`` and ``*``),
+  i.e. what XLA:CPU does with the operation;
 * ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
   ``attention(implementation="auto")``; ``functional.attention_weights``;
   ``functional.global_avg_pool``, ``functional.rescale``);
 * ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm`` /
-  ``softmax`` / ``mean`` and ``*`` on the NCHW map.
+  ``linear`` / ``softmax`` / ``mean`` and ``*`` on the NCHW map.
 
 The three are timed alternately in one process (round-robin repeats, each the mean of enough
 calls to last ``--min-repeat-s``), so a shared machine's drifts hit all of them; the table gives
@@ -105,6 +105,21 @@ class Matmul:
 
 
 @dataclasses.dataclass(frozen=True)
+class Dense:
+    """A per-pixel Dense layer on the pixels as rows, (N*rows, k) @ (k, n) + (n,): mhsa2d's
+    ``qkv`` and ``proj`` projections (one weight shared by every row, unlike ``Matmul``)."""
+
+    row: str
+    rows: int
+    k: int
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"dense {self.rows}x{self.k} -> {self.n}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Softmax:
     """A softmax over the last axis of (N, rows, cols) scores: the middle of an attention."""
 
@@ -136,7 +151,7 @@ class Gate:
         return f"{self.form} {self.h}x{self.h}x{self.c}"
 
 
-OPS: tuple[Conv | Attention | Matmul | Softmax | Gate, ...] = (
+OPS: tuple[Conv | Attention | Matmul | Dense | Softmax | Gate, ...] = (
     Conv("aspp", 28, 64, 64, dilation=6),
     Conv("aspp", 28, 64, 64, dilation=12),
     Conv("aspp", 28, 64, 64, dilation=18),
@@ -157,6 +172,8 @@ OPS: tuple[Conv | Attention | Matmul | Softmax | Gate, ...] = (
     Softmax("attention", 256, 256),
     Matmul("attention", 256, 256, 64),
     Attention("mhsa2d", 8, 196, 16),
+    Dense("mhsa2d", 196, 128, 384),
+    Dense("mhsa2d", 196, 128, 128),
     Attention("nl", 1, 196, 64),
     Attention("pam", 1, 196, 16, "dot"),
     Matmul("cam", 128, 196, 128),
@@ -263,6 +280,36 @@ def _matmul_fns(op: Matmul, batch: int, rng: np.random.Generator) -> dict[str, C
     return fns
 
 
+def _dense(x, w, b):
+    return x @ w + b
+
+
+def _dense_fns(op: Dense, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
+    x, ct = (rng.standard_normal((batch * op.rows, n), dtype=np.float32) for n in (op.k, op.n))
+    w = (rng.standard_normal((op.k, op.n), dtype=np.float32) / np.sqrt(op.k)).astype(np.float32)
+    b = rng.standard_normal((op.n,), dtype=np.float32)
+    args, cj = tuple(jnp.asarray(a) for a in (x, w, b)), jnp.asarray(ct)
+    fwd = jax.jit(_dense).lower(*args).compile()
+    fb = jax.jit(_fwd_bwd(_dense)).lower(*args, cj).compile()
+    fns: dict[str, Callable] = {}
+    for name in ("xla", "ours"):  # the library's Dense layers are XLA's dot as it is
+        fns[f"{name} fwd"] = lambda: jax.block_until_ready(fwd(*args))
+        fns[f"{name} f+b"] = lambda: jax.block_until_ready(fb(*args, cj))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    wt = torch.from_numpy(np.ascontiguousarray(w.T)).requires_grad_(True)  # (out, in)
+    bt = torch.from_numpy(b).requires_grad_(True)
+    ctt = torch.from_numpy(ct)
+
+    def t_fwd():
+        with torch.no_grad():
+            return torch.nn.functional.linear(xt, wt, bt)
+
+    fns["torch fwd"] = t_fwd
+    fns["torch f+b"] = lambda: torch.autograd.grad(torch.nn.functional.linear(xt, wt, bt),
+                                                   (xt, wt, bt), ctt)
+    return fns
+
+
 def _softmax_fns(op: Softmax, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
     s, ct = (rng.standard_normal((batch, op.rows, op.cols), dtype=np.float32) for _ in range(2))
     sj, cj = jnp.asarray(s), jnp.asarray(ct)
@@ -322,8 +369,8 @@ def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Calla
     return fns
 
 
-_MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns, Softmax: _softmax_fns,
-           Gate: _gate_fns}
+_MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns, Dense: _dense_fns,
+           Softmax: _softmax_fns, Gate: _gate_fns}
 
 
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,

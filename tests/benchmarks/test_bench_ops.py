@@ -40,6 +40,23 @@ def test_matmul_forms_agree_with_torch():
     np.testing.assert_allclose(np.asarray(db), tb.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_dense_forms_agree_with_torch():
+    """mhsa2d's projections: x @ w + b against ``F.linear`` (weight stored (out, in)), with the
+    gradients w.r.t. the rows, the weight and the bias."""
+    rng = np.random.default_rng(4)
+    fns = bench_ops._dense_fns(bench_ops.Dense("mhsa2d", 6, 5, 7), 2, rng)
+    ref = fns["torch fwd"]().numpy()
+    assert ref.shape == (12, 7)
+    tx, tw, tb = (t.numpy() for t in fns["torch f+b"]())
+    for name in ("xla", "ours"):
+        np.testing.assert_allclose(np.asarray(fns[f"{name} fwd"]()), ref, rtol=1e-5, atol=1e-5)
+        y, (dx, dw, db) = fns[f"{name} f+b"]()
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(dx), tx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(dw), tw.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(db), tb, rtol=1e-5, atol=1e-5)
+
+
 def _nhwc(t) -> np.ndarray:
     a = t.detach().numpy()
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
@@ -73,8 +90,9 @@ def test_softmax_forms_agree_with_torch():
         np.testing.assert_allclose(np.asarray(grad), ref_grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", [bench_ops.Conv("stn", 6, 2, 3), bench_ops.Matmul("cam", 4, 5, 3)],
-                         ids=["conv", "matmul"])
+@pytest.mark.parametrize("op", [bench_ops.Conv("stn", 6, 2, 3), bench_ops.Matmul("cam", 4, 5, 3),
+                                bench_ops.Dense("mhsa2d", 4, 5, 3)],
+                         ids=["conv", "matmul", "dense"])
 def test_jax_forward_backward_step_computes_the_forward(op):
     """The JAX f+b step returns the output with the gradients, so its compiled program runs the
     forward (PyTorch's autograd does): for a linear operation XLA would otherwise drop it."""
@@ -83,5 +101,5 @@ def test_jax_forward_backward_step_computes_the_forward(op):
         y, grads = fns[f"{name} f+b"]()
         np.testing.assert_allclose(np.asarray(y), np.asarray(fns[f"{name} fwd"]()), rtol=1e-6,
                                    atol=1e-6)
-        assert len(grads) == 2
+        assert len(grads) == (3 if isinstance(op, bench_ops.Dense) else 2)
 
