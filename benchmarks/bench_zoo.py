@@ -16,14 +16,14 @@ Timed, at ``--size`` x ``--size`` (224):
   donated; PyTorch: ``zero_grad``, ``backward``, ``optimizer.step``).
 
 The two sides alternate (JAX block, pause, PyTorch block, pause, ...) so a shared machine's
-drifts hit both, and the pause lets PyTorch's OpenMP threads stop spinning before JAX runs
-(they otherwise steal the cores JAX's next block needs). Each repeat is the mean of enough calls
-to last ``--min-repeat-s``; the table gives medians over ``--repeats`` and the time ratio
-JAX / PyTorch (<= 1.0: JAX as fast or faster). ``--conv-breakdown`` (automatic where the ratio
-exceeds 1.0 at batch 8 or 32, or in the training step) times every convolution of the model
-alone at its shape (``lax.conv_general_dilated`` vs ``torch.nn.functional.conv2d``; forward,
-or for the training step forward plus input and weight gradients) and reports their sum and
-the shapes where JAX loses most: where the time goes.
+drifts hit both, and the pause lets PyTorch's OpenMP threads stop spinning before JAX runs (they
+otherwise steal the cores JAX's next block needs). Each repeat is the mean of enough calls to
+last ``--min-repeat-s``; the table gives medians over ``--repeats`` and the time ratio JAX /
+PyTorch (<= 1.0: JAX as fast or faster). ``--conv-breakdown`` (automatic where the ratio exceeds
+1.0 at batch 8 or 32, or in the training step) times every convolution of the model alone at its
+shape (the convolution attention_jax's model runs, ``conv_forms``, vs
+``torch.nn.functional.conv2d``; forward, or for the training step forward plus input and weight
+gradients) and reports their sum and the shapes where JAX loses most: where the time goes.
 
 Runs unchanged on GPU (PyTorch on CUDA when JAX runs on a GPU and torch sees one) and TPU
 (JAX columns only).
@@ -47,6 +47,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from attention_jax.functional.convolution import conv_general_dilated
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the timm stand-in and weight filler live in tests/
@@ -228,14 +230,41 @@ def train_step(name: str, tm, variables, torch, device, *, batch: int, size: int
     return res
 
 
+# timm's attention blocks whose attention_jax counterparts (SelectiveKernel, SplitAttention)
+# build every convolution with the library's layers, so with its CPU forms.
+MECHANISM_BLOCKS = ("SelectiveKernel", "SplitAttn")
+
+
+def conv_forms(tm, torch) -> dict[Any, str]:
+    """Which convolution attention_jax's model runs for each of timm's Conv2d modules.
+
+    ``"ours"`` (``functional.convolution.conv_general_dilated``, with its CPU forms) for 1x1
+    kernels, which the ResNet family passes to the library (``resnet_core.Conv``), and for
+    every convolution inside a ``MECHANISM_BLOCKS`` module; ``"xla"``
+    (``lax.conv_general_dilated``) for the family's other convolutions (stems, 3x3s).
+    """
+    forms = {}
+    for m in tm.modules():
+        inside = type(m).__name__ in MECHANISM_BLOCKS
+        for sub in m.modules():
+            if isinstance(sub, torch.nn.Conv2d):
+                if inside or sub.kernel_size == (1, 1):
+                    forms[sub] = "ours"
+                else:
+                    forms.setdefault(sub, "xla")
+    return forms
+
+
 def conv_shapes(tm, torch, device, batch: int, size: int) -> collections.Counter:
-    """Every Conv2d call of one forward: (N, C, H, W, out, k, stride, pad, dilation, groups)."""
+    """Every Conv2d call of one forward: (N, C, H, W, out, k, stride, pad, dilation, groups,
+    form), ``form`` from ``conv_forms``."""
     seen: collections.Counter = collections.Counter()
+    forms = conv_forms(tm, torch)
 
     def hook(mod, inp, out):
         n, c, h, w = inp[0].shape
         seen[(n, c, h, w, mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0],
-              mod.dilation[0], mod.groups)] += 1
+              mod.dilation[0], mod.groups, forms[mod])] += 1
 
     handles = [m.register_forward_hook(hook) for m in tm.modules()
                if isinstance(m, torch.nn.Conv2d)]
@@ -250,19 +279,23 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
                    mode: str = "forward") -> dict[str, Any]:
     """Each distinct convolution of the model alone, JAX vs PyTorch, times its count.
 
-    ``mode="forward"``: the convolution; ``"train"``: its output and the gradients w.r.t. its
-    input and its weight for a random cotangent (``jax.vjp``; torch ``autograd.grad``; before
-    2026-12-02 the JAX side returned the gradients alone, and XLA dropped the forward).
+    JAX runs each as attention_jax's model does (``conv_forms``: the library's CPU forms for
+    1x1 kernels and inside the attention blocks, XLA's own convolution elsewhere; before
+    2026-12-03 every one was XLA's). ``mode="forward"``: the convolution; ``"train"``: its
+    output and the gradients w.r.t. its input and its weight for a random cotangent
+    (``jax.vjp``; torch ``autograd.grad``; before 2026-12-02 the JAX side returned the
+    gradients alone, and XLA dropped the forward).
     """
     rows = []
     for shape, count in conv_shapes(tm, torch, device, batch, size).items():
-        n, c, h, w, o, k, s, p, d, g = shape
+        n, c, h, w, o, k, s, p, d, g, form = shape
+        jax_conv = conv_general_dilated if form == "ours" else jax.lax.conv_general_dilated
         rng = np.random.default_rng(0)
         x = rng.normal(size=(n, h, w, c)).astype(np.float32)
         wt = (rng.normal(size=(k, k, c // g, o)) / np.sqrt(c // g * k * k)).astype(np.float32)
 
-        def conv(a, b, s=s, p=p, d=d, g=g):
-            return jax.lax.conv_general_dilated(
+        def conv(a, b, s=s, p=p, d=d, g=g, jax_conv=jax_conv):
+            return jax_conv(
                 a, b, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
 
@@ -286,7 +319,7 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
             # with the gradients alone XLA would drop the convolution's forward.
             fj = jax.jit(lambda a, b, ct, conv=conv: (lambda y, pb: (y, pb(ct)))(
                 *jax.vjp(conv, a, b)))
-            ctt = torch.from_numpy(np.asarray(ct)).permute(0, 3, 1, 2).contiguous().to(device)
+            ctt = torch.from_numpy(np.array(ct)).permute(0, 3, 1, 2).contiguous().to(device)
             xt.requires_grad_(True)
             wtt.requires_grad_(True)
 
@@ -301,7 +334,7 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
         r = alternate(jax_step, torch_step, repeats=max(3, args.repeats // 2), warmup=1,
                       min_s=min(args.min_repeat_s, 0.05), settle_s=args.settle_s / 3)
         rows.append({"shape": dict(zip(("n", "c", "h", "w", "out", "k", "stride", "pad",
-                                        "dilation", "groups"), shape, strict=True)),
+                                        "dilation", "groups", "form"), shape, strict=True)),
                      "count": count, "jax_s": r["jax_s"] * count,
                      "torch_s": r["torch_s"] * count})
     rows.sort(key=lambda r: r["jax_s"] - r["torch_s"], reverse=True)
@@ -316,7 +349,7 @@ def _print_breakdown(name: str, br: dict[str, Any]) -> None:
     for row in br["convs"][:4]:
         s = row["shape"]
         print(f"    {s['c']:>4}->{s['out']:<4} {s['k']}x{s['k']}/{s['stride']} d{s['dilation']} "
-              f"g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']}: JAX "
+              f"g{s['groups']:<3} at {s['h']}x{s['w']} x{row['count']} ({s['form']}): JAX "
               f"{row['jax_s'] * 1e3:7.1f} ms, PyTorch {row['torch_s'] * 1e3:7.1f} ms")
 
 
