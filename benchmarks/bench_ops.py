@@ -200,6 +200,32 @@ def _fwd_bwd(f: Callable) -> Callable:
     return step
 
 
+def _jax_fns(forms: dict[str, Callable], args: tuple, ct: jax.Array) -> dict[str, Callable]:
+    """``"NAME fwd"`` / ``"NAME f+b"`` calls of each JAX form on ``args`` (the f+b step with the
+    cotangent ``ct``), compiled ahead; forms that are one callable share one compile."""
+    compiled: dict[Callable, tuple] = {}
+    fns: dict[str, Callable] = {}
+    for name, f in forms.items():
+        if f not in compiled:
+            compiled[f] = (jax.jit(f).lower(*args).compile(),
+                           jax.jit(_fwd_bwd(f)).lower(*args, ct).compile())
+        fwd, fb = compiled[f]
+        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
+        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, ct))
+    return fns
+
+
+def _torch_fns(f: Callable, inputs: tuple, ct: torch.Tensor) -> dict[str, Callable]:
+    """PyTorch's forward (no autograd) and forward+backward (the gradients w.r.t. every
+    input, which require grad, for the cotangent ``ct``) of ``f(*inputs)``."""
+
+    def t_fwd():
+        with torch.no_grad():
+            return f(*inputs)
+
+    return {"torch fwd": t_fwd, "torch f+b": lambda: torch.autograd.grad(f(*inputs), inputs, ct)}
+
+
 def _conv_fns(op: Conv, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
     x = rng.standard_normal((batch, op.h, op.h, op.cin), dtype=np.float32)
     w = (rng.standard_normal((op.k, op.k, op.cin // op.groups, op.cout), dtype=np.float32)
@@ -209,75 +235,37 @@ def _conv_fns(op: Conv, batch: int, rng: np.random.Generator) -> dict[str, Calla
     kw = dict(window_strides=(1, 1), padding=((p, p), (p, p)),
               rhs_dilation=(op.dilation, op.dilation), dimension_numbers=NHWC,
               feature_group_count=op.groups)
-    fns: dict[str, Callable] = {}
-    xj, wj, cj = (jnp.asarray(a) for a in (x, w, ct))
-    for name, conv in (("xla", jax.lax.conv_general_dilated), ("ours", conv_general_dilated)):
-        f = functools.partial(conv, **kw)
-        fwd = jax.jit(lambda a, b, f=f: f(a, b)).lower(xj, wj).compile()
-        fb = jax.jit(_fwd_bwd(f)).lower(xj, wj, cj).compile()
-        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(xj, wj))
-        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(xj, wj, cj))
+    fns = _jax_fns({"xla": functools.partial(jax.lax.conv_general_dilated, **kw),
+                    "ours": functools.partial(conv_general_dilated, **kw)},
+                   (jnp.asarray(x), jnp.asarray(w)), jnp.asarray(ct))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
     ctt = torch.from_numpy(ct).permute(0, 3, 1, 2).contiguous()
     conv_t = functools.partial(torch.nn.functional.conv2d, padding=p, dilation=op.dilation,
                                groups=op.groups)
-
-    def t_fwd():
-        with torch.no_grad():
-            return conv_t(xt, wt)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(conv_t(xt, wt), (xt, wt), ctt)
-    return fns
+    return fns | _torch_fns(conv_t, (xt, wt), ctt)
 
 
 def _attention_fns(op: Attention, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
     shape = (batch, op.heads, op.tokens, op.depth)
     q, k, v, ct = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
-    args = tuple(jnp.asarray(a) for a in (q, k, v))
-    cj = jnp.asarray(ct)
-    fns: dict[str, Callable] = {}
-    for name, impl in (("xla", "xla"), ("ours", "auto")):
-        f = functools.partial(F.attention, score=op.score, implementation=impl)
-        fwd = jax.jit(lambda *a, f=f: f(*a)).lower(*args).compile()
-        fb = jax.jit(_fwd_bwd(f)).lower(*args, cj).compile()
-        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
-        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, cj))
-    tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in (q, k, v))
-    ctt = torch.from_numpy(ct)
+    fns = _jax_fns({name: functools.partial(F.attention, score=op.score, implementation=impl)
+                    for name, impl in (("xla", "xla"), ("ours", "auto"))},
+                   tuple(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(ct))
     sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention,
                              scale=None if op.score == "scaled_dot" else 1.0)
-
-    def t_fwd():
-        with torch.no_grad():
-            return sdpa(tq, tk, tv)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(sdpa(tq, tk, tv), (tq, tk, tv), ctt)
-    return fns
+    return fns | _torch_fns(sdpa, tuple(torch.from_numpy(a).requires_grad_(True)
+                                        for a in (q, k, v)), torch.from_numpy(ct))
 
 
 def _matmul_fns(op: Matmul, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
     a, b, ct = (rng.standard_normal(shape, dtype=np.float32) for shape in (
         (batch, op.m, op.k), (batch, op.k, op.n), (batch, op.m, op.n)))
-    args, cj = (jnp.asarray(a), jnp.asarray(b)), jnp.asarray(ct)
-    fwd = jax.jit(jnp.matmul).lower(*args).compile()
-    fb = jax.jit(_fwd_bwd(jnp.matmul)).lower(*args, cj).compile()
-    fns: dict[str, Callable] = {}
-    for name in ("xla", "ours"):  # the library calls XLA's batched dot as it is
-        fns[f"{name} fwd"] = lambda: jax.block_until_ready(fwd(*args))
-        fns[f"{name} f+b"] = lambda: jax.block_until_ready(fb(*args, cj))
-    at, bt = (torch.from_numpy(x).requires_grad_(True) for x in (a, b))
-    ctt = torch.from_numpy(ct)
-
-    def t_fwd():
-        with torch.no_grad():
-            return torch.bmm(at, bt)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(torch.bmm(at, bt), (at, bt), ctt)
-    return fns
+    # the library calls XLA's batched dot as it is
+    fns = _jax_fns({"xla": jnp.matmul, "ours": jnp.matmul}, (jnp.asarray(a), jnp.asarray(b)),
+                   jnp.asarray(ct))
+    return fns | _torch_fns(torch.bmm, tuple(torch.from_numpy(x).requires_grad_(True)
+                                             for x in (a, b)), torch.from_numpy(ct))
 
 
 def _dense(x, w, b):
@@ -288,47 +276,20 @@ def _dense_fns(op: Dense, batch: int, rng: np.random.Generator) -> dict[str, Cal
     x, ct = (rng.standard_normal((batch * op.rows, n), dtype=np.float32) for n in (op.k, op.n))
     w = (rng.standard_normal((op.k, op.n), dtype=np.float32) / np.sqrt(op.k)).astype(np.float32)
     b = rng.standard_normal((op.n,), dtype=np.float32)
-    args, cj = tuple(jnp.asarray(a) for a in (x, w, b)), jnp.asarray(ct)
-    fwd = jax.jit(_dense).lower(*args).compile()
-    fb = jax.jit(_fwd_bwd(_dense)).lower(*args, cj).compile()
-    fns: dict[str, Callable] = {}
-    for name in ("xla", "ours"):  # the library's Dense layers are XLA's dot as it is
-        fns[f"{name} fwd"] = lambda: jax.block_until_ready(fwd(*args))
-        fns[f"{name} f+b"] = lambda: jax.block_until_ready(fb(*args, cj))
-    xt = torch.from_numpy(x).requires_grad_(True)
-    wt = torch.from_numpy(np.ascontiguousarray(w.T)).requires_grad_(True)  # (out, in)
-    bt = torch.from_numpy(b).requires_grad_(True)
-    ctt = torch.from_numpy(ct)
-
-    def t_fwd():
-        with torch.no_grad():
-            return torch.nn.functional.linear(xt, wt, bt)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(torch.nn.functional.linear(xt, wt, bt),
-                                                   (xt, wt, bt), ctt)
-    return fns
+    # the library's Dense layers are XLA's dot as it is
+    fns = _jax_fns({"xla": _dense, "ours": _dense}, tuple(jnp.asarray(a) for a in (x, w, b)),
+                   jnp.asarray(ct))
+    inputs = tuple(torch.from_numpy(a).requires_grad_(True)
+                   for a in (x, np.ascontiguousarray(w.T), b))  # weight (out, in)
+    return fns | _torch_fns(torch.nn.functional.linear, inputs, torch.from_numpy(ct))
 
 
 def _softmax_fns(op: Softmax, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
     s, ct = (rng.standard_normal((batch, op.rows, op.cols), dtype=np.float32) for _ in range(2))
-    sj, cj = jnp.asarray(s), jnp.asarray(ct)
-    fns: dict[str, Callable] = {}
-    for name, f in (("xla", functools.partial(jax.nn.softmax, axis=-1)),
-                    ("ours", F.attention_weights)):
-        fwd = jax.jit(f).lower(sj).compile()
-        fb = jax.jit(_fwd_bwd(f)).lower(sj, cj).compile()
-        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(sj))
-        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(sj, cj))
-    st, ctt = torch.from_numpy(s).requires_grad_(True), torch.from_numpy(ct)
-
-    def t_fwd():
-        with torch.no_grad():
-            return torch.softmax(st, -1)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(torch.softmax(st, -1), (st,), ctt)
-    return fns
+    fns = _jax_fns({"xla": functools.partial(jax.nn.softmax, axis=-1),
+                    "ours": F.attention_weights}, (jnp.asarray(s),), jnp.asarray(ct))
+    return fns | _torch_fns(functools.partial(torch.softmax, dim=-1),
+                            (torch.from_numpy(s).requires_grad_(True),), torch.from_numpy(ct))
 
 
 def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Callable]:
@@ -343,13 +304,7 @@ def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Calla
                  lambda a: F.rescale(a, jax.nn.sigmoid(F.global_avg_pool(a, keepdims=True)))),
     }[op.form]
     args = (jnp.asarray(x), jnp.asarray(w)) if op.form == "rescale" else (jnp.asarray(x),)
-    cj = jnp.asarray(ct)
-    fns: dict[str, Callable] = {}
-    for name, f in zip(("xla", "ours"), forms, strict=True):
-        fwd = jax.jit(f).lower(*args).compile()
-        fb = jax.jit(_fwd_bwd(f)).lower(*args, cj).compile()
-        fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
-        fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, cj))
+    fns = _jax_fns(dict(zip(("xla", "ours"), forms, strict=True)), args, jnp.asarray(ct))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     wt = torch.from_numpy(w).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     ctt = torch.from_numpy(ct)
@@ -359,14 +314,7 @@ def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Calla
         "rescale": (lambda a, b: a * b, (xt, wt)),
         "gate": (lambda a: a * torch.sigmoid(a.mean((2, 3), keepdim=True)), (xt,)),
     }[op.form]
-
-    def t_fwd():
-        with torch.no_grad():
-            return t_op(*t_args)
-
-    fns["torch fwd"] = t_fwd
-    fns["torch f+b"] = lambda: torch.autograd.grad(t_op(*t_args), t_args, ctt)
-    return fns
+    return fns | _torch_fns(t_op, t_args, ctt)
 
 
 _MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns, Dense: _dense_fns,

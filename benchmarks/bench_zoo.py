@@ -243,16 +243,10 @@ def conv_forms(tm, torch) -> dict[Any, str]:
     every convolution inside a ``MECHANISM_BLOCKS`` module; ``"xla"``
     (``lax.conv_general_dilated``) for the family's other convolutions (stems, 3x3s).
     """
-    forms = {}
-    for m in tm.modules():
-        inside = type(m).__name__ in MECHANISM_BLOCKS
-        for sub in m.modules():
-            if isinstance(sub, torch.nn.Conv2d):
-                if inside or sub.kernel_size == (1, 1):
-                    forms[sub] = "ours"
-                else:
-                    forms.setdefault(sub, "xla")
-    return forms
+    in_blocks = {sub for m in tm.modules() if type(m).__name__ in MECHANISM_BLOCKS
+                 for sub in m.modules()}
+    return {m: "ours" if m in in_blocks or m.kernel_size == (1, 1) else "xla"
+            for m in tm.modules() if isinstance(m, torch.nn.Conv2d)}
 
 
 def conv_shapes(tm, torch, device, batch: int, size: int) -> collections.Counter:
