@@ -1,6 +1,7 @@
 import ctypes
 import ctypes.util
 import os
+import zlib
 
 # Before JAX creates its CPU backend: the code generator the suite compiles with (fast to
 # compile; tests/codegen.py says why, tests/test_codegen.py that it gives the same numbers).
@@ -9,6 +10,7 @@ from tests import codegen
 CODEGEN = codegen.apply()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # Lowerings share MLIR contexts (tests/lowering.py says why, tests/test_lowering.py that the
@@ -65,6 +67,29 @@ def _return_freed_memory():
     yield
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def seed_of(nodeid: str) -> int:
+    """The seed of a test's own generator: CRC-32 of its node id (stable across runs, machines
+    and Python's hash randomisation)."""
+    return zlib.crc32(nodeid.encode())
+
+
+@pytest.fixture(autouse=True)
+def _own_module_rng(request, monkeypatch):
+    """Give each test its own ``RNG``: a test module's global ``RNG`` (a NumPy ``Generator``)
+    is replaced, for the test, by ``np.random.default_rng(seed_of(nodeid))``.
+
+    Without it, the tests of a module drew from one shared generator in the order they ran, so
+    a test's inputs depended on which tests ran before it in its worker (``--dist worksteal``
+    moves tests between workers from run to run), and a failure seen in the full suite could
+    not be reproduced by running the test alone. The module's constants drawn from ``RNG`` at
+    import (``X = RNG.normal(...)``) are unchanged; helpers that draw from ``RNG`` at call time
+    draw from the test's generator.
+    """
+    module = getattr(request, "module", None)
+    if isinstance(getattr(module, "RNG", None), np.random.Generator):
+        monkeypatch.setattr(module, "RNG", np.random.default_rng(seed_of(request.node.nodeid)))
 
 
 @pytest.fixture
