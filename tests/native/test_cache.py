@@ -104,14 +104,24 @@ def _compiles(env: dict) -> list[str]:
 
 
 def _name(env: dict) -> str:
-    """The library's file name this environment computes (variant and hash)."""
-    code = ("import importlib.util\n"
-            f"spec = importlib.util.spec_from_file_location('aj_native', {str(MODULE)!r})\n"
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-            "print(m._Plan().name)")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "ATTENTION_JAX_NATIVE": "0"},
-                         capture_output=True, text=True, check=True).stdout
-    return out.splitlines()[-1]
+    """The library's file name this environment computes (variant and hash): the module's own
+    plan, computed in this process with ``env``'s compiler and variant settings (what a probe
+    started with ``env`` computes; a subprocess for it cost ~2-4 s of importing JAX per case)."""
+    keys = ("CXX", "ATTENTION_JAX_NATIVE_ISA", "PATH")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        for k in keys:
+            if env.get(k) is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = env[k]
+        return _native._Plan().name
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _install(cache: Path, name: str, data: bytes, sidecar_for: bytes | None = None) -> Path:
