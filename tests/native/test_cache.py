@@ -107,21 +107,13 @@ def _name(env: dict) -> str:
     """The library's file name this environment computes (variant and hash): the module's own
     plan, computed in this process with ``env``'s compiler and variant settings (what a probe
     started with ``env`` computes; a subprocess for it cost ~2-4 s of importing JAX per case)."""
-    keys = ("CXX", "ATTENTION_JAX_NATIVE_ISA", "PATH")
-    saved = {k: os.environ.get(k) for k in keys}
-    try:
-        for k in keys:
-            if env.get(k) is None:
-                os.environ.pop(k, None)
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("CXX", "ATTENTION_JAX_NATIVE_ISA", "PATH"):
+            if k in env:
+                mp.setenv(k, env[k])
             else:
-                os.environ[k] = env[k]
+                mp.delenv(k, raising=False)
         return _native._Plan().name
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _install(cache: Path, name: str, data: bytes, sidecar_for: bytes | None = None) -> Path:
