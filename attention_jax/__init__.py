@@ -2,11 +2,13 @@
 
 ``attention_jax.functional`` holds the pure math; ``attention_jax.linen`` and
 ``attention_jax.nnx`` the modules; ``create_attention`` builds any of them by name;
-``intermediates`` returns a model's output with the attention maps its modules sowed.
+``intermediates`` returns a model's output with the attention maps its modules sowed;
+``cpu_compiler_options`` chooses the runtime of XLA:CPU's convolutions for a jitted program.
 """
 
 from attention_jax import functional, linen, nnx
 from attention_jax._native import native_disabled
+from attention_jax.compiler import cpu_compiler_options
 from attention_jax.interop import load_linen_variables, nnx_to_linen_variables
 from attention_jax.maps import INTERMEDIATES, intermediates
 from attention_jax.registry import (
@@ -29,6 +31,7 @@ __all__ = [
     "load_linen_variables",
     "nnx_to_linen_variables",
     "native_disabled",
+    "cpu_compiler_options",
     "intermediates",
     "INTERMEDIATES",
 ]

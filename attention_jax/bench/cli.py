@@ -28,6 +28,9 @@ _QUICK = {"batch_sizes": "1,8,32", "min_repeats": 7, "repeat_budget_s": 0.4, "wa
           "min_repeat_s": 0.003, "time_limit": 170.0}
 _FULL = {"batch_sizes": "1,8,32,128", "min_repeats": 10, "repeat_budget_s": 3.0, "warmup": 3,
          "min_repeat_s": 0.02, "time_limit": 0.0}
+# attention_jax.compiler.CONVOLUTION_RUNTIMES, spelled here so that --help imports no JAX
+# (tests/benchmarks pin the two equal).
+CPU_CONVOLUTIONS = ("ynnpack", "eigen")
 _REPORT_RESERVE_S = 8.0  # writing the table, JSON and plots after the sweep
 
 
@@ -167,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "threads sleep at once after each parallel region instead of spinning "
                         "(steadier on a machine shared with other work; slower short PyTorch "
                         "steps on a quiet one)")
+    p.add_argument("--cpu-convolutions", choices=CPU_CONVOLUTIONS, default="ynnpack",
+                   help="the runtime of XLA:CPU's convolutions in the JAX steps "
+                        "(attention_jax.cpu_compiler_options): ynnpack = what XLA picks by "
+                        "itself, eigen = XLA's own convolution runtime, faster on the AMD EPYC "
+                        "Zen 4 at batch 8 and 32 (README); CPU only; default: %(default)s")
     p.add_argument("--bandwidth-mb", type=int, default=256, metavar="MB",
                    help="size of the copy that measures memory bandwidth, 0 = no roofline; "
                         "default: %(default)s")
@@ -381,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_repeat_s=(defaults["min_repeat_s"] if args.min_repeat_ms is None
                       else args.min_repeat_ms / 1e3),
         memory=args.memory, bandwidth_mb=args.bandwidth_mb,
-        seed=args.seed,
+        seed=args.seed, cpu_convolutions=args.cpu_convolutions,
     )
     env = environment(source_checkout(), torch_side)
     if torch_side is not None:
@@ -438,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "warmup": cfg.warmup, "min_repeat_s": cfg.min_repeat_s,
                    "time_limit_s": time_limit or None, "sweeps": args.sweeps,
                    "matmul_precision": precision,
+                   "cpu_convolutions": cfg.cpu_convolutions,
+                   "compiler_options": cfg.compiler_options,
                    "memory": cfg.memory, "shape": cfg.shape, "only": args.only,
                    "seed": cfg.seed},
         "devices": sweep["devices"],

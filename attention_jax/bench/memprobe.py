@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from attention_jax.bench.runner import jax_steps, place
     from attention_jax.bench.specs import build_specs, make_case
     from attention_jax.bench.torch_side import load_torch_side
+    from attention_jax.compiler import cpu_compiler_options
 
     specs, _ = build_specs([req["name"]])
     torch_side = None
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if req["framework"] == "jax":
         device = jax.devices()[0]
         args = place(case, [device])[req["mode"]]
-        compiled = jax.jit(jax_steps(case)[req["mode"]]).lower(*args).compile()
+        options = cpu_compiler_options(req.get("cpu_convolutions", "ynnpack"))
+        compiled = jax.jit(jax_steps(case)[req["mode"]], compiler_options=options).lower(
+            *args).compile()
         out["rss_before_step_bytes"] = max_rss_bytes()
         for _ in range(2):
             jax.block_until_ready(compiled(*args))

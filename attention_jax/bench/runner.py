@@ -25,6 +25,7 @@ from attention_jax.bench.timing import (
     summarize,
     time_blocks,
 )
+from attention_jax.compiler import cpu_compiler_options
 
 __all__ = ["Config", "run_sweep", "place", "jax_steps", "sharding_check", "rel_diff",
            "rel_diff_bulk", "MODES"]
@@ -56,6 +57,13 @@ class Config:
     memory: bool = False
     bandwidth_mb: int = 256
     seed: int = 0
+    # XLA:CPU's convolution runtime for the JAX steps (attention_jax.cpu_compiler_options).
+    cpu_convolutions: str = "ynnpack"
+
+    @property
+    def compiler_options(self) -> dict[str, str]:
+        """The JAX steps' ``compiler_options`` (empty unless ``cpu_convolutions`` changes one)."""
+        return cpu_compiler_options(self.cpu_convolutions)
 
 
 def _shapes(spec: Spec, cfg: Config) -> tuple[Shape, ...]:
@@ -129,7 +137,8 @@ def rel_diff_bulk(a: Any, b: Any, q: float = 0.999) -> float:
 
 
 def sharding_check(case: Case, devices: Sequence[jax.Device], modes: Sequence[str] = MODES,
-                   sharded: dict[str, Any] | None = None) -> dict[str, Any]:
+                   sharded: dict[str, Any] | None = None,
+                   compiler_options: dict[str, str] | None = None) -> dict[str, Any]:
     """Compare the sharded steps with the same steps on one device (values and gradients).
 
     Args:
@@ -137,6 +146,7 @@ def sharding_check(case: Case, devices: Sequence[jax.Device], modes: Sequence[st
       devices: the mesh's devices (the reference runs on ``devices[0]`` alone).
       modes: which steps to compare.
       sharded: already computed sharded outputs per mode (computed here when missing).
+      compiler_options: the steps' ``jax.jit`` compiler options (``Config.compiler_options``).
 
     Returns:
       ``{"max_rel_diff": {mode: float}, "output_devices": int, "ok": bool}``.
@@ -147,9 +157,10 @@ def sharding_check(case: Case, devices: Sequence[jax.Device], modes: Sequence[st
     single_args = place(case, devices[:1])
     diffs = {}
     for mode in modes:
+        step = jax.jit(steps[mode], compiler_options=compiler_options)
         if mode not in sharded:
-            sharded[mode] = jax.jit(steps[mode])(*sharded_args[mode])
-        diffs[mode] = rel_diff(sharded[mode], jax.jit(steps[mode])(*single_args[mode]))
+            sharded[mode] = step(*sharded_args[mode])
+        diffs[mode] = rel_diff(sharded[mode], step(*single_args[mode]))
     first = jax.tree_util.tree_leaves(sharded[modes[0]])[0]
     return {"max_rel_diff": diffs, "output_devices": len(first.sharding.device_set),
             "ok": max(diffs.values()) <= _SHARD_TOL[case.dtype]}
@@ -174,14 +185,16 @@ def _device_peak(device: jax.Device) -> int | None:
 
 
 def memory_probe(spec: Spec, shape: Shape, batch: int, dtype: str, framework: str, mode: str,
-                 seed: int, timeout_s: float = 600) -> dict[str, Any]:
+                 seed: int, timeout_s: float = 600,
+                 cpu_convolutions: str = "ynnpack") -> dict[str, Any]:
     """Peak memory of one step, measured in a fresh subprocess (``attention_jax.bench.memprobe``).
 
     Returns the probe's JSON (``peak_rss_bytes``, ``rss_before_step_bytes``, ``device_peak_bytes``)
     or ``{"error": ...}``.
     """
     request = {"name": spec.name, "shape": list(shape), "batch": batch, "dtype": dtype,
-               "framework": framework, "mode": mode, "seed": seed}
+               "framework": framework, "mode": mode, "seed": seed,
+               "cpu_convolutions": cpu_convolutions}
     try:
         proc = subprocess.run([sys.executable, "-m", "attention_jax.bench.memprobe",
                                json.dumps(request)],
@@ -295,7 +308,8 @@ def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
     compile_s, xla_bytes = {}, {}
     for mode in cfg.modes:
         t0 = time.perf_counter()
-        compiled = jax.jit(steps[mode]).lower(*args[mode]).compile()
+        compiled = jax.jit(steps[mode], compiler_options=cfg.compiler_options).lower(
+            *args[mode]).compile()
         compile_s[mode] = time.perf_counter() - t0
         xla_bytes[mode] = _xla_memory(compiled)
         timers.append(("jax", mode, Timer(
@@ -322,7 +336,8 @@ def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
             timers.remove((fw, mode, timer))
     if len(devices) > 1:
         row["sharding_check"] = sharding_check(case, devices, cfg.modes,
-                                               {m: warm[("jax", m)] for m in cfg.modes})
+                                               {m: warm[("jax", m)] for m in cfg.modes},
+                                               cfg.compiler_options)
         if not row["sharding_check"]["ok"]:
             row["status"] = "error"
             row["note"] = f"sharded != single device: {row['sharding_check']['max_rel_diff']}"
@@ -359,7 +374,8 @@ def _run_row(spec: Spec, shape: Shape, batch: int, dtype: str, cfg: Config,
     if cfg.memory:
         mode = "fwdbwd" if "fwdbwd" in cfg.modes else "fwd"
         row["memory_probe"] = {
-            fw: {**memory_probe(spec, shape, batch, dtype, fw, mode, cfg.seed), "mode": mode}
+            fw: {**memory_probe(spec, shape, batch, dtype, fw, mode, cfg.seed,
+                                cpu_convolutions=cfg.cpu_convolutions), "mode": mode}
             for fw in ("jax", "torch") if fw == "jax" or row["torch"]}
     row["wall_s"] = time.monotonic() - t_row
     return row

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import attention_jax as aj
-from attention_jax.bench.cli import build_parser, main
+from attention_jax.bench.cli import CPU_CONVOLUTIONS, build_parser, main
 from attention_jax.bench.report import SCHEMA_VERSION, format_table
 from attention_jax.bench.runner import rel_diff
 from attention_jax.bench.specs import (
@@ -116,6 +116,35 @@ def test_memory_probe_in_subprocesses(tmp_path, capsys):
         assert probe["peak_rss_bytes"] >= probe["rss_before_step_bytes"] > 10 * 2**20
 
 
+def test_cpu_convolutions_reach_every_jax_compile(tmp_path, capsys, monkeypatch):
+    """``--cpu-convolutions eigen``: the timed steps and the memory probe's compile with
+    ``cpu_compiler_options("eigen")``, the result still agrees with PyTorch, and results.json
+    says which runtime ran."""
+    import jax
+
+    assert CPU_CONVOLUTIONS == aj.compiler.CONVOLUTION_RUNTIMES
+    seen, jit = [], jax.jit
+
+    def spy(fun, *args, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return jit(fun, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    rc = main([*TINY, "--only", "sk", "--batch-sizes", "2", "--modes", "fwd,fwdbwd", "--memory",
+               "--cpu-convolutions", "eigen", "--no-plots", "--no-progress",
+               "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().out
+    eigen = aj.cpu_compiler_options("eigen")
+    assert eigen and seen.count(eigen) == 2  # the forward and the forward+backward step
+    res = _load(tmp_path)
+    assert res["config"]["cpu_convolutions"] == "eigen"
+    assert res["config"]["compiler_options"] == eigen
+    (row,) = res["rows"]
+    assert row["status"] == "ok", row["note"]
+    assert max(row["torch_max_rel_diff"].values()) < 1e-4
+    assert "error" not in row["memory_probe"]["jax"], row["memory_probe"]
+
+
 def test_sharded_run_equals_single_device(tmp_path):
     """4 fake CPU devices (the flag must be set before jax starts, hence a subprocess).
 
@@ -180,6 +209,7 @@ def test_list_prints_every_spec(capsys):
     (["--modes", "bwd"], "must be fwd and/or fwdbwd"),
     (["--shape", "9x9"], "--shape must be HxWxC"),
     (["--quick", "--full"], "not allowed with argument"),
+    (["--cpu-convolutions", "onednn"], "invalid choice: 'onednn'"),
 ])
 def test_bad_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
