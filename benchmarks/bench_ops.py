@@ -51,9 +51,12 @@ import torch
 
 from attention_jax import functional as F
 from attention_jax.bench.timing import Timer
+from attention_jax.compiler import CONVOLUTION_RUNTIMES, cpu_compiler_options
 from attention_jax.functional.convolution import conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+# The JAX forms' compiler options (--cpu-convolutions), set by main().
+_OPTIONS: dict[str, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +210,9 @@ def _jax_fns(forms: dict[str, Callable], args: tuple, ct: jax.Array) -> dict[str
     fns: dict[str, Callable] = {}
     for name, f in forms.items():
         if f not in compiled:
-            compiled[f] = (jax.jit(f).lower(*args).compile(),
-                           jax.jit(_fwd_bwd(f)).lower(*args, ct).compile())
+            compiled[f] = (jax.jit(f, compiler_options=_OPTIONS).lower(*args).compile(),
+                           jax.jit(_fwd_bwd(f), compiler_options=_OPTIONS).lower(
+                               *args, ct).compile())
         fwd, fb = compiled[f]
         fns[f"{name} fwd"] = lambda fwd=fwd: jax.block_until_ready(fwd(*args))
         fns[f"{name} f+b"] = lambda fb=fb: jax.block_until_ready(fb(*args, ct))
@@ -366,12 +370,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--only", default="", help="comma-separated rows (aspp, sk, splat, ..., gates)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--json", default="", help="also write the results to this file")
+    ap.add_argument("--cpu-convolutions", choices=CONVOLUTION_RUNTIMES, default="ynnpack",
+                    help="XLA:CPU's convolution runtime for the JAX forms "
+                         "(attention_jax.cpu_compiler_options)")
     args = ap.parse_args(argv)
+    _OPTIONS.clear()
+    _OPTIONS.update(cpu_compiler_options(args.cpu_convolutions))
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     only = {s for s in args.only.split(",") if s}
     rng = np.random.default_rng(0)
     print(f"{_cpu_model()}, jax {jax.__version__}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), clock: {args.clock}; medians of "
+          f"({torch.get_num_threads()} threads), clock: {args.clock}, XLA:CPU convolutions: "
+          f"{args.cpu_convolutions}; medians of "
           f"{args.repeats} repeats, ratio = JAX / PyTorch")
     print(f"{'row':10s} {'op':38s} {'B':>3s}  {'fwd ms xla/ours/torch':>25s} "
           f"{'xla':>5s} {'ours':>5s}  {'f+b ms xla/ours/torch':>25s} {'xla':>5s} {'ours':>5s}")
@@ -396,7 +406,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             results.append(res)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cpu": _cpu_model(), "clock": args.clock, "results": results}, fh,
+            json.dump({"cpu": _cpu_model(), "clock": args.clock,
+                       "cpu_convolutions": args.cpu_convolutions, "results": results}, fh,
                       indent=1)
     return results
 

@@ -134,6 +134,13 @@ def build_pair(name: str, torch, device: str | None):
     return tm, variables
 
 
+def _options(args) -> dict[str, str]:
+    """The JAX programs' compiler options (``--cpu-convolutions``)."""
+    from attention_jax.compiler import cpu_compiler_options
+
+    return cpu_compiler_options(getattr(args, "cpu_convolutions", "ynnpack"))
+
+
 def inference(name: str, tm, variables, torch, device, *, batch: int, size: int,
               args) -> dict[str, Any]:
     from attention_jax.models import create_model
@@ -141,7 +148,7 @@ def inference(name: str, tm, variables, torch, device, *, batch: int, size: int,
     model = create_model(name)
     x = np.random.default_rng(batch).normal(size=(batch, size, size, 3)).astype(np.float32)
     xj = jax.device_put(jnp.asarray(x))
-    fwd = jax.jit(model.apply)
+    fwd = jax.jit(model.apply, compiler_options=_options(args))
     t0 = time.perf_counter()
     jax.block_until_ready(fwd(variables, xj))
     compile_s = time.perf_counter() - t0
@@ -194,7 +201,7 @@ def train_step(name: str, tm, variables, torch, device, *, batch: int, size: int
         return {"params": optax.apply_updates(state["params"], updates),
                 "batch_stats": upd["batch_stats"], "opt": opt_state}, loss
 
-    step = jax.jit(step, donate_argnums=0)
+    step = jax.jit(step, donate_argnums=0, compiler_options=_options(args))
     t0 = time.perf_counter()
     state, loss = step(state, xj, yj)
     jax.block_until_ready(loss)
@@ -297,7 +304,7 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
         wtt = torch.from_numpy(wt).permute(3, 2, 0, 1).contiguous().to(device)
         if mode == "forward":
-            fj = jax.jit(conv)
+            fj = jax.jit(conv, compiler_options=_options(args))
 
             def jax_step(fj=fj, xj=xj, wj=wj):
                 jax.block_until_ready(fj(xj, wj))
@@ -312,7 +319,7 @@ def conv_breakdown(tm, torch, device, *, batch: int, size: int, args,
             # The output is returned with the gradients (PyTorch's step runs the forward):
             # with the gradients alone XLA would drop the convolution's forward.
             fj = jax.jit(lambda a, b, ct, conv=conv: (lambda y, pb: (y, pb(ct)))(
-                *jax.vjp(conv, a, b)))
+                *jax.vjp(conv, a, b)), compiler_options=_options(args))
             ctt = torch.from_numpy(np.array(ct)).permute(0, 3, 1, 2).contiguous().to(device)
             xt.requires_grad_(True)
             wtt.requires_grad_(True)
@@ -388,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                          "core). 1 = single-threaded XLA (Eigen pool off) and "
                          "torch.set_num_threads(1): robust on a shared, oversubscribed machine, "
                          "where OpenMP's barriers stall when its threads are descheduled")
+    ap.add_argument("--cpu-convolutions", choices=("ynnpack", "eigen"), default="ynnpack",
+                    help="XLA:CPU's convolution runtime for the JAX programs "
+                         "(attention_jax.cpu_compiler_options)")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
     if args.threads == 1:  # read when XLA's CPU client starts, i.e. before the first jax op
@@ -403,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     info.update({"torch": torch.__version__, "torch_device": device,
                  "torch_threads": torch.get_num_threads(), "threads_flag": args.threads,
-                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "size": args.size})
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "size": args.size,
+                 "cpu_convolutions": args.cpu_convolutions})
     print(json.dumps(info))
     results: dict[str, Any] = {"machine": info, "models": {}}
     batches = [int(b) for b in args.batches.split(",") if b]

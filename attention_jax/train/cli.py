@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
       An ``argparse.ArgumentParser``.
     """
     from attention_jax.cli import HelpFormatter
-    from attention_jax.train.config import APIS, ON_NONFINITE, RESUME_KEYS, TrainConfig
+    from attention_jax.train.config import (
+        APIS,
+        CPU_CONVOLUTIONS,
+        ON_NONFINITE,
+        RESUME_KEYS,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="attention-jax train", description=_DESCRIPTION,
@@ -131,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="hide the progress bar (the log lines still go to stdout)")
     multi = p.add_argument_group("devices and hosts")
+    multi.add_argument("--cpu-convolutions", default=d.cpu_convolutions,
+                       choices=CPU_CONVOLUTIONS,
+                       help="the runtime of XLA:CPU's convolutions in the train and evaluation "
+                            "steps: ynnpack = what XLA picks by itself, eigen = XLA's own "
+                            "convolution runtime (attention_jax.cpu_compiler_options; faster "
+                            "for convolutional models at batch 8 and more on the AMD EPYC Zen "
+                            "4, see the README); CPU only")
     multi.add_argument("--devices", type=int, default=None,
                        help="devices to use (default: all JAX sees)")
     multi.add_argument("--coordinator", default=None,

@@ -14,12 +14,13 @@ import optax
 from attention_jax._validation import check_choice, check_positive_int, fail
 
 __all__ = ["TrainConfig", "make_optimizer", "RESUME_KEYS", "OPTIMIZERS", "SCHEDULES", "APIS",
-           "ON_NONFINITE"]
+           "ON_NONFINITE", "CPU_CONVOLUTIONS"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 APIS = ("linen", "nnx")
 ON_NONFINITE = ("stop", "continue")
+CPU_CONVOLUTIONS = ("ynnpack", "eigen")  # attention_jax.compiler.CONVOLUTION_RUNTIMES
 
 RESUME_KEYS = ("model", "api", "attention", "model_overrides", "dataset", "distort", "seed",
                "steps", "batch_size", "devices", "optimizer", "lr", "schedule", "momentum",
@@ -74,6 +75,11 @@ class TrainConfig:
       freeze_backbone: train only the classifier head (needs ``init_from``); every other
         parameter and the BatchNorm statistics stay the file's (the model runs in eval mode
         during training: BatchNorm uses the running statistics, dropout is off).
+      cpu_convolutions: the runtime of XLA:CPU's convolutions in the train and evaluation
+        steps, ``"ynnpack"`` (default: XLA's own choice) or ``"eigen"``
+        (``attention_jax.cpu_compiler_options``; faster for convolutional models at batch 8
+        and more on the AMD EPYC Zen 4, see the README). Only the CPU; it changes float
+        rounding, not the computation, so a resume may change it.
     """
 
     dataset: str = "digits/RTS"
@@ -106,6 +112,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     init_from: str | None = None
     freeze_backbone: bool = False
+    cpu_convolutions: str = "ynnpack"
 
     def __post_init__(self) -> None:
         fn = "train"
@@ -116,6 +123,7 @@ class TrainConfig:
         check_choice(fn, "optimizer", self.optimizer, OPTIMIZERS)
         check_choice(fn, "schedule", self.schedule, SCHEDULES)
         check_choice(fn, "on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        check_choice(fn, "cpu_convolutions", self.cpu_convolutions, CPU_CONVOLUTIONS)
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
             check_positive_int(fn, name, getattr(self, name))
         check_positive_int(fn, "seed", self.seed, minimum=0)

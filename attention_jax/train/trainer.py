@@ -53,6 +53,7 @@ written as ``null``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from attention_jax._validation import check_choice, fail
+from attention_jax.compiler import cpu_compiler_options
 from attention_jax.data.loader import Loader, load
 
 # The one place the trainer takes its model factory from.
@@ -198,6 +200,7 @@ def evaluate(
     loader: Loader,
     *,
     mesh: Mesh | None = None,
+    compiler_options: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Mean loss, accuracy and error of a model over every example of a loader.
 
@@ -207,6 +210,8 @@ def evaluate(
       variables: ``{"params", "batch_stats"}``; None for an nnx module's own.
       loader: a ``Loader`` (one epoch is evaluated; a last partial batch is padded and masked).
       mesh: device mesh with axis ``"data"`` (default: all devices).
+      compiler_options: the evaluation step's ``jax.jit`` compiler options (e.g.
+        ``attention_jax.cpu_compiler_options("eigen")``); default: none.
 
     Returns:
       ``{"loss", "accuracy", "error", "count"}`` (floats; error = 1 - accuracy).
@@ -225,7 +230,7 @@ def evaluate(
     data_sh, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     size = -(-loader.batch_size // n_dev) * n_dev
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def step(variables, x, y, mask):
         logits, _ = classifier.apply(variables, x, train=False, rng=jax.random.PRNGKey(0))
         loss = cross_entropy(logits, y)
@@ -324,10 +329,11 @@ def train(
     try:
         state = restore_or_init(config, ckpt, init, abstract, settings=settings,
                                 input_shape=input_shape)
+        options = cpu_compiler_options(config.cpu_convolutions)
         step_fn = jax.jit(make_train_step(classifier, tx, schedule, key,
                                           train_mode=not config.freeze_backbone),
                           donate_argnums=(0,), in_shardings=(repl, data_sh, data_sh),
-                          out_shardings=(repl, repl))
+                          out_shardings=(repl, repl), compiler_options=options)
         t0 = time.perf_counter()
         step_fn = step_fn.lower(state, *_global_batch(first, data_sh)).compile()
         compile_time, start = time.perf_counter() - t0, int(state["step"])
@@ -444,4 +450,5 @@ def _evaluate_split(config: TrainConfig, classifier: Classifier, variables: dict
                     download=config.download)
     eval_loader = Loader(eval_src, batch_size=config.eval_batch_size, seed=0, shuffle=False,
                          drop_remainder=False, distortion=config.distort)
-    return evaluate(classifier, variables, eval_loader, mesh=mesh)
+    return evaluate(classifier, variables, eval_loader, mesh=mesh,
+                    compiler_options=cpu_compiler_options(config.cpu_convolutions))

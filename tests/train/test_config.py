@@ -37,6 +37,8 @@ NAN, INF = math.nan, math.inf
         ({"api": "haiku"}, "train: api must be one of 'linen', 'nnx', got 'haiku'"),
         ({"optimizer": "lion"}, "train: optimizer must be one of 'adam', 'sgd', got 'lion'"),
         ({"on_nonfinite": "ignore"}, "train: on_nonfinite must be one of 'stop', 'continue'"),
+        ({"cpu_convolutions": "onednn"},
+         "train: cpu_convolutions must be one of 'ynnpack', 'eigen', got 'onednn'"),
         ({"distort": "Q"}, "train: distort must be one of"),
         ({"attention": "nope"}, "train: attention must be one of .*'se'"),
         ({"eval": "yes"}, "train: eval must be True or False, got 'yes'"),

@@ -69,6 +69,27 @@ def test_resume_continues_exactly(plain_dir, tmp_path):
     assert full.history[0]["loss"] > full.history[-1]["loss"]
 
 
+def test_cpu_convolutions_reach_the_train_and_eval_steps(plain_dir, monkeypatch):
+    """``cpu_convolutions="eigen"``: the train step and the evaluation step compile with
+    ``cpu_compiler_options("eigen")``; the run matches XLA's default one to float rounding."""
+    from attention_jax import cpu_compiler_options
+
+    default = train(_config(plain_dir, model="resnet", steps=4, eval=True))
+    seen, jit = [], jax.jit
+
+    def spy(fun=None, *args, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return jit(fun, *args, **kwargs) if fun is not None else jit(*args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    eigen = train(_config(plain_dir, model="resnet", steps=4, eval=True,
+                          cpu_convolutions="eigen"))
+    assert seen.count(cpu_compiler_options("eigen")) == 2  # train step, evaluation step
+    for a, b in zip(eigen.history, default.history, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    np.testing.assert_allclose(eigen.eval["loss"], default.eval["loss"], rtol=1e-4)
+
+
 def test_nnx_model_trains_and_resumes_exactly(plain_dir, tmp_path):
     kw = dict(model="resnet", api="nnx", steps=6, batch_size=8)
     small = dict(layers=(1,), widths=(8,), stem_width=8)  # a ResNet that compiles in seconds
