@@ -61,6 +61,9 @@ Why (XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK as pad + im2col view +
 
 Everything else (no groups and dense taps, ``lhs_dilation`` (transposed convolutions),
 ``batch_group_count``, an ``out_sharding``) calls ``lax.conv_general_dilated`` directly.
+
+These forms were chosen with XLA's default runtime for convolutions (YNNPACK). Which runtime
+runs them is a per-program choice of the caller: ``attention_jax.cpu_compiler_options``.
 """
 
 from __future__ import annotations
