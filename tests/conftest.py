@@ -97,3 +97,18 @@ def x64():
     """Run a test in float64 (for jax.test_util.check_grads' finite differences)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def jit_options(monkeypatch):
+    """The ``compiler_options`` of every ``jax.jit`` call made while the test runs (a copy of
+    each, None where none were given), in call order; ``jax.jit`` itself still does the work."""
+    seen, jit = [], jax.jit
+
+    def spy(fun, *args, **kwargs):
+        options = kwargs.get("compiler_options")
+        seen.append(None if options is None else dict(options))
+        return jit(fun, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    return seen

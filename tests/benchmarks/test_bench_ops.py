@@ -27,26 +27,17 @@ def test_smoke_run_reports_consistent_ratios(row, tmp_path):
     assert json.loads(out.read_text())["results"][0]["op"] == results[0]["op"]
 
 
-def test_cpu_convolutions_reach_the_jax_forms(tmp_path, monkeypatch):
+def test_cpu_convolutions_reach_the_jax_forms(tmp_path, monkeypatch, jit_options):
     """``--cpu-convolutions eigen``: every JAX form compiles with the options, and the JSON
     says which runtime ran."""
-    import jax
-
     from attention_jax import cpu_compiler_options
 
-    seen, jit = [], jax.jit
-
-    def spy(fun, *args, **kwargs):
-        seen.append(dict(kwargs.get("compiler_options") or {}))  # a copy: main() resets it
-        return jit(fun, *args, **kwargs)
-
-    monkeypatch.setattr(jax, "jit", spy)
     out = tmp_path / "ops.json"
     bench_ops.main(["--only", "sk", "--batch-sizes", "1", "--repeats", "1", "--min-repeat-s",
                     "0", "--cpu-convolutions", "eigen", "--json", str(out)])
     monkeypatch.undo()
     bench_ops.main(["--only", "gates", "--batch-sizes", "1", "--repeats", "1"])  # resets
-    assert seen and all(o == cpu_compiler_options("eigen") for o in seen)
+    assert jit_options and all(o == cpu_compiler_options("eigen") for o in jit_options)
     assert json.loads(out.read_text())["cpu_convolutions"] == "eigen"
     assert bench_ops._OPTIONS == {}
 

@@ -64,23 +64,14 @@ def test_breakdown_times_every_convolution_in_its_form(monkeypatch):
         assert np.isclose(br["jax_s"], sum(r["jax_s"] for r in br["convs"]))
 
 
-def test_breakdown_compiles_with_the_chosen_convolution_runtime(monkeypatch):
+def test_breakdown_compiles_with_the_chosen_convolution_runtime(jit_options):
     """``--cpu-convolutions eigen`` reaches the breakdown's JAX programs (and the models'
     inference and training steps, which take their options from the same helper)."""
-    import jax
-
     from attention_jax import cpu_compiler_options
 
-    seen, jit = [], jax.jit
-
-    def spy(fun, *args, **kwargs):
-        seen.append(kwargs.get("compiler_options"))
-        return jit(fun, *args, **kwargs)
-
-    monkeypatch.setattr(jax, "jit", spy)
     args = argparse.Namespace(repeats=1, min_repeat_s=0.0, settle_s=0.0,
                               cpu_convolutions="eigen")
     bench_zoo.conv_breakdown(_toy(), torch, "cpu", batch=2, size=8, args=args, mode="train")
     eigen = cpu_compiler_options("eigen")
-    assert seen and all(o == eigen for o in seen)
+    assert jit_options and all(o == eigen for o in jit_options)
     assert bench_zoo._options(argparse.Namespace()) == {}  # XLA's default when not given

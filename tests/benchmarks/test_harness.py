@@ -116,26 +116,17 @@ def test_memory_probe_in_subprocesses(tmp_path, capsys):
         assert probe["peak_rss_bytes"] >= probe["rss_before_step_bytes"] > 10 * 2**20
 
 
-def test_cpu_convolutions_reach_every_jax_compile(tmp_path, capsys, monkeypatch):
+def test_cpu_convolutions_reach_every_jax_compile(tmp_path, capsys, jit_options):
     """``--cpu-convolutions eigen``: the timed steps and the memory probe's compile with
     ``cpu_compiler_options("eigen")``, the result still agrees with PyTorch, and results.json
     says which runtime ran."""
-    import jax
-
     assert CPU_CONVOLUTIONS == aj.compiler.CONVOLUTION_RUNTIMES
-    seen, jit = [], jax.jit
-
-    def spy(fun, *args, **kwargs):
-        seen.append(kwargs.get("compiler_options"))
-        return jit(fun, *args, **kwargs)
-
-    monkeypatch.setattr(jax, "jit", spy)
     rc = main([*TINY, "--only", "sk", "--batch-sizes", "2", "--modes", "fwd,fwdbwd", "--memory",
                "--cpu-convolutions", "eigen", "--no-plots", "--no-progress",
                "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().out
     eigen = aj.cpu_compiler_options("eigen")
-    assert eigen and seen.count(eigen) == 2  # the forward and the forward+backward step
+    assert eigen and jit_options.count(eigen) == 2  # the forward and the forward+backward step
     res = _load(tmp_path)
     assert res["config"]["cpu_convolutions"] == "eigen"
     assert res["config"]["compiler_options"] == eigen

@@ -69,19 +69,13 @@ def test_resume_continues_exactly(plain_dir, tmp_path):
     assert full.history[0]["loss"] > full.history[-1]["loss"]
 
 
-def test_cpu_convolutions_reach_the_train_and_eval_steps(plain_dir, monkeypatch):
+def test_cpu_convolutions_reach_the_train_and_eval_steps(plain_dir, request):
     """``cpu_convolutions="eigen"``: the train step and the evaluation step compile with
     ``cpu_compiler_options("eigen")``; the run matches XLA's default one to float rounding."""
     from attention_jax import cpu_compiler_options
 
     default = train(_config(plain_dir, model="resnet", steps=4, eval=True))
-    seen, jit = [], jax.jit
-
-    def spy(fun=None, *args, **kwargs):
-        seen.append(kwargs.get("compiler_options"))
-        return jit(fun, *args, **kwargs) if fun is not None else jit(*args, **kwargs)
-
-    monkeypatch.setattr(jax, "jit", spy)
+    seen = request.getfixturevalue("jit_options")  # from here on: the eigen run's jits
     eigen = train(_config(plain_dir, model="resnet", steps=4, eval=True,
                           cpu_convolutions="eigen"))
     assert seen.count(cpu_compiler_options("eigen")) == 2  # train step, evaluation step
