@@ -2,8 +2,10 @@
 
 XLA:CPU in jaxlib 0.10 hands three kinds of operation to YNNPACK by default: dot products,
 reductions and 2-D convolutions (the debug option ``xla_cpu_experimental_ynn_fusion_type``;
-XLA takes a float32 NHWC convolution with more than 16 channels in or out). Without YNNPACK a
-convolution runs in XLA's own convolution runtime (Eigen's spatial convolution).
+XLA takes a float32 or float64 NHWC convolution with more than 16 channels in or out). Without
+YNNPACK a convolution runs in XLA's own convolution runtime (Eigen's spatial convolution). One
+exception remains with ``"eigen"``: a convolution whose only user is a reduction can be fused
+into that reduction's YNNPACK fusion.
 
 Measured on an AMD EPYC Zen 4 (2 cores, AVX-512; 2026-12-03), float32, the 3x3 convolutions of
 the quick sweep's rows (28x28, 64 -> 64): at batch 8 and 32 YNNPACK's forward, input gradient
