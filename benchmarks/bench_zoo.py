@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax.compiler import CONVOLUTION_RUNTIMES, cpu_compiler_options
 from attention_jax.functional.convolution import conv_general_dilated
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +137,6 @@ def build_pair(name: str, torch, device: str | None):
 
 def _options(args) -> dict[str, str]:
     """The JAX programs' compiler options (``--cpu-convolutions``)."""
-    from attention_jax.compiler import cpu_compiler_options
-
     return cpu_compiler_options(getattr(args, "cpu_convolutions", "ynnpack"))
 
 
@@ -395,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                          "core). 1 = single-threaded XLA (Eigen pool off) and "
                          "torch.set_num_threads(1): robust on a shared, oversubscribed machine, "
                          "where OpenMP's barriers stall when its threads are descheduled")
-    ap.add_argument("--cpu-convolutions", choices=("ynnpack", "eigen"), default="ynnpack",
+    ap.add_argument("--cpu-convolutions", choices=CONVOLUTION_RUNTIMES, default="ynnpack",
                     help="XLA:CPU's convolution runtime for the JAX programs "
                          "(attention_jax.cpu_compiler_options)")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")

@@ -28,9 +28,6 @@ _QUICK = {"batch_sizes": "1,8,32", "min_repeats": 7, "repeat_budget_s": 0.4, "wa
           "min_repeat_s": 0.003, "time_limit": 170.0}
 _FULL = {"batch_sizes": "1,8,32,128", "min_repeats": 10, "repeat_budget_s": 3.0, "warmup": 3,
          "min_repeat_s": 0.02, "time_limit": 0.0}
-# attention_jax.compiler.CONVOLUTION_RUNTIMES, spelled here so that --help imports no JAX
-# (tests/benchmarks pin the two equal).
-CPU_CONVOLUTIONS = ("ynnpack", "eigen")
 _REPORT_RESERVE_S = 8.0  # writing the table, JSON and plots after the sweep
 
 
@@ -95,6 +92,7 @@ def _shape(text: str):
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     from attention_jax.cli import HelpFormatter
+    from attention_jax.compiler import CONVOLUTION_RUNTIMES
 
     q, f = _QUICK, _FULL
     p = argparse.ArgumentParser(
@@ -170,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "threads sleep at once after each parallel region instead of spinning "
                         "(steadier on a machine shared with other work; slower short PyTorch "
                         "steps on a quiet one)")
-    p.add_argument("--cpu-convolutions", choices=CPU_CONVOLUTIONS, default="ynnpack",
+    p.add_argument("--cpu-convolutions", choices=CONVOLUTION_RUNTIMES, default="ynnpack",
                    help="the runtime of XLA:CPU's convolutions in the JAX steps "
                         "(attention_jax.cpu_compiler_options): ynnpack = what XLA picks by "
                         "itself, eigen = XLA's own convolution runtime, faster on the AMD EPYC "

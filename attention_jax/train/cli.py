@@ -45,13 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
       An ``argparse.ArgumentParser``.
     """
     from attention_jax.cli import HelpFormatter
-    from attention_jax.train.config import (
-        APIS,
-        CPU_CONVOLUTIONS,
-        ON_NONFINITE,
-        RESUME_KEYS,
-        TrainConfig,
-    )
+    from attention_jax.compiler import CONVOLUTION_RUNTIMES
+    from attention_jax.train.config import APIS, ON_NONFINITE, RESUME_KEYS, TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="attention-jax train", description=_DESCRIPTION,
@@ -138,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hide the progress bar (the log lines still go to stdout)")
     multi = p.add_argument_group("devices and hosts")
     multi.add_argument("--cpu-convolutions", default=d.cpu_convolutions,
-                       choices=CPU_CONVOLUTIONS,
+                       choices=CONVOLUTION_RUNTIMES,
                        help="the runtime of XLA:CPU's convolutions in the train and evaluation "
                             "steps: ynnpack = what XLA picks by itself, eigen = XLA's own "
                             "convolution runtime (attention_jax.cpu_compiler_options; faster "

@@ -12,15 +12,15 @@ import numpy as np
 import optax
 
 from attention_jax._validation import check_choice, check_positive_int, fail
+from attention_jax.compiler import CONVOLUTION_RUNTIMES
 
 __all__ = ["TrainConfig", "make_optimizer", "RESUME_KEYS", "OPTIMIZERS", "SCHEDULES", "APIS",
-           "ON_NONFINITE", "CPU_CONVOLUTIONS"]
+           "ON_NONFINITE"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 APIS = ("linen", "nnx")
 ON_NONFINITE = ("stop", "continue")
-CPU_CONVOLUTIONS = ("ynnpack", "eigen")  # attention_jax.compiler.CONVOLUTION_RUNTIMES
 
 RESUME_KEYS = ("model", "api", "attention", "model_overrides", "dataset", "distort", "seed",
                "steps", "batch_size", "devices", "optimizer", "lr", "schedule", "momentum",
@@ -123,7 +123,7 @@ class TrainConfig:
         check_choice(fn, "optimizer", self.optimizer, OPTIMIZERS)
         check_choice(fn, "schedule", self.schedule, SCHEDULES)
         check_choice(fn, "on_nonfinite", self.on_nonfinite, ON_NONFINITE)
-        check_choice(fn, "cpu_convolutions", self.cpu_convolutions, CPU_CONVOLUTIONS)
+        check_choice(fn, "cpu_convolutions", self.cpu_convolutions, CONVOLUTION_RUNTIMES)
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_batch_size"):
             check_positive_int(fn, name, getattr(self, name))
         check_positive_int(fn, "seed", self.seed, minimum=0)

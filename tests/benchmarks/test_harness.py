@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import attention_jax as aj
-from attention_jax.bench.cli import CPU_CONVOLUTIONS, build_parser, main
+from attention_jax.bench.cli import build_parser, main
 from attention_jax.bench.report import SCHEMA_VERSION, format_table
 from attention_jax.bench.runner import rel_diff
 from attention_jax.bench.specs import (
@@ -117,10 +117,9 @@ def test_memory_probe_in_subprocesses(tmp_path, capsys):
 
 
 def test_cpu_convolutions_reach_every_jax_compile(tmp_path, capsys, jit_options):
-    """``--cpu-convolutions eigen``: the timed steps and the memory probe's compile with
-    ``cpu_compiler_options("eigen")``, the result still agrees with PyTorch, and results.json
-    says which runtime ran."""
-    assert CPU_CONVOLUTIONS == aj.compiler.CONVOLUTION_RUNTIMES
+    """``--cpu-convolutions eigen``: the timed steps compile with
+    ``cpu_compiler_options("eigen")``, the result still agrees with PyTorch, the memory probe
+    (a subprocess, given the choice) still runs, and results.json says which runtime ran."""
     rc = main([*TINY, "--only", "sk", "--batch-sizes", "2", "--modes", "fwd,fwdbwd", "--memory",
                "--cpu-convolutions", "eigen", "--no-plots", "--no-progress",
                "--out", str(tmp_path)])
