@@ -49,6 +49,7 @@ __all__ = [
     "SCORES",
     "CHUNKED_THRESHOLD",
     "CPU_NATIVE_THRESHOLD",
+    "CPU_DIRECT_FORWARD_MIN",
     "CPU_NATIVE_GRAD_THRESHOLD",
     "dot_scores",
     "scaled_dot_scores",
@@ -68,37 +69,48 @@ CHUNKED_THRESHOLD = 2**24
 
 CPU_NATIVE_THRESHOLD = 2**22
 """On the CPU, ``attention(implementation="auto")`` runs the native kernel (where it applies)
-from this many score elements up, below ``CHUNKED_THRESHOLD`` too; other backends are
-unaffected (read when a call is traced: assign another value to move the crossover).
+for calls that are not differentiated above this many score elements (and below
+``CHUNKED_THRESHOLD``); between ``CPU_DIRECT_FORWARD_MIN`` and this they take the direct path.
+Other backends are unaffected (read when a call is traced: assign another value to move the
+crossover).
 
-Measured on an AMD EPYC Zen 5 (AVX-512; one core, CPU time, 196-1024 tokens, D 16-64): the
-direct path's forward is one YNNPACK subgraph that keeps the scores in cache and beats the
-kernel's forward up to ~8M elements (1.3-1.7x faster), but its backward materialises
-(Tq, Tk) matrices and two transposed-operand matmuls, and from ~2.5M elements (10 MB of
-float32 scores) the kernel's forward+backward is faster (0.87x at 2.5M, 0.48x at 4.9M and
-9.8M). 2**22 (16 MB of scores) splits the difference, favouring training.
+Measured on an AMD EPYC Zen 5 (AVX-512; one core, CPU time, 196-1024 tokens, D 16-64, before
+the kernel's 12 x 32 micro-kernel and its split of few heads over threads): the direct path's
+forward is one YNNPACK subgraph that keeps the scores in cache and beat the kernel's forward up
+to ~8M elements (1.3-1.7x faster). On an Intel Xeon (AVX-512, AMX; both cores, 2026-12-03, the
+current kernel) the kernel's forward against the direct path's: 1.05-1.11x at 1.0-4.9M
+elements with D 64 or eight heads of D 16 (0.85x at 1.2M with one head of D 16), 0.84x at 9.8M.
+2**22 (16 MB of float32 scores) stays."""
 
-On an Intel Xeon (AVX-512, AMX; 2026-12-02, both cores, the quick benchmark's rows) the
-kernel's forward+backward is faster from far smaller maps (0.75-0.95x from 2**18 elements,
-0.6x at 2.1M: one head of 256 tokens, D 64, batch 32), but in the rows its forward is
-1.3-1.5x slower than the direct path's at 1.2-2.1M elements (non-local and DANet's position
-attention, batch 32), while their forward+backward gains only 7-10%: 2**22 stays for both
-CPUs."""
+CPU_DIRECT_FORWARD_MIN = 2**19
+"""Calls that are not differentiated and have more score elements than this, up to
+``CPU_NATIVE_THRESHOLD``, take the direct path on the CPU (see there); at most this many (from
+``CPU_NATIVE_GRAD_THRESHOLD``) take the kernel's forward.
 
-CPU_NATIVE_GRAD_THRESHOLD = 2**18
-"""On the CPU, ``attention(implementation="auto")`` differentiated (``jax.grad``, ``jax.vjp``)
-runs the native kernel's forward and backward from this many score elements up (where it
-applies); not differentiated it stays on the direct path up to ``CPU_NATIVE_THRESHOLD``
-(read when a call is traced). The kernel's backward needs its own forward's row statistics,
-so the forward under differentiation is the kernel's too.
+Small calls pay the direct path's fixed costs: the kernel's forward against the direct path's
+on the Intel Xeon (both cores, 2026-12-03): 0.46 / 0.59 / 0.76 / 0.76x for one head of 256
+tokens at D 64, batch 1 / 2 / 4 / 8 (65,536-524,288 elements), 0.43-0.85x for one head of 196
+tokens at D 16 or 64 up to 614,656 elements, 0.65x for eight heads of 196 at D 16 (batch 1); on
+the AMD EPYC Zen 4 (2026-12-02, after the split of few heads over threads) one head of 256
+tokens at D 64, batch 1: 0.14-0.16 ms against the direct path's ~0.35 (PyTorch's SDPA
+0.13-0.14)."""
+
+CPU_NATIVE_GRAD_THRESHOLD = 2**16
+"""On the CPU, ``attention(implementation="auto")`` runs the native kernel (where it applies)
+from this many score elements up: its forward and backward under differentiation
+(``jax.grad``, ``jax.vjp``; the kernel's backward needs its own forward's row statistics), and
+its forward for calls that are not differentiated, except between ``CPU_DIRECT_FORWARD_MIN``
+and ``CPU_NATIVE_THRESHOLD`` (the direct path's forward there). Below it, the direct path
+(read when a call is traced).
 
 The kernel's forward+backward against the direct path's, both cores: on the Intel Xeon
-0.75-0.95x from 2**18 elements, 0.6x at 2.1M (2026-12-02); on the AMD EPYC Zen 4
-(2026-12-02, after the kernel split a call with fewer heads than threads over query ranges),
-batch 8 / 32: one head of 196 or 256 tokens at D 64 0.68-1.02x (196 at batch 8: even), one
-of 196 at D 16 0.51 / 0.59x, eight of 196 at D 16 0.41 / 0.25x.
-On the AMD EPYC Zen 5 (one core, CPU time, before both the 12 x 32 micro-kernel and the
-split) it was faster only from ~2.5M elements: not yet measured there since."""
+(2026-12-03) 0.67x at 65,536 elements (one head of 256 tokens, D 64, batch 1), 0.40-0.60x
+from 131,072 to 524,288, 0.50-0.57x for eight heads of 196 at D 16 (batch 1-8), 0.79-0.94x at
+16,384-38,416 elements, even or slower below; on the AMD EPYC Zen 4 (2026-12-02) 0.45-0.53 ms
+against ~0.8 at 65,536 elements (PyTorch's 0.55-0.70), and at batch 8 / 32 one head of 196 or
+256 tokens at D 64 0.68-1.02x, one of 196 at D 16 0.51 / 0.59x, eight of 196 at D 16 0.41 /
+0.25x. Not measured on the Zen 5 since the kernel's changes (before them it was faster there
+only from ~2.5M elements)."""
 
 _IMPLEMENTATIONS = ("auto", "xla", "chunked", "native")
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -577,13 +589,15 @@ def attention(
       * ``"auto"``: above ``CHUNKED_THRESHOLD`` score elements, ``"native"`` when compiling for
         the CPU and it applies (``jax.lax.platform_dependent``; not inside
         ``native_disabled()``, the way to ``jax.export`` for the CPU), else ``"chunked"``; below
-        it, ``"xla"``, except on the CPU where ``"native"`` applies: above
-        ``CPU_NATIVE_THRESHOLD`` ``"native"``, above ``CPU_NATIVE_GRAD_THRESHOLD`` ``"xla"``'s
-        value with the kernel's forward and backward under ``jax.grad`` / ``jax.vjp``: there,
-        ``"auto"`` is reverse mode only (``"xla"``, or ``"auto"`` inside
-        ``attention_jax.native_disabled()`` for modules that call it, takes ``jax.jvp`` /
-        ``jax.hessian``). On GPU, for ``score="scaled_dot"`` with bf16/fp16 inputs, no mask
-        or bias and a head dim that is a multiple of 8 up to 128, it first tries
+        it, ``"xla"``, except on the CPU where ``"native"`` applies: from
+        ``CPU_NATIVE_GRAD_THRESHOLD`` score elements up ``"native"``, but between
+        ``CPU_DIRECT_FORWARD_MIN`` and ``CPU_NATIVE_THRESHOLD`` ``"xla"``'s value with the
+        kernel's forward and backward under ``jax.grad`` / ``jax.vjp``. From
+        ``CPU_NATIVE_GRAD_THRESHOLD`` up on the CPU, ``"auto"`` is reverse mode only (``"xla"``,
+        or ``"auto"`` inside ``attention_jax.native_disabled()`` for modules that call it,
+        takes ``jax.jvp`` / ``jax.hessian``). On GPU, for ``score="scaled_dot"`` with
+        bf16/fp16 inputs, no mask or bias and a head dim that is a multiple of 8 up to 128, it
+        first tries
         ``jax.nn.dot_product_attention(implementation="cudnn")`` (the fused flash kernel) and
         falls back to the above if cuDNN rejects the shapes.
 
@@ -642,12 +656,14 @@ def attention(
         elements = math.prod(score_shape)
         big = elements > CHUNKED_THRESHOLD
         implementation = "chunked" if big else "xla"
-        if (not big and elements > CPU_NATIVE_GRAD_THRESHOLD
+        if (not big and elements >= CPU_NATIVE_GRAD_THRESHOLD
                 and native_unsupported(qp, kp, v, mask, bias, dot_scale) is None):
-            # Mid-sized on the CPU: the kernel (see CPU_NATIVE_THRESHOLD), or only under
-            # differentiation (CPU_NATIVE_GRAD_THRESHOLD); elsewhere direct.
+            # Mid-sized on the CPU: the kernel, except undifferentiated calls between
+            # CPU_DIRECT_FORWARD_MIN and CPU_NATIVE_THRESHOLD (the direct path's forward, the
+            # kernel's under differentiation); elsewhere direct.
             direct = lambda q, k, v: _direct(q, k, v, block, mask, bias, precision, finite=True)
-            primal = None if elements > CPU_NATIVE_THRESHOLD else direct
+            in_band = CPU_DIRECT_FORWARD_MIN < elements <= CPU_NATIVE_THRESHOLD
+            primal = direct if in_band else None
             native = lambda q, k, v: native_attention(q, k, v, scale=dot_scale, primal=primal)
             return jax.lax.platform_dependent(qp, kp, v, cpu=native, default=direct)
     if implementation == "native":

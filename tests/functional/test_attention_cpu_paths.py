@@ -1,6 +1,6 @@
 """The CPU-specific paths of ``attention``: the guard-free direct softmax and the mid-size
-native routes of ``implementation="auto"`` (``scoring.CPU_NATIVE_THRESHOLD`` and
-``CPU_NATIVE_GRAD_THRESHOLD``)."""
+native routes of ``implementation="auto"`` (``scoring.CPU_NATIVE_GRAD_THRESHOLD``,
+``CPU_DIRECT_FORWARD_MIN`` and ``CPU_NATIVE_THRESHOLD``)."""
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +73,12 @@ def test_auto_takes_native_on_cpu_between_the_thresholds():
     assert S.CPU_NATIVE_THRESHOLD < S.CHUNKED_THRESHOLD
     mid = jax.ShapeDtypeStruct((8, 8, 320, 16), jnp.float32)  # 6.6M scores
     assert S.CPU_NATIVE_THRESHOLD < 8 * 8 * 320 * 320 <= S.CHUNKED_THRESHOLD
-    small = jax.ShapeDtypeStruct((1, 8, 256, 16), jnp.float32)
+    band = jax.ShapeDtypeStruct((2, 8, 256, 16), jnp.float32)  # 1M: the direct forward
+    assert S.CPU_DIRECT_FORWARD_MIN < 2 * 8 * 256 * 256 <= S.CPU_NATIVE_THRESHOLD
     f = lambda q, k, v: F.attention(q, k, v)
     target = _native.attention_target("fwd")
     assert target in jax.jit(f).lower(mid, mid, mid).as_text()
-    assert target not in jax.jit(f).lower(small, small, small).as_text()
+    assert target not in jax.jit(f).lower(band, band, band).as_text()
     grad = jax.jit(jax.grad(lambda q: jnp.sum(f(q, q, q)))).lower(mid).as_text()
     assert _native.attention_target("bwd") in grad
     # GPU/TPU keep the direct path (no custom call, no loop)
@@ -89,13 +90,14 @@ def test_auto_takes_native_on_cpu_between_the_thresholds():
     assert_close(jax.jit(f)(q, k, v), F.attention(q, k, v, implementation="xla"))
 
 
-def test_auto_differentiated_takes_the_kernel_from_the_grad_threshold():
-    # Between the two thresholds: the direct path's value, the kernel's forward and backward
-    # under differentiation; below both, the direct path both ways.
-    assert 0 < S.CPU_NATIVE_GRAD_THRESHOLD < S.CPU_NATIVE_THRESHOLD
-    mid, tiny = (4, 2, 256, 16), (1, 2, 64, 16)
-    assert S.CPU_NATIVE_GRAD_THRESHOLD < 4 * 2 * 256 * 256 <= S.CPU_NATIVE_THRESHOLD
-    assert 2 * 64 * 64 <= S.CPU_NATIVE_GRAD_THRESHOLD
+def test_auto_differentiated_takes_the_kernel_in_the_direct_forward_band():
+    # Between CPU_DIRECT_FORWARD_MIN and CPU_NATIVE_THRESHOLD: the direct path's value, the
+    # kernel's forward and backward under differentiation; below CPU_NATIVE_GRAD_THRESHOLD,
+    # the direct path both ways.
+    assert 0 < S.CPU_NATIVE_GRAD_THRESHOLD <= S.CPU_DIRECT_FORWARD_MIN < S.CPU_NATIVE_THRESHOLD
+    mid, tiny = (8, 2, 256, 16), (1, 2, 64, 16)
+    assert S.CPU_DIRECT_FORWARD_MIN < 8 * 2 * 256 * 256 <= S.CPU_NATIVE_THRESHOLD
+    assert 2 * 64 * 64 < S.CPU_NATIVE_GRAD_THRESHOLD
     f = lambda q, k, v: F.attention(q, k, v, score="scaled_dot")
     fwd, bwd = _native.attention_target("fwd"), _native.attention_target("bwd")
     for shape, native in ((mid, True), (tiny, False)):
@@ -120,6 +122,40 @@ def test_auto_differentiated_takes_the_kernel_from_the_grad_threshold():
     want = jax.jvp(direct, (q, k, v), (ct, ct, ct))[1]
     with _native.native_disabled():
         assert_close(jax.jvp(f, (q, k, v), (ct, ct, ct))[1], want)
+
+
+def test_auto_takes_the_kernel_both_ways_from_the_grad_threshold_to_the_band():
+    # From CPU_NATIVE_GRAD_THRESHOLD (inclusive) to CPU_DIRECT_FORWARD_MIN: the kernel's
+    # forward even when not differentiated (the direct path's fixed costs dominate there),
+    # and its backward; one element fewer stays direct.
+    lo, hi = S.CPU_NATIVE_GRAD_THRESHOLD, S.CPU_DIRECT_FORWARD_MIN
+    small, below = (1, 1, 256, 64), (1, 1, 255, 64)  # 65,536 and 65,025 score elements
+    assert 255 * 255 < lo == 256 * 256 <= hi
+    f = lambda q, k, v: F.attention(q, k, v)
+    fwd, bwd = _native.attention_target("fwd"), _native.attention_target("bwd")
+    for shape, native in ((small, True), (below, False)):
+        spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+        assert (fwd in jax.jit(f).lower(spec, spec, spec).as_text()) == native, shape
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), (0, 1, 2)))
+        text = grad.lower(spec, spec, spec).as_text()
+        assert (fwd in text and bwd in text) == native, shape
+    top = jax.ShapeDtypeStruct((8, 1, 256, 64), jnp.float32)  # exactly CPU_DIRECT_FORWARD_MIN
+    assert 8 * 256 * 256 == hi and fwd in jax.jit(f).lower(top, top, top).as_text()
+    q, k, v, ct = _n(*small), _n(*small), _n(*small), _n(*small)
+    qt, kt, vt = (torch.from_numpy(np.array(a)).requires_grad_(True) for a in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+    ref.backward(torch.from_numpy(np.array(ct)))
+    out, pullback = jax.vjp(jax.jit(f), q, k, v)
+    assert_close(out, ref.detach().numpy())
+    for g, t in zip(pullback(ct), (qt, kt, vt), strict=True):
+        assert_close(g, t.grad.numpy())
+    # reverse mode only; inside native_disabled() forward mode takes the direct path
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(f, (q, k, v), (ct, ct, ct))
+    direct = lambda q, k, v: F.attention(q, k, v, implementation="xla")
+    with _native.native_disabled():
+        assert_close(jax.jvp(f, (q, k, v), (ct, ct, ct))[1],
+                     jax.jvp(direct, (q, k, v), (ct, ct, ct))[1])
 
 
 def _dot_batch_dims(fn, *args) -> list[int]:
