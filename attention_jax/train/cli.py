@@ -135,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--cpu-convolutions", default=d.cpu_convolutions,
                        choices=CONVOLUTION_RUNTIMES,
                        help="the runtime of XLA:CPU's convolutions in the train and evaluation "
-                            "steps: ynnpack = what XLA picks by itself, eigen = XLA's own "
-                            "convolution runtime (attention_jax.cpu_compiler_options; faster "
+                            "steps: eigen (default) = XLA's own convolution runtime, faster "
                             "for convolutional models at batch 8 and more on the AMD EPYC Zen "
-                            "4, see the README); CPU only")
+                            "4 and the Intel Xeon (see the README); ynnpack = what XLA picks "
+                            "by itself (attention_jax.cpu_compiler_options); CPU only")
     multi.add_argument("--devices", type=int, default=None,
                        help="devices to use (default: all JAX sees)")
     multi.add_argument("--coordinator", default=None,

@@ -100,8 +100,8 @@ def test_cpu_convolutions_flag():
     from attention_jax.train.cli import build_parser
 
     p = build_parser()
-    assert p.parse_args([]).cpu_convolutions == "ynnpack"
-    assert p.parse_args(["--cpu-convolutions", "eigen"]).cpu_convolutions == "eigen"
+    assert p.parse_args([]).cpu_convolutions == "eigen"
+    assert p.parse_args(["--cpu-convolutions", "ynnpack"]).cpu_convolutions == "ynnpack"
 
 
 def test_resume_flags():

@@ -70,14 +70,16 @@ def test_resume_continues_exactly(plain_dir, tmp_path):
 
 
 def test_cpu_convolutions_reach_the_train_and_eval_steps(plain_dir, request):
-    """``cpu_convolutions="eigen"``: the train step and the evaluation step compile with
-    ``cpu_compiler_options("eigen")``; the run matches XLA's default one to float rounding."""
+    """``cpu_convolutions="eigen"`` (the default): the train step and the evaluation step
+    compile with ``cpu_compiler_options("eigen")``; the run matches XLA's default one
+    (``"ynnpack"``) to float rounding."""
     from attention_jax import cpu_compiler_options
 
-    default = train(_config(plain_dir, model="resnet", steps=4, eval=True))
+    assert TrainConfig().cpu_convolutions == "eigen"
+    default = train(_config(plain_dir, model="resnet", steps=4, eval=True,
+                            cpu_convolutions="ynnpack"))
     seen = request.getfixturevalue("jit_options")  # from here on: the eigen run's jits
-    eigen = train(_config(plain_dir, model="resnet", steps=4, eval=True,
-                          cpu_convolutions="eigen"))
+    eigen = train(_config(plain_dir, model="resnet", steps=4, eval=True))
     assert seen.count(cpu_compiler_options("eigen")) == 2  # train step, evaluation step
     for a, b in zip(eigen.history, default.history, strict=True):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
