@@ -106,11 +106,12 @@ and ``CPU_NATIVE_THRESHOLD`` (the direct path's forward there). Below it, the di
 The kernel's forward+backward against the direct path's, both cores: on the Intel Xeon
 (2026-12-03) 0.67x at 65,536 elements (one head of 256 tokens, D 64, batch 1), 0.40-0.60x
 from 131,072 to 524,288, 0.50-0.57x for eight heads of 196 at D 16 (batch 1-8), 0.79-0.94x at
-16,384-38,416 elements, even or slower below; on the AMD EPYC Zen 4 (2026-12-02) 0.45-0.53 ms
-against ~0.8 at 65,536 elements (PyTorch's 0.55-0.70), and at batch 8 / 32 one head of 196 or
-256 tokens at D 64 0.68-1.02x, one of 196 at D 16 0.51 / 0.59x, eight of 196 at D 16 0.41 /
-0.25x. Not measured on the Zen 5 since the kernel's changes (before them it was faster there
-only from ~2.5M elements)."""
+16,384-38,416 elements and 0.88-0.90x at 1,024-4,096 (where its forward alone is even or up to
+2x slower, and the Zen 4 was not measured: the threshold stays at 2**16); on the AMD EPYC Zen
+4 (2026-12-02) 0.45-0.53 ms against ~0.8 at 65,536 elements (PyTorch's 0.55-0.70), and at
+batch 8 / 32 one head of 196 or 256 tokens at D 64 0.68-1.02x, one of 196 at D 16 0.51 /
+0.59x, eight of 196 at D 16 0.41 / 0.25x. Not measured on the Zen 5 since the kernel's
+changes (before them it was faster there only from ~2.5M elements)."""
 
 _IMPLEMENTATIONS = ("auto", "xla", "chunked", "native")
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
