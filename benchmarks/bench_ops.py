@@ -9,8 +9,9 @@ convolutions of ASPP, SK, split attention, PFA, the STN localisation net, CBAM's
 (7x7, two channels in, one out), BAM's dilated 4 -> 4 convolutions and DANet's head, the
 attention core of the self-attention rows (and, for the attention row, its two batched matmuls
 and softmax alone; for mhsa2d, its two per-pixel projections), the batched matmuls of DANet's
-channel attention and the channel gates' two passes over the map (the global average pool and
-the rescale: SE, ECA and GE, row ``gates``), forward and forward+backward (the output and the
+channel attention, one criss-cross attention pass without its 1x1 layers (row ``cca``) and the
+channel gates' two passes over the map (the global average pool and the rescale: SE, ECA and
+GE, row ``gates``), forward and forward+backward (the output and the
 gradients w.r.t. the input and the weights for a fixed random cotangent; until 2026-12-02 the
 JAX side returned the gradients alone, so XLA skipped a convolution's or matmul's forward there
 and the f+b ratios of the tables measured before then are too low), each as
@@ -20,9 +21,11 @@ and the f+b ratios of the tables measured before then are too low), each as
   i.e. what XLA:CPU does with the operation;
 * ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
   ``attention(implementation="auto")``; ``functional.attention_weights``;
-  ``functional.global_avg_pool``, ``functional.rescale``);
+  ``functional.global_avg_pool``, ``functional.rescale``; for criss-cross attention both are
+  the library's pass, ``functional.self_attention._criss_cross_once``);
 * ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm`` /
-  ``linear`` / ``softmax`` / ``mean`` and ``*`` on the NCHW map.
+  ``linear`` / ``softmax`` / ``mean`` and ``*`` on the NCHW map (criss-cross: the official
+  CCNet pass, ``torch_reference.self_attention.CrissCrossAttention.once``).
 
 The three are timed alternately in one process (round-robin repeats, each the mean of enough
 calls to last ``--min-repeat-s``), so a shared machine's drifts hit all of them; the table gives
@@ -53,6 +56,8 @@ from attention_jax import functional as F
 from attention_jax.bench.timing import Timer
 from attention_jax.compiler import CONVOLUTION_RUNTIMES, cpu_compiler_options
 from attention_jax.functional.convolution import conv_general_dilated
+from attention_jax.functional.self_attention import _criss_cross_once
+from attention_jax.torch_reference.self_attention import CrissCrossAttention
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # The JAX forms' compiler options (--cpu-convolutions), set by main().
@@ -154,7 +159,24 @@ class Gate:
         return f"{self.form} {self.h}x{self.h}x{self.c}"
 
 
-OPS: tuple[Conv | Attention | Matmul | Dense | Softmax | Gate, ...] = (
+@dataclasses.dataclass(frozen=True)
+class CrissCross:
+    """One criss-cross attention pass over (N, H, W) pixels without its 1x1 layers: from
+    queries and keys (N, H, W, Cq) and values (N, H, W, C), the column and row energies, one
+    softmax over both (the pixel itself masked in its column), the two weighted sums and the
+    residual (``v`` + both, gamma 1): CCNet's core, as the ``cca`` row runs it twice."""
+
+    row: str
+    h: int
+    cq: int
+    c: int
+
+    @property
+    def label(self) -> str:
+        return f"criss-cross {self.h}x{self.h} q{self.cq} v{self.c}"
+
+
+OPS: tuple[Conv | Attention | Matmul | Dense | Softmax | Gate | CrissCross, ...] = (
     Conv("aspp", 28, 64, 64, dilation=6),
     Conv("aspp", 28, 64, 64, dilation=12),
     Conv("aspp", 28, 64, 64, dilation=18),
@@ -181,6 +203,7 @@ OPS: tuple[Conv | Attention | Matmul | Dense | Softmax | Gate, ...] = (
     Attention("pam", 1, 196, 16, "dot"),
     Matmul("cam", 128, 196, 128),
     Matmul("cam", 128, 128, 196),
+    CrissCross("cca", 14, 16, 128),
     Gate("gates", 28, 64, "pool"),
     Gate("gates", 28, 64, "rescale"),
     Gate("gates", 28, 64, "gate"),
@@ -321,8 +344,36 @@ def _gate_fns(op: Gate, batch: int, rng: np.random.Generator) -> dict[str, Calla
     return fns | _torch_fns(t_op, t_args, ctt)
 
 
+def _criss_cross_fns(op: CrissCross, batch: int, rng: np.random.Generator
+                     ) -> dict[str, Callable]:
+    q, k = (rng.standard_normal((batch, op.h, op.h, op.cq), dtype=np.float32) for _ in range(2))
+    v, ct = (rng.standard_normal((batch, op.h, op.h, op.c), dtype=np.float32) for _ in range(2))
+    one = jnp.ones((1,), jnp.float32)
+
+    def once(q, k, v):  # the library's pass, its layers handing over q, k and v as they are
+        return _criss_cross_once(v, lambda _: q, lambda _: k, lambda _: v, one, None)[0]
+
+    fns = _jax_fns({"xla": once, "ours": once}, tuple(jnp.asarray(a) for a in (q, k, v)),
+                   jnp.asarray(ct))
+    ref = CrissCrossAttention(op.c, op.cq, recurrence=1)
+    with torch.no_grad():
+        ref.gamma.fill_(1.0)
+    # the official pass, its 1x1 convolutions replaced by layers handing over q, k and v
+    held: dict[str, torch.Tensor] = {}
+    del ref.query, ref.key, ref.value
+    ref.query, ref.key = (lambda _: held["q"]), (lambda _: held["k"])
+    ref.value = lambda _: held["v"]
+
+    def t_once(qt, kt, vt):
+        held.update(q=qt, k=kt, v=vt)
+        return ref.once(vt)
+
+    nchw = [torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (q, k, v, ct)]
+    return fns | _torch_fns(t_once, tuple(t.requires_grad_(True) for t in nchw[:3]), nchw[3])
+
+
 _MAKERS = {Conv: _conv_fns, Attention: _attention_fns, Matmul: _matmul_fns, Dense: _dense_fns,
-           Softmax: _softmax_fns, Gate: _gate_fns}
+           Softmax: _softmax_fns, Gate: _gate_fns, CrissCross: _criss_cross_fns}
 
 
 def _time(fns: dict[str, Callable], repeats: int, min_repeat_s: float,

@@ -12,7 +12,8 @@ import pytest
 from benchmarks import bench_ops
 
 
-@pytest.mark.parametrize("row", ["cam", "stn", "pam", "gates"])  # matmul, conv, attention, gates
+@pytest.mark.parametrize("row", ["cam", "stn", "pam", "gates", "cca"])
+# matmul, conv, attention, gates, criss-cross
 def test_smoke_run_reports_consistent_ratios(row, tmp_path):
     out = tmp_path / "ops.json"
     results = bench_ops.main(["--only", row, "--batch-sizes", "1", "--repeats", "2",
@@ -91,6 +92,22 @@ def test_gate_forms_agree_with_torch(form):
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads, strict=True):
             np.testing.assert_allclose(np.asarray(g), r, rtol=1e-5, atol=1e-6)
+
+
+def test_criss_cross_forms_agree_with_torch():
+    """The ``cca`` row's bare pass: the library's against the official CCNet pass (its 1x1
+    layers handing over q, k and v), value and the gradients w.r.t. q, k and v."""
+    rng = np.random.default_rng(5)
+    fns = bench_ops._criss_cross_fns(bench_ops.CrissCross("cca", 5, 3, 4), 2, rng)
+    ref = _nhwc(fns["torch fwd"]())
+    assert ref.shape == (2, 5, 5, 4)
+    ref_grads = [_nhwc(g) for g in fns["torch f+b"]()]
+    assert [g.shape[-1] for g in ref_grads] == [3, 3, 4]
+    np.testing.assert_allclose(np.asarray(fns["ours fwd"]()), ref, rtol=1e-5, atol=1e-5)
+    y, grads = fns["ours f+b"]()
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-5)
 
 
 def test_softmax_forms_agree_with_torch():
