@@ -1,6 +1,6 @@
 """Where the native attention kernel beats XLA's direct path on this CPU.
 
-Run: ``.venv/bin/python benchmarks/bench_attention_crossover.py`` (about 2 minutes on 2 CPU
+Run: ``.venv/bin/python benchmarks/bench_attention_crossover.py`` (under a minute on 2 CPU
 cores; ``--shapes``, ``--repeats``, ``--json``).
 
 ``attention(implementation="auto")`` chooses between the two on the CPU by the number of score
