@@ -22,7 +22,7 @@ and the f+b ratios of the tables measured before then are too low), each as
 * ``ours``: what the library runs on the CPU (``functional.convolution.conv_general_dilated``;
   ``attention(implementation="auto")``; ``functional.attention_weights``;
   ``functional.global_avg_pool``, ``functional.rescale``; for criss-cross attention both are
-  the library's pass, ``functional.self_attention._criss_cross_once``);
+  the library's one pass, ``functional.criss_cross_attention(recurrence=1)``);
 * ``torch``: ``torch.nn.functional.conv2d`` / ``scaled_dot_product_attention`` / ``bmm`` /
   ``linear`` / ``softmax`` / ``mean`` and ``*`` on the NCHW map (criss-cross: the official
   CCNet pass, ``torch_reference.self_attention.CrissCrossAttention.once``).
@@ -56,7 +56,6 @@ from attention_jax import functional as F
 from attention_jax.bench.timing import Timer
 from attention_jax.compiler import CONVOLUTION_RUNTIMES, cpu_compiler_options
 from attention_jax.functional.convolution import conv_general_dilated
-from attention_jax.functional.self_attention import _criss_cross_once
 from attention_jax.torch_reference.self_attention import CrissCrossAttention
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -351,7 +350,8 @@ def _criss_cross_fns(op: CrissCross, batch: int, rng: np.random.Generator
     one = jnp.ones((1,), jnp.float32)
 
     def once(q, k, v):  # the library's pass, its layers handing over q, k and v as they are
-        return _criss_cross_once(v, lambda _: q, lambda _: k, lambda _: v, one, None)[0]
+        return F.criss_cross_attention(v, query=lambda _: q, key=lambda _: k,
+                                       value=lambda _: v, gamma=one, recurrence=1)
 
     fns = _jax_fns({"xla": once, "ours": once}, tuple(jnp.asarray(a) for a in (q, k, v)),
                    jnp.asarray(ct))
