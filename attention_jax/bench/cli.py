@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runtime of XLA:CPU's convolutions in the JAX steps "
                         "(attention_jax.cpu_compiler_options): ynnpack = what XLA picks by "
                         "itself, eigen = XLA's own convolution runtime, faster on the AMD EPYC "
-                        "Zen 4 at batch 8 and 32 (README); CPU only; default: %(default)s")
+                        "Zen 4 and the Intel Xeon at batch 8 and 32 (README); CPU only; "
+                        "default: %(default)s")
     p.add_argument("--bandwidth-mb", type=int, default=256, metavar="MB",
                    help="size of the copy that measures memory bandwidth, 0 = no roofline; "
                         "default: %(default)s")
