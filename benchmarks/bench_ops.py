@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from attention_jax import functional as F
-from attention_jax.bench.timing import Timer
+from attention_jax.bench.timing import CPU_DISPATCH, Timer, set_cpu_dispatch
 from attention_jax.compiler import CONVOLUTION_RUNTIMES, cpu_compiler_options
 from attention_jax.functional.convolution import conv_general_dilated
 from attention_jax.torch_reference.self_attention import CrissCrossAttention
@@ -424,7 +424,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--cpu-convolutions", choices=CONVOLUTION_RUNTIMES, default="ynnpack",
                     help="XLA:CPU's convolution runtime for the JAX forms "
                          "(attention_jax.cpu_compiler_options)")
+    ap.add_argument("--cpu-dispatch", choices=CPU_DISPATCH, default="async",
+                    help="how JAX's CPU client runs each call (attention-jax bench "
+                         "--cpu-dispatch); takes effect only before JAX's CPU backend starts")
     args = ap.parse_args(argv)
+    dispatch = set_cpu_dispatch(args.cpu_dispatch)
     _OPTIONS.clear()
     _OPTIONS.update(cpu_compiler_options(args.cpu_convolutions))
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -432,7 +436,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     print(f"{_cpu_model()}, jax {jax.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), clock: {args.clock}, XLA:CPU convolutions: "
-          f"{args.cpu_convolutions}; medians of "
+          f"{args.cpu_convolutions}, dispatch: {args.cpu_dispatch}"
+          f"{'' if dispatch['effective'] else ' (no effect: the backend had started)'}; medians of "
           f"{args.repeats} repeats, ratio = JAX / PyTorch")
     print(f"{'row':10s} {'op':38s} {'B':>3s}  {'fwd ms xla/ours/torch':>25s} "
           f"{'xla':>5s} {'ours':>5s}  {'f+b ms xla/ours/torch':>25s} {'xla':>5s} {'ours':>5s}")
@@ -458,7 +463,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": _cpu_model(), "clock": args.clock,
-                       "cpu_convolutions": args.cpu_convolutions, "results": results}, fh,
+                       "cpu_convolutions": args.cpu_convolutions, "cpu_dispatch": dispatch,
+                       "results": results}, fh,
                       indent=1)
     return results
 

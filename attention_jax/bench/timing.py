@@ -11,8 +11,45 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Timer", "plan_repeats", "time_blocks", "summarize", "measure_bandwidth",
-           "roofline"]
+__all__ = ["CPU_DISPATCH", "Timer", "plan_repeats", "time_blocks", "summarize",
+           "measure_bandwidth", "roofline", "set_cpu_dispatch"]
+
+CPU_DISPATCH = ("async", "sync")
+"""How JAX's CPU client runs a call of a compiled program (``set_cpu_dispatch``)."""
+
+
+def set_cpu_dispatch(mode: str) -> dict[str, Any]:
+    """Choose how JAX's CPU client runs each call of a compiled program.
+
+    ``"async"`` (JAX's default): the call enqueues the execution on a worker thread and returns
+    at once, so Python can run ahead; ``"sync"``: the execution runs on the calling thread,
+    which returns with the result computed (``jax_cpu_enable_async_dispatch=False``; it only
+    concerns single-device programs). A benchmark that waits for each result pays the hand-over
+    between the threads in every call under ``"async"``; on this project's 2-core VMs that is
+    20-70 us (README, Benchmarks). JAX reads the option once, when it starts its CPU backend:
+    call this before anything runs on a device.
+
+    Args:
+      mode: ``"async"`` or ``"sync"`` (``CPU_DISPATCH``).
+
+    Returns:
+      ``{"requested": mode, "effective": bool}``: ``effective`` is False when the CPU backend
+      had already started with the other mode, so the call changed nothing.
+
+    Raises:
+      ValueError: ``mode`` is not one of ``CPU_DISPATCH``.
+    """
+    if mode not in CPU_DISPATCH:
+        raise ValueError(f"set_cpu_dispatch: mode must be one of {CPU_DISPATCH}, got {mode!r}")
+    wanted = mode == "async"
+    if jax.config.values["jax_cpu_enable_async_dispatch"] == wanted:
+        return {"requested": mode, "effective": True}
+    from jax._src import xla_bridge  # backends_are_initialized has no public name
+
+    started = xla_bridge.backends_are_initialized()
+    if not started:
+        jax.config.update("jax_cpu_enable_async_dispatch", wanted)
+    return {"requested": mode, "effective": not started}
 
 
 class Timer:

@@ -30,7 +30,7 @@ from attention_jax.bench.specs import (
     parse_shape,
     shapes_for,
 )
-from attention_jax.bench.timing import roofline, summarize
+from attention_jax.bench.timing import roofline, set_cpu_dispatch, summarize
 from attention_jax.torch_reference.registry import REFERENCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +133,56 @@ def test_cpu_convolutions_reach_every_jax_compile(tmp_path, capsys, jit_options)
     assert row["status"] == "ok", row["note"]
     assert max(row["torch_max_rel_diff"].values()) < 1e-4
     assert "error" not in row["memory_probe"]["jax"], row["memory_probe"]
+
+
+# A program that runs for tens of milliseconds on 2 cores: under asynchronous dispatch the call
+# returns before its result is ready, under synchronous dispatch only once it is.
+_DISPATCH_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp
+from attention_jax.bench import main
+rc = main(sys.argv[1:])
+f = jax.jit(lambda a: a @ a @ a @ a)
+x = jnp.ones((1024, 1024), jnp.float32) / 1024
+jax.block_until_ready(f(x))
+ready = [f(x).is_ready() for _ in range(3)]
+print(json.dumps({"rc": rc, "ready": ready}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_cpu_dispatch_reaches_the_cpu_client(tmp_path, mode):
+    """``--cpu-dispatch``: set before JAX starts its CPU backend (hence a subprocess), recorded
+    in results.json, and in force: under ``sync`` every call returns with its result computed,
+    under ``async`` (JAX's default) a long call returns before it is."""
+    argv = [*TINY, "--only", "se", "--batch-sizes", "2", "--modes", "fwd", "--torch", "off",
+            "--no-plots", "--no-progress", "--cpu-dispatch", mode, "--out", str(tmp_path)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _DISPATCH_PROBE, *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["rc"] == 0
+    assert probe["ready"] == ([True] * 3 if mode == "sync" else [False] * 3), probe
+    res = _load(tmp_path)
+    assert res["config"]["cpu_dispatch"] == {"requested": mode, "effective": True}
+    assert not any("--cpu-dispatch" in n for n in res["notes"])
+
+
+def test_set_cpu_dispatch_after_the_backend_started():
+    """In this process JAX's CPU backend has started: the mode it started with is kept (and
+    said), the other cannot be set any more, a mode that does not exist is refused."""
+    import jax
+
+    jax.devices()
+    current = "async" if jax.config.values["jax_cpu_enable_async_dispatch"] else "sync"
+    other = "sync" if current == "async" else "async"
+    assert set_cpu_dispatch(current) == {"requested": current, "effective": True}
+    assert set_cpu_dispatch(other) == {"requested": other, "effective": False}
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] == (current == "async")
+    with pytest.raises(ValueError, match=r"set_cpu_dispatch: mode must be one of "
+                                         r"\('async', 'sync'\), got 'fast'"):
+        set_cpu_dispatch("fast")
 
 
 def test_sharded_run_equals_single_device(tmp_path):
