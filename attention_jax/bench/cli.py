@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the sweep N times back to back and report each row's spread "
                         "(max - min) / median over the sweeps; the table shows the first; "
                         "default: 1")
+    p.add_argument("--fresh-processes", action="store_true",
+                   help="run each sweep after the first in a new Python process (a fresh JAX "
+                        "and PyTorch), so a speed that holds for a whole process, such as a "
+                        "bimodal PyTorch step, shows in the spread instead of repeating in "
+                        "every sweep; costs each sweep its start-up and compiles")
     p.add_argument("--memory", action="store_true",
                    help="measure peak memory of each row's step in a subprocess (peak RSS on "
                         "CPU, device peak on GPU/TPU; slow: two extra processes per row)")
@@ -303,8 +308,9 @@ def spread(sweeps: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return {"sweeps": len(sweeps), "rows": out, "summary": summary}
 
 
-def _format_spread(sp: dict[str, Any]) -> str:
-    lines = [f"Spread over {sp['sweeps']} back-to-back sweeps, (max - min) / median: "
+def _format_spread(sp: dict[str, Any], fresh: bool = False) -> str:
+    where = " (each after the first in a new process)" if fresh else ""
+    lines = [f"Spread over {sp['sweeps']} back-to-back sweeps{where}, (max - min) / median: "
              "JAX/PyTorch ratio of each sweep, then the spread of the ratio, of JAX's median "
              "and of PyTorch's median"]
     for e in sp["rows"]:
@@ -322,6 +328,33 @@ def _format_spread(sp: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _sweep_in_new_process(argv: list[str]) -> dict[str, Any]:
+    """One sweep of the same command in a new Python process; its rows, time and process id.
+
+    The child gets this command's arguments with ``--sweeps 1`` and its own output folder
+    appended (argparse keeps an option's last value), and no plots or progress bar.
+
+    Raises:
+      ValueError: the child failed before writing its results (its exit code and the end of
+        its output are in the message).
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="attention-jax-bench-") as tmp:
+        cmd = [sys.executable, "-m", "attention_jax.bench", *argv, "--sweeps", "1",
+               "--out", tmp, "--no-plots", "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        out = Path(tmp) / "results.json"
+        if not out.exists():
+            raise ValueError(
+                f"bench: --fresh-processes: the sweep's process exited with {proc.returncode} "
+                f"before writing its results: {(proc.stdout + proc.stderr)[-2000:]}")
+        child = json.loads(out.read_text())
+    return {"rows": child["rows"], "sweep_s": child["sweep_s"], "pid": child["pid"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit code (1 if any row failed, 2 for bad usage).
 
@@ -331,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
       Process exit code.
     """
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
     t_start = time.monotonic()
     omp = _omp_policy(args.omp_passive)
     from attention_jax.bench.timing import set_cpu_dispatch
@@ -432,8 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if time_limit:
                 used = time.monotonic() - t_start if k == 0 else 0.0
                 limit = max(1.0, time_limit - used - _REPORT_RESERVE_S)
-            sweeps.append(run_sweep(specs, dataclasses.replace(cfg, time_limit_s=limit),
-                                    torch_side=torch_side, progress=progress))
+            if k and args.fresh_processes:
+                sweeps.append(_sweep_in_new_process(raw))
+                if progress is not None:
+                    progress.update(n_rows)
+                continue
+            sweep_k = run_sweep(specs, dataclasses.replace(cfg, time_limit_s=limit),
+                                torch_side=torch_side, progress=progress)
+            sweeps.append({**sweep_k, "pid": os.getpid()})
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -457,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "repeat_budget_s": cfg.repeat_budget_s, "settle_s": cfg.settle_s,
                    "warmup": cfg.warmup, "min_repeat_s": cfg.min_repeat_s,
                    "time_limit_s": time_limit or None, "sweeps": args.sweeps,
+                   "fresh_processes": args.fresh_processes,
                    "matmul_precision": precision,
                    "cpu_convolutions": cfg.cpu_convolutions,
                    "compiler_options": cfg.compiler_options,
@@ -473,7 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.sweeps > 1:
         results["spread"] = spread([s["rows"] for s in sweeps])
-        results["sweeps"] = [{"sweep_s": s["sweep_s"], "rows": s["rows"]} for s in sweeps[1:]]
+        results["sweeps"] = [{"sweep_s": s["sweep_s"], "rows": s["rows"], "pid": s["pid"]}
+                             for s in sweeps[1:]]
+    results["pid"] = os.getpid()
     print()
     print(format_table(results))
     print()
@@ -488,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {n}")
     if "spread" in results:
         print()
-        print(_format_spread(results["spread"]))
+        print(_format_spread(results["spread"], args.fresh_processes))
     args.out.mkdir(parents=True, exist_ok=True)
     written = [args.out / "results.json"]
     if not args.no_plots:

@@ -438,6 +438,45 @@ def test_sweeps_report_each_rows_spread(tmp_path, capsys):
         lo, hi = min(e["ratio"]), max(e["ratio"])
         assert e["ratio_spread"] == pytest.approx((hi - lo) / ((hi + lo) / 2))
     assert sp["summary"]["rows"] == 2 and "Spread over 2 back-to-back sweeps" in printed
+    assert res["pid"] == res["sweeps"][0]["pid"] == os.getpid()
+    assert res["config"]["fresh_processes"] is False
+
+
+def test_fresh_processes_run_each_later_sweep_in_its_own_process(tmp_path, capsys):
+    """``--fresh-processes``: the second sweep runs in a new process with the same options
+    (here ``--dtype``, ``--modes`` and ``--cpu-dispatch`` must reach it), and its rows join the
+    spread as an in-process sweep's would."""
+    rc = main([*TINY, "--only", "se", "--batch-sizes", "2", "--sweeps", "2", "--modes", "fwd",
+               "--dtype", "bfloat16", "--cpu-dispatch", "async", "--fresh-processes",
+               "--no-plots", "--no-progress", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    res = _load(tmp_path)
+    assert res["config"]["fresh_processes"] is True and res["pid"] == os.getpid()
+    (later,) = res["sweeps"]
+    assert later["pid"] != os.getpid() and later["sweep_s"] > 0
+    (row,) = later["rows"]
+    assert (row["name"], row["batch"], row["dtype"], row["status"]) == (
+        "se", 2, "bfloat16", "ok")
+    assert set(row["ratio"]) == {"fwd"}
+    (entry,) = res["spread"]["rows"]
+    assert len(entry["ratio"]) == 2 and entry["ratio"][1] == row["ratio"]["fwd"]
+    assert "each after the first in a new process" in printed
+
+
+def test_fresh_processes_say_why_a_sweep_failed(tmp_path, monkeypatch, capsys):
+    """A later sweep whose process writes no results stops the run (exit code 2) with the
+    process's exit code and output, not with a missing-file error."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'the child broke' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    rc = main([*TINY, "--only", "se", "--batch-sizes", "2", "--sweeps", "2", "--modes", "fwd",
+               "--fresh-processes", "--no-plots", "--no-progress", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--fresh-processes: the sweep's process exited with 3" in err
+    assert "the child broke" in err
 
 
 def test_spread_of_known_ratios():
