@@ -28,10 +28,11 @@ The options only concern XLA:CPU: for any other platform the dict is empty.
 
 A second CPU choice is JAX's, not XLA's, and this module does not wrap it: JAX's CPU client runs
 each call asynchronously by default (a worker thread executes it), and a caller that waits for
-every result pays the hand-over between the threads, 20-70 us a call on 2-core VMs (README,
-"JAX's CPU dispatch"). Latency-bound code, such as inference one small batch at a time, can run
-calls on the calling thread with ``jax.config.update("jax_cpu_enable_async_dispatch", False)``
-before its first computation; ``attention-jax bench --cpu-dispatch sync`` does that.
+every result pays the hand-over between the threads, 10-55 us a call on the 2-core Intel Xeon
+VM (README, "JAX's CPU dispatch"). Latency-bound code, such as inference one small batch at a
+time, can run calls on the calling thread with
+``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before its first computation;
+``attention-jax bench --cpu-dispatch sync`` does that.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how JAX's CPU client runs each call: async = as JAX does unless told (a "
                         "worker thread runs it, the caller waits for the result), sync = on the "
                         "calling thread, as PyTorch's eager operations run (no hand-over "
-                        "between threads: 20-70 us less per call on 2-core VMs, README); CPU "
-                        "only; default: %(default)s")
+                        "between threads: 10-55 us less per call on the 2-core Intel Xeon VM, "
+                        "README); CPU only; default: %(default)s")
     p.add_argument("--bandwidth-mb", type=int, default=256, metavar="MB",
                    help="size of the copy that measures memory bandwidth, 0 = no roofline; "
                         "default: %(default)s")

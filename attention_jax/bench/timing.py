@@ -25,9 +25,9 @@ def set_cpu_dispatch(mode: str) -> dict[str, Any]:
     at once, so Python can run ahead; ``"sync"``: the execution runs on the calling thread,
     which returns with the result computed (``jax_cpu_enable_async_dispatch=False``; it only
     concerns single-device programs). A benchmark that waits for each result pays the hand-over
-    between the threads in every call under ``"async"``; on this project's 2-core VMs that is
-    20-70 us (README, Benchmarks). JAX reads the option once, when it starts its CPU backend:
-    call this before anything runs on a device.
+    between the threads in every call under ``"async"``; on this project's 2-core Intel Xeon
+    VM that is 10-55 us (README, Benchmarks). JAX reads the option once, when it starts its CPU
+    backend: call this before anything runs on a device.
 
     Args:
       mode: ``"async"`` or ``"sync"`` (``CPU_DISPATCH``).
