@@ -31,7 +31,7 @@ import numpy as np
 from attention_jax import _native
 from attention_jax import functional as F
 from attention_jax.bench.report import cpu_info
-from attention_jax.bench.timing import Timer, time_blocks
+from attention_jax.bench.timing import CPU_DISPATCH, Timer, set_cpu_dispatch, time_blocks
 
 DEFAULT_SHAPES = tuple((b, h, t, d) for h, t, d in ((1, 256, 64), (1, 196, 64), (1, 196, 16),
                                                    (8, 196, 16))
@@ -108,12 +108,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--min-repeat-s", type=float, default=0.005,
                     help="each repeat runs the step enough times to last this long")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--cpu-dispatch", choices=CPU_DISPATCH, default="async",
+                    help="how JAX's CPU client runs each call (attention-jax bench "
+                         "--cpu-dispatch); takes effect only before JAX's CPU backend starts")
     args = ap.parse_args(argv)
+    dispatch = set_cpu_dispatch(args.cpu_dispatch)
     if not _native.usable("attention"):
         ap.error("the native attention kernel is not available on this machine")
     cpu = cpu_info()
     print(f"{cpu['model_name']} ({cpu['logical_cpus']} CPUs, {_native.isa()} kernel), jax "
-          f"{jax.__version__}; ratio = native / direct (median of the repeats)")
+          f"{jax.__version__}, dispatch: {args.cpu_dispatch}"
+          f"{'' if dispatch['effective'] else ' (no effect: the backend had started)'}; "
+          "ratio = native / direct (median of the repeats)")
     print(f"{'B x H x T x D':>18} {'elements':>9}  {'fwd ms native/direct':>21} {'ratio':>5}  "
           f"{'f+b ms native/direct':>21} {'ratio':>5}  auto")
     rows = []
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": cpu, "isa": _native.isa(), "jax": jax.__version__,
-                       "rows": rows}, fh, indent=1)
+                       "cpu_dispatch": dispatch, "rows": rows}, fh, indent=1)
     return rows
 
 

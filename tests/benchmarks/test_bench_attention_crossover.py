@@ -37,6 +37,8 @@ def test_smoke_run_reports_consistent_ratios(tmp_path):
             assert np.isclose(r[f"ratio {mode}"], native / direct)
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows and saved["cpu"]["model_name"]
+    # JAX's CPU backend runs in this process already: the default mode is kept, said as such.
+    assert saved["cpu_dispatch"] == {"requested": "async", "effective": True}
 
 
 @pytest.mark.parametrize("text", ["1x1x64", "1x0x64x16", "axbxcxd"])
