@@ -153,6 +153,21 @@ def test_max_pool_derivatives_match_reduce_windows(x64):
     assert "select_and_scatter" not in text
 
 
+def test_max_pool_is_a_window_reduction_only_off_the_cpu():
+    """On the CPU the pool is the max of four strided quarters (no ``reduce_window``, which
+    XLA:CPU hands to YNNPACK); a GPU or TPU lowering keeps XLA's window reduction. Both equal
+    ``reduce_window`` (the tests above run the CPU form; this one the other, on the CPU)."""
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 6, 3)).astype(np.float32))
+    f = jax.jit(spatial_mod._max_pool2)
+    assert "reduce_window" not in f.lower(x).as_text()
+    for platform in ("cuda", "tpu"):
+        text = jax.export.export(f, platforms=[platform])(x).mlir_module()
+        assert "reduce_window" in text, platform
+    want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(spatial_mod._reduce_window_max(x), want)
+    np.testing.assert_array_equal(f(x), want)
+
+
 def _identity_loc(transform):
     p = jnp.asarray(F.identity_transform_params(transform))
     return lambda x: jnp.tile(p[None], (x.shape[0], 1))
