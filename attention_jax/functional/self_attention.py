@@ -26,6 +26,7 @@ from attention_jax._validation import (
 )
 from attention_jax.functional._batch import NHWC, batch_dims
 from attention_jax.functional._numerics import acc_dtype
+from attention_jax.functional.pooling import _max_pool_2x2
 from attention_jax.functional.scoring import _masked_exp, attention, attention_weights
 
 __all__ = [
@@ -46,11 +47,6 @@ NON_LOCAL_MODES = ("embedded_gaussian", "dot_product", "concatenation")
 
 def _tokens(a: jax.Array) -> jax.Array:
     return a.reshape(a.shape[0], a.shape[1] * a.shape[2], a.shape[3])
-
-
-def _max_pool_2x2(a: jax.Array) -> jax.Array:
-    # torch.nn.MaxPool2d(2): stride 2, no padding, floor.
-    return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def _weights(q: jax.Array, k: jax.Array, scale: float, precision: Any,
@@ -128,7 +124,8 @@ def non_local(
     if sub_sample:
         if h < 2 or w < 2:
             raise fail(fn, "x", "at least 2x2 pixels for sub_sample=True", f"shape {x.shape}")
-        p, gx = _max_pool_2x2(p), _max_pool_2x2(gx)
+        # torch.nn.MaxPool2d(2) (stride 2, odd edges dropped)
+        p, gx = _max_pool_2x2(p, ceil_mode=False), _max_pool_2x2(gx, ceil_mode=False)
     tq, pk, gv = _tokens(t), _tokens(p), _tokens(gx)
     nk = pk.shape[1]
     if mode == "embedded_gaussian":

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as tF
 
 from attention_jax import functional as F
+from attention_jax.functional import pooling as pooling_mod
 from tests.gradcheck import check_grads
 from tests.parity import assert_close, nchw_to_nhwc, nhwc_to_nchw
 
@@ -156,3 +157,69 @@ def test_global_avg_pool_matmul_form_derivatives(x64):
     check_grads(F.global_avg_pool, (x,), order=2, modes=["rev", "fwd"])
     np.testing.assert_allclose(jax.vmap(F.global_avg_pool)(x[None])[0],
                                np.mean(np.asarray(x), (1, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("ceil_mode", [True, False])
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (3, 8, 6, 2), (1, 3, 2, 4)])
+def test_max_pool_2x2_gradient_is_torchs_with_ties(shape, ceil_mode):
+    """The 2x2 max pool of the STN localisation net (``ceil_mode``) and of non-local's
+    sub-sampling (floor) against ``torch.nn.functional.max_pool2d``, forward and input gradient,
+    on small integers (many windows hold tied maxima: the gradient goes to each window's first
+    maximum, as PyTorch's does), odd and even sizes."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=shape).astype(np.float32)
+    out = [-(-s // 2) if ceil_mode else s // 2 for s in shape[1:3]]
+    ct = rng.normal(size=(shape[0], *out, shape[3]))
+    pool = jax.jit(lambda a: pooling_mod._max_pool_2x2(a, ceil_mode=ceil_mode))
+    y, vjp = jax.vjp(pool, jnp.asarray(x))
+    (gx,) = vjp(jnp.asarray(ct, jnp.float32))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+    yt = tF.max_pool2d(xt, 2, ceil_mode=ceil_mode)
+    yt.backward(torch.from_numpy(ct).float().permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(np.asarray(gx), xt.grad.permute(0, 2, 3, 1).numpy(), rtol=0,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("ceil_mode", [True, False])
+def test_max_pool_2x2_derivatives_match_reduce_windows(x64, ceil_mode):
+    """The written-out JVP against ``lax.reduce_window``'s own derivatives, float64: forward
+    mode, reverse, second order, under vmap; and the gradient needs no select-and-scatter."""
+    def ref(a):
+        pad = (0, a.shape[1] % 2), (0, a.shape[2] % 2)
+        if not ceil_mode:
+            a, pad = a[:, : a.shape[1] // 2 * 2, : a.shape[2] // 2 * 2], ((0, 0), (0, 0))
+        return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                     ((0, 0), *pad, (0, 0)))
+
+    ours = lambda a: pooling_mod._max_pool_2x2(a, ceil_mode=ceil_mode)  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 7, 8, 3)))
+    t = jnp.asarray(np.random.default_rng(5).normal(size=x.shape))
+    np.testing.assert_array_equal(ours(x), ref(x))
+    np.testing.assert_array_equal(jax.jvp(ours, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
+    loss = lambda f: (lambda a: jnp.sum(jnp.sin(f(a)) ** 2))  # noqa: E731
+    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), rtol=1e-12)
+    np.testing.assert_allclose(jax.jvp(jax.grad(loss(ours)), (x,), (t,))[1],
+                               jax.jvp(jax.grad(loss(ref)), (x,), (t,))[1], rtol=1e-12,
+                               atol=1e-12)
+    xs = jnp.stack([x, -x])
+    np.testing.assert_allclose(jax.vmap(jax.grad(loss(ours)))(xs),
+                               jax.vmap(jax.grad(loss(ref)))(xs), rtol=1e-12)
+    check_grads(ours, (x,), order=2, modes=["fwd", "rev"])
+    text = jax.jit(jax.grad(loss(ours))).lower(x).as_text()
+    assert "select_and_scatter" not in text
+
+
+def test_max_pool_2x2_is_a_window_reduction_only_off_the_cpu():
+    """On the CPU the pool is the max of four strided quarters (no ``reduce_window``, which
+    XLA:CPU hands to YNNPACK); a GPU or TPU lowering keeps XLA's window reduction. Both equal
+    ``reduce_window`` (the tests above run the CPU form; this one the other, on the CPU)."""
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 6, 3)).astype(np.float32))
+    f = jax.jit(lambda a: pooling_mod._max_pool_2x2(a, ceil_mode=False))
+    assert "reduce_window" not in f.lower(x).as_text()
+    for platform in ("cuda", "tpu"):
+        text = jax.export.export(f, platforms=[platform])(x).mlir_module()
+        assert "reduce_window" in text, platform
+    want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(pooling_mod._reduce_window_max(x), want)
+    np.testing.assert_array_equal(f(x), want)

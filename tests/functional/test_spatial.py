@@ -2,14 +2,12 @@
 PyTorch's affine_grid, the localisation net against torch's pooling ops, the whole transformer
 at the identity, check_grads, empty batches, bad input."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from attention_jax import functional as F
-from attention_jax.functional import spatial as spatial_mod
 from tests.gradcheck import check_grads
 
 RNG = np.random.default_rng(0)
@@ -110,62 +108,6 @@ def test_localisation_net_matches_torch_pipeline():
     yg = F.localisation_net(jnp.asarray(X), conv1=lambda a: a @ w1, conv2=lambda a: a @ w2,
                             fc1=lambda a: a, fc2=lambda a: a, pool_size=None)
     assert yg.shape == (2, 5)  # global average: (N, F2)
-
-
-@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (3, 8, 6, 2), (1, 1, 1, 4)])
-def test_max_pool_gradient_is_torchs_with_ties(shape):
-    """The localisation net's 2x2 max pool (ceil_mode) against ``torch.nn.functional.max_pool2d``
-    forward and input gradient, on small integers (many windows hold tied maxima: the gradient
-    goes to each window's first maximum, as PyTorch's does), odd and even sizes."""
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 3, size=shape).astype(np.float32)
-    ct = rng.normal(size=(shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3]))
-    y, vjp = jax.vjp(jax.jit(spatial_mod._max_pool2), jnp.asarray(x))
-    (gx,) = vjp(jnp.asarray(ct, jnp.float32))
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
-    yt = torch.nn.functional.max_pool2d(xt, 2, ceil_mode=True)
-    yt.backward(torch.from_numpy(ct).float().permute(0, 3, 1, 2))
-    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
-    np.testing.assert_allclose(np.asarray(gx), xt.grad.permute(0, 2, 3, 1).numpy(), rtol=0,
-                               atol=1e-7)
-
-
-def test_max_pool_derivatives_match_reduce_windows(x64):
-    """The written-out JVP against ``lax.reduce_window``'s own derivatives, float64: forward
-    mode, reverse, second order, under vmap; and the gradient needs no select-and-scatter."""
-    ref = lambda a: jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
-                                          ((0, 0), (0, a.shape[1] % 2), (0, a.shape[2] % 2),
-                                           (0, 0)))
-    ours = spatial_mod._max_pool2
-    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 7, 8, 3)))
-    t = jnp.asarray(np.random.default_rng(5).normal(size=x.shape))
-    np.testing.assert_array_equal(jax.jvp(ours, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
-    loss = lambda f: (lambda a: jnp.sum(jnp.sin(f(a)) ** 2))
-    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), rtol=1e-12)
-    np.testing.assert_allclose(jax.jvp(jax.grad(loss(ours)), (x,), (t,))[1],
-                               jax.jvp(jax.grad(loss(ref)), (x,), (t,))[1], rtol=1e-12,
-                               atol=1e-12)
-    xs = jnp.stack([x, -x])
-    np.testing.assert_allclose(jax.vmap(jax.grad(loss(ours)))(xs),
-                               jax.vmap(jax.grad(loss(ref)))(xs), rtol=1e-12)
-    check_grads(ours, (x,), order=2, modes=["fwd", "rev"])
-    text = jax.jit(jax.grad(loss(ours))).lower(x).as_text()
-    assert "select_and_scatter" not in text
-
-
-def test_max_pool_is_a_window_reduction_only_off_the_cpu():
-    """On the CPU the pool is the max of four strided quarters (no ``reduce_window``, which
-    XLA:CPU hands to YNNPACK); a GPU or TPU lowering keeps XLA's window reduction. Both equal
-    ``reduce_window`` (the tests above run the CPU form; this one the other, on the CPU)."""
-    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 8, 6, 3)).astype(np.float32))
-    f = jax.jit(spatial_mod._max_pool2)
-    assert "reduce_window" not in f.lower(x).as_text()
-    for platform in ("cuda", "tpu"):
-        text = jax.export.export(f, platforms=[platform])(x).mlir_module()
-        assert "reduce_window" in text, platform
-    want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    np.testing.assert_array_equal(spatial_mod._reduce_window_max(x), want)
-    np.testing.assert_array_equal(f(x), want)
 
 
 def _identity_loc(transform):
