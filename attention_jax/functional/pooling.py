@@ -1,4 +1,5 @@
-"""Pooling descriptors used by channel, spatial and hybrid attention (NHWC).
+"""Pooling descriptors used by channel, spatial and hybrid attention (NHWC), and the private 2x2
+max pool of the STN localisation net and of non-local attention's sub-sampling.
 
 Means accumulate in float32 and are cast back to the input's dtype, so bf16/fp16 feature maps
 with large values give finite, accurate descriptors. A pool over nothing (H * W = 0 for the
